@@ -1,0 +1,150 @@
+"""One MSLC step (paper Algorithm 1, Eqs. 9–11) and the plain CE step.
+
+The look-ahead runs on the unwrapped module with functional parameters
+(``torch.func.functional_call``): nothing is copied, and batch-norm running
+statistics are touched only by the one real forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from mslc import dist
+from mslc.corrector import Corrector
+
+
+@dataclass
+class StepResult:
+    """What one step hands back; tensors are detached.
+
+    Attributes
+    ----------
+    loss : () the training loss of the real step.
+    meta_loss : () the clean meta loss at the look-ahead weights (NaN for CE).
+    y_hat : (n, C) predictions at the weights before the step, rows sum to 1.
+    soft : (n, C) soft labels the real step trained on, rows sum to 1.
+    alpha, beta : (n,) corrector outputs (None for CE).
+    """
+
+    loss: torch.Tensor
+    meta_loss: torch.Tensor
+    y_hat: torch.Tensor
+    soft: torch.Tensor
+    alpha: torch.Tensor | None = None
+    beta: torch.Tensor | None = None
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``−Σ_c target_c · log softmax(logits)_c`` (paper Eq. 4)."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def lookahead_meta_loss(
+    model: nn.Module,
+    corrector: Corrector,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    y_prev: torch.Tensor,
+    x_meta: torch.Tensor,
+    y_meta: torch.Tensor,
+    *,
+    lr_virtual: float,
+) -> torch.Tensor:
+    """Clean meta loss after one virtual SGD step, differentiable in θ (Eqs. 9–10).
+
+    Parameters
+    ----------
+    logits : (n, C)
+        ``model(x)`` at the current weights, with its graph (the real forward).
+    y : (n,) int64 given labels; y_prev : (n, C) previous soft labels.
+    x_meta : (m, ...) clean inputs; y_meta : (m,) int64 clean labels.
+    lr_virtual : float
+        Step size of ``ŵ(θ) = w − lr_virtual · ∇_w L(w, θ)``.
+
+    Returns
+    -------
+    () the meta loss ``(1/m) Σ CE(f(x_meta; ŵ(θ)), y_meta)``.
+    """
+    params = trainable_params(model)
+    y_hat = F.softmax(logits.detach(), dim=1)
+    soft, _, _ = corrector(y_hat, y, y_prev)
+    loss = soft_cross_entropy(logits, soft)
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    fast = {n: p - lr_virtual * g for (n, p), g in zip(params.items(), grads)}
+    # Fresh copies of the buffers: batch-norm may update them in place here.
+    scratch = {n: b.clone() for n, b in model.named_buffers()}
+    meta_logits = functional_call(model, {**fast, **scratch}, (x_meta,))
+    return F.cross_entropy(meta_logits, y_meta)
+
+
+def mslc_step(
+    model: nn.Module,
+    corrector: Corrector,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_prev: torch.Tensor,
+    x_meta: torch.Tensor,
+    y_meta: torch.Tensor,
+    *,
+    opt_w: torch.optim.Optimizer,
+    opt_theta: torch.optim.Optimizer,
+    lr_virtual: float,
+    sync_grads: Callable[[nn.Module], None] | None = None,
+) -> StepResult:
+    """One MSLC step: virtual step, Adam step on θ, real step with the new soft labels.
+
+    ``x`` (n, ...) with given labels ``y`` (n,) and previous soft labels ``y_prev``
+    (n, C); ``x_meta`` (m, ...) with clean labels ``y_meta`` (m,). ``sync_grads``
+    averages ``.grad`` of a module across workers (default: :mod:`mslc.dist`).
+    """
+    sync = sync_grads or (lambda m: dist.average_gradients_(m.parameters()))
+    logits = model(x)  # the one real forward: batch-norm statistics move once
+    meta_loss = lookahead_meta_loss(
+        model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual
+    )
+    theta = [p for p in corrector.parameters() if p.requires_grad]
+    theta_grads = torch.autograd.grad(meta_loss, theta, retain_graph=True)
+    for p, g in zip(theta, theta_grads):
+        p.grad = g
+    sync(corrector)
+    opt_theta.step()
+    y_hat = F.softmax(logits.detach(), dim=1)
+    with torch.no_grad():
+        soft, alpha, beta = corrector(y_hat, y, y_prev)
+    loss = soft_cross_entropy(logits, soft)
+    opt_w.zero_grad(set_to_none=True)
+    loss.backward()
+    sync(model)
+    opt_w.step()
+    return StepResult(loss.detach(), meta_loss.detach(), y_hat, soft, alpha, beta)
+
+
+def ce_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    opt_w: torch.optim.Optimizer,
+    sync_grads: Callable[[nn.Module], None] | None = None,
+) -> StepResult:
+    """A plain cross-entropy step on the given labels ``y`` (n,) (warm-up and the CE baseline)."""
+    sync = sync_grads or (lambda m: dist.average_gradients_(m.parameters()))
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    opt_w.zero_grad(set_to_none=True)
+    loss.backward()
+    sync(model)
+    opt_w.step()
+    y_hat = F.softmax(logits.detach(), dim=1)
+    onehot = F.one_hot(y, logits.shape[1]).to(y_hat.dtype)
+    return StepResult(loss.detach(), torch.tensor(float("nan")), y_hat, onehot)

@@ -1,0 +1,1 @@
+"""The runtime around :mod:`mslc`: config, shards, the worker loop, outputs, Ray."""

@@ -1,0 +1,69 @@
+"""The shared command line: ``[--config PRESET_OR_FILE] [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+
+from pipeline.config import Config, ConfigError, load_config
+from pipeline.errors import PipelineError
+
+PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("run", "storage_path"))
+
+
+def _key_table() -> str:
+    from pipeline.presets import PRESETS
+
+    lines = ["presets:"]
+    for name, fn in PRESETS.items():
+        lines.append(f"  {name:<15} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    lines.append("\nkeys (section.key=value; defaults of the fmnist-sym40 preset):")
+    default = Config().to_dict()
+    for section, values in default.items():
+        if isinstance(values, dict):
+            for k, v in values.items():
+                lines.append(f"  {section}.{k} = {v}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None, *, prog: str, doc: str | None) -> Config:
+    """Parse the command line into a validated config with absolute paths."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(doc or "").strip().splitlines()[0] if doc else None,
+        epilog=_key_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", default="fmnist-sym40", help="a preset name or a JSON config file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epochs=3")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    return absolutize(cfg)
+
+
+def absolutize(cfg: Config) -> Config:
+    """Make path keys absolute (relative to the current directory), keeping URLs as they are."""
+    d = cfg.to_dict()
+    for section, key in PATH_KEYS:
+        v = d[section][key]
+        if "://" not in v:
+            d[section][key] = os.path.abspath(v)
+    return Config.from_dict(d)
+
+
+def run_cli(parse: Callable[[], Config], body: Callable[[Config], int]) -> int:
+    """Run ``body(parse())``; a bad config or bad data is one ``error:`` line and exit 2."""
+    try:
+        return body(parse())
+    except (ConfigError, PipelineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def replace(cfg: Config, **sections) -> Config:
+    """A copy of ``cfg`` with whole sections or fields replaced, re-validated."""
+    return Config.from_dict({**cfg.to_dict(), **{k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                                                 for k, v in sections.items()}})

@@ -1,0 +1,281 @@
+"""Typed run configuration, named presets and the ``key=value`` command line.
+
+A config is a tree of dataclasses validated in ``__post_init__``. It goes to Ray
+as a plain dict (:meth:`Config.to_dict`) and comes back with :meth:`Config.from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mslc.bank import REFRESH_POLICIES
+from mslc.corrector import LOSS_MODES
+from mslc.models import ARCHS
+from mslc.noise import NOISE_KINDS
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "clothing1m")
+METHODS = ("mslc", "ce")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message names it."""
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from, how it is corrupted and split, how it streams."""
+
+    dataset: str = "fashion-mnist"
+    raw_dir: str = "data/raw"  # FashionMNIST/raw/ under it, else the Debian package
+    shard_root: str = "data/shards"  # shards go to shard_root/<spec name>
+    noise: str = "sym"
+    noise_rate: float = 0.4
+    noise_seed: int = 0
+    split_seed: int = 0
+    n_meta: int = 1000
+    n_val: int = 1000
+    max_train: int = 0  # 0 = all; else a seeded class-balanced subset of the train pool
+    max_test: int = 0  # 0 = all
+    shard_size: int = 10000  # samples per shard
+    verify: str = "full"  # full (sha256) | size | none, checked before training
+    loader_workers: int = 0
+    shuffle_buffer: int = 5000
+
+    def __post_init__(self) -> None:
+        _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        _require(self.noise in NOISE_KINDS, f"data.noise must be one of {NOISE_KINDS}, got {self.noise!r}")
+        _require(0.0 <= self.noise_rate <= 1.0, f"data.noise_rate must be in [0, 1], got {self.noise_rate}")
+        for name in ("n_meta", "n_val", "max_train", "max_test", "loader_workers", "shuffle_buffer"):
+            _require(getattr(self, name) >= 0, f"data.{name} must be >= 0, got {getattr(self, name)}")
+        _require(self.n_meta > 0, "data.n_meta must be > 0: MSLC needs a clean meta set")
+        _require(self.shard_size > 0, f"data.shard_size must be > 0, got {self.shard_size}")
+        _require(self.verify in ("full", "size", "none"), f"data.verify must be full|size|none, got {self.verify!r}")
+
+    def spec_name(self) -> str:
+        """A directory name that changes whenever the written shards would."""
+        sub = f"-n{self.max_train}" if self.max_train else ""
+        sub += f"-t{self.max_test}" if self.max_test else ""
+        return (
+            f"{self.dataset}-{self.noise}{self.noise_rate:g}-ns{self.noise_seed}-ss{self.split_seed}"
+            f"-m{self.n_meta}-v{self.n_val}{sub}"
+        )
+
+    def shard_dir(self) -> Path:
+        return Path(self.shard_root) / self.spec_name()
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "small-cnn"
+    pretrained: bool = False  # ImageNet weights (resnet50 only)
+
+    def __post_init__(self) -> None:
+        _require(self.arch in ARCHS, f"model.arch must be one of {ARCHS}, got {self.arch!r}")
+        _require(not self.pretrained or self.arch == "resnet50", "model.pretrained needs model.arch=resnet50")
+
+
+@dataclass
+class OptimConfig:
+    """The classifier's SGD and its step schedule (epochs count from 1)."""
+
+    epochs: int = 14
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list[int] = field(default_factory=lambda: [10, 12])
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, f"optim.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _require(all(m >= 1 for m in self.milestones), "optim.milestones must be epochs >= 1")
+
+
+@dataclass
+class MetaConfig:
+    """The method and the corrector. ``method=ce`` trains on the given labels only."""
+
+    method: str = "mslc"
+    warmup_epochs: int = 4  # plain CE on the given labels first
+    warmup_avg: int = 10  # ỹ starts as the mean softmax of the last q warm-up epochs
+    loss_mode: str = "soft"  # soft: paper Eq. 4; hard: the authors' three hard terms
+    refresh: str = "epoch"  # epoch: authors' code; step: paper Algorithm 1
+    alpha_lr: float = 1e-3
+    beta_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    hidden: int = 100
+    meta_batch_size: int = 128
+    virtual_lr_scale: float = 1.0  # virtual-step lr = scale × current lr (authors: 10)
+    bank_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _require(self.method in METHODS, f"meta.method must be one of {METHODS}, got {self.method!r}")
+        _require(self.warmup_epochs >= 0, f"meta.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _require(self.warmup_avg >= 1, f"meta.warmup_avg must be >= 1, got {self.warmup_avg}")
+        _require(self.loss_mode in LOSS_MODES, f"meta.loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
+        _require(self.refresh in REFRESH_POLICIES, f"meta.refresh must be one of {REFRESH_POLICIES}")
+        for name in ("alpha_lr", "beta_lr", "virtual_lr_scale"):
+            _require(getattr(self, name) > 0, f"meta.{name} must be > 0, got {getattr(self, name)}")
+        _require(self.hidden >= 1 and self.meta_batch_size >= 1, "meta.hidden and meta.meta_batch_size must be >= 1")
+        _require(
+            self.bank_dtype in ("float32", "float16", "bfloat16"),
+            f"meta.bank_dtype must be float32|float16|bfloat16, got {self.bank_dtype!r}",
+        )
+
+
+@dataclass
+class ScaleConfig:
+    workers: int = 1
+    use_gpu: str = "auto"  # auto: GPU when CUDA is present
+    cpus_per_worker: int = 1
+    threads: int = 0  # torch threads per worker; 0 = all cores / workers
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.workers >= 1, f"scale.workers must be >= 1, got {self.workers}")
+        _require(self.use_gpu in ("auto", "true", "false"), "scale.use_gpu must be auto|true|false")
+        _require(self.cpus_per_worker >= 1 and self.threads >= 0, "scale.cpus_per_worker >= 1, scale.threads >= 0")
+        _require(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1: unlimited)")
+
+
+@dataclass
+class RunConfig:
+    storage_path: str = "runs"  # made absolute; a local path or shared storage
+    name: str = ""  # unique per run; empty: <preset>-<time>-<random>
+    seed: int = 0
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        _require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")
+
+
+@dataclass
+class Config:
+    preset: str = "fmnist-sym40"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.meta.warmup_epochs < self.optim.epochs or self.meta.method == "ce",
+            f"meta.warmup_epochs ({self.meta.warmup_epochs}) must be < optim.epochs ({self.optim.epochs})",
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """Rebuild (and re-validate) a config; unknown keys are an error."""
+        return _build(cls, d, "")
+
+
+def _build(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(all_keys())}")
+    kwargs = {}
+    for k, v in d.items():
+        t = hints[k]
+        kwargs[k] = _build(t, v, f"{prefix}{k}.") if dataclasses.is_dataclass(t) else v
+    return cls(**kwargs)
+
+
+def all_keys() -> list[str]:
+    """Every ``section.key`` the command line accepts."""
+    out = []
+    for f in dataclasses.fields(Config):
+        t = typing.get_type_hints(Config)[f.name]
+        if dataclasses.is_dataclass(t):
+            out += [f"{f.name}.{g.name}" for g in dataclasses.fields(t)]
+        else:
+            out.append(f.name)
+    return out
+
+
+def _parse_value(raw: str, current, key: str):
+    """Parse ``raw`` to the type of the key's current value."""
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, list):
+            return [int(v) for v in raw.strip("[]").split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"config key {key}: cannot parse {raw!r} as {type(current).__name__}") from None
+    return raw
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings and re-validate."""
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys())}")
+            node = node[p]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys())}")
+        node[parts[-1]] = _parse_value(raw, node[parts[-1]], key)
+    return Config.from_dict(d)
+
+
+def load_config(preset_or_file: str | None, overrides: list[str] = ()) -> Config:
+    """A preset name or a JSON file (a full or partial config dict), then overrides."""
+    from pipeline.presets import PRESETS
+
+    name = preset_or_file or "fmnist-sym40"
+    if name in PRESETS:
+        cfg = PRESETS[name]()
+    elif os.path.isfile(name):
+        try:
+            with open(name) as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {name}: not valid JSON ({e})") from None
+        base = PRESETS[raw.get("preset", "fmnist-sym40")]() if raw.get("preset") in PRESETS else Config()
+        merged = _merge(base.to_dict(), raw)
+        cfg = Config.from_dict(merged)
+    else:
+        raise ConfigError(f"unknown preset or missing config file {name!r}; presets: {', '.join(PRESETS)}")
+    return apply_overrides(cfg, list(overrides))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out

@@ -1,0 +1,158 @@
+"""What a run leaves behind: metrics.json, TensorBoard events, the corrected-label Parquet."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mslc.metrics import confusion_matrix
+
+LAST_K = 5
+
+
+def _clean(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def summarize(history: list[dict]) -> dict:
+    """Model selection on clean validation (never the test set), and the mean of the last 5 epochs.
+
+    ``best`` is the test accuracy at the epoch with the highest validation accuracy
+    (the earliest such epoch on ties); ``last5`` the mean test accuracy of the last
+    ``min(5, epochs)`` epochs.
+    """
+    if not history:
+        return {}
+    vals = [h["val_acc"] if h["val_acc"] is not None and not math.isnan(h["val_acc"]) else -1.0 for h in history]
+    best_i = int(np.argmax(vals))
+    last = history[-LAST_K:]
+    return {
+        "selected_epoch": history[best_i]["epoch"],
+        "selected_val_acc": history[best_i]["val_acc"],
+        "best_test_acc": history[best_i]["test_acc"],
+        "last5_test_acc": float(np.mean([h["test_acc"] for h in last])),
+        "last5_epochs": [h["epoch"] for h in last],
+        "final": history[-1],
+    }
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_clean(obj), indent=1))
+    os.replace(tmp, path)
+
+
+def write_metrics(run_dir: Path, history: list[dict], extra: dict) -> Path:
+    path = run_dir / "metrics.json"
+    write_json_atomic(path, {**extra, "summary": summarize(history), "epochs": history})
+    return path
+
+
+def write_corrected_labels(
+    path: Path,
+    *,
+    keys: np.ndarray,
+    given: np.ndarray,
+    soft: np.ndarray,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    true: np.ndarray | None,
+) -> Path:
+    """One row per training sample: index, key, given_label, corrected_label (argmax ỹ),
+    corrected_prob, alpha, beta, and true_label / is_noisy (null where unknown).
+
+    ``soft`` (N, C) rows sum to 1; ``alpha``, ``beta`` (N,) NaN where never computed;
+    ``true`` (N,) int with -1 for unknown, or None. Written to a temp file, then renamed.
+    """
+    n = len(given)
+    corrected = soft.argmax(1)
+    known = None if true is None else true >= 0
+    table = pa.table(
+        {
+            "index": pa.array(np.arange(n, dtype=np.int64)),
+            "key": pa.array([str(k) for k in keys]),
+            "given_label": pa.array(given.astype(np.int64)),
+            "corrected_label": pa.array(corrected.astype(np.int64)),
+            "corrected_prob": pa.array(soft[np.arange(n), corrected].astype(np.float32)),
+            "alpha": pa.array(alpha.astype(np.float32), mask=np.isnan(alpha)),
+            "beta": pa.array(beta.astype(np.float32), mask=np.isnan(beta)),
+            "true_label": pa.array(np.where(known, true, 0).astype(np.int64), mask=~known)
+            if true is not None else pa.nulls(n, pa.int64()),
+            "is_noisy": pa.array(given != true, mask=~known) if true is not None else pa.nulls(n, pa.bool_()),
+        }
+    )
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def confusion_image(matrix: np.ndarray, title: str, classes: list[str]) -> np.ndarray:
+    """A row-normalized confusion matrix drawn as an (H, W, 3) uint8 image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=80)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("label")
+    ax.set_ylabel("true class")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, [c[:8] for c in classes], rotation=90, fontsize=6)
+    ax.set_yticks(ticks, [c[:8] for c in classes], fontsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+class TensorBoardLog:
+    """tensorboardX events under ``run_dir/tensorboard``."""
+
+    def __init__(self, run_dir: Path, classes: list[str]) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.classes = classes
+
+    def epoch(self, record: dict, *, alpha: np.ndarray, beta: np.ndarray, is_noisy: np.ndarray | None) -> None:
+        e = record["epoch"]
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k != "epoch" and v is not None and not math.isnan(v):
+                self.writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("corrected_", "alpha_")) else k, v, e)
+        for name, arr in (("alpha", alpha), ("beta", beta)):
+            vals = arr[~np.isnan(arr)]
+            if vals.size:
+                self.writer.add_histogram(f"hist/{name}", vals, e)
+                if is_noisy is not None and name == "alpha":
+                    for group, mask in (("clean", ~is_noisy), ("noisy", is_noisy)):
+                        v = arr[mask & ~np.isnan(arr)]
+                        if v.size:
+                            self.writer.add_histogram(f"hist/alpha_{group}", v, e)
+
+    def confusion(self, tag: str, true: np.ndarray, labels: np.ndarray, step: int) -> None:
+        m = confusion_matrix(true, labels, len(self.classes))
+        img = confusion_image(m, tag, self.classes)
+        self.writer.add_image(f"confusion/{tag}", img, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,60 @@
+"""Named presets: each a function returning a validated :class:`Config`."""
+
+from __future__ import annotations
+
+from pipeline.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig
+
+
+def fmnist_sym40() -> Config:
+    """The default: Fashion-MNIST, 40% symmetric noise, small CNN, 14 epochs (4 CE warm-up)."""
+    return Config(preset="fmnist-sym40")
+
+
+def fmnist_asym40() -> Config:
+    """Fashion-MNIST with 40% semantic flips (mslc.noise.FMNIST_ASYM)."""
+    return Config(preset="fmnist-asym40", data=DataConfig(noise="asym", noise_rate=0.4))
+
+
+def smoke() -> Config:
+    """Tiny and fast (well under 2 minutes on 2 CPU cores): for tests and trying things."""
+    return Config(
+        preset="smoke",
+        data=DataConfig(n_meta=100, n_val=100, max_train=1500, max_test=500, shard_size=500, shuffle_buffer=500),
+        optim=OptimConfig(epochs=3, batch_size=64, lr=0.05, milestones=[3]),
+        meta=MetaConfig(warmup_epochs=1, meta_batch_size=64),
+    )
+
+
+def cifar10_sym40() -> Config:
+    """The paper's CIFAR-10 setting (ResNet-34, 120 epochs, 80 warm-up); for GPU clusters."""
+    return Config(
+        preset="cifar10-sym40",
+        data=DataConfig(dataset="cifar10", n_meta=1000, n_val=1000, shard_size=5000),
+        model=ModelConfig(arch="resnet34"),
+        optim=OptimConfig(epochs=120, batch_size=100, lr=0.1, weight_decay=5e-4, milestones=[80, 100]),
+        meta=MetaConfig(warmup_epochs=80, meta_batch_size=100),
+    )
+
+
+def clothing1m() -> Config:
+    """The paper's Clothing1M setting (ResNet-50 ImageNet-pretrained, 10 epochs); for GPU clusters."""
+    return Config(
+        preset="clothing1m",
+        data=DataConfig(
+            dataset="clothing1m", noise="none", noise_rate=0.0, n_meta=7000, n_val=0,
+            shard_size=5000, verify="size", loader_workers=8,
+        ),
+        model=ModelConfig(arch="resnet50", pretrained=True),
+        optim=OptimConfig(epochs=10, batch_size=32, lr=8e-4, weight_decay=1e-3, milestones=[6]),
+        meta=MetaConfig(warmup_epochs=1, meta_batch_size=32),
+        run=RunConfig(),
+    )
+
+
+PRESETS = {
+    "fmnist-sym40": fmnist_sym40,
+    "fmnist-asym40": fmnist_asym40,
+    "smoke": smoke,
+    "cifar10-sym40": cifar10_sym40,
+    "clothing1m": clothing1m,
+}

@@ -1,0 +1,351 @@
+"""The per-worker training loop: warm-up with CE, then MSLC steps, per-epoch outputs.
+
+``train_loop_per_worker`` is what Ray Train runs; :func:`run` is the same loop
+callable in one plain process (benchmarks and tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mslc.bank import LocalBank, SoftLabelBank
+from mslc.corrector import Corrector
+from mslc.meta_step import ce_step, mslc_step
+from mslc.metrics import corrected_label_accuracy, group_mean
+from mslc.models import build_model
+from pipeline import checkpoint, outputs, shards
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class Data:
+    """What a worker knows of the data besides the streamed training batches.
+
+    labels : (N,) int64 given labels; true : (N,) int64 (-1 unknown); keys : (N,)
+    meta_x : (M, ch, H, W) float normalized; meta_y : (M,) int64.
+    """
+
+    shard_dir: Path
+    manifest: dict
+    labels: np.ndarray
+    true: np.ndarray
+    keys: np.ndarray
+    meta_x: torch.Tensor
+    meta_y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"]
+
+    @property
+    def is_noisy(self) -> np.ndarray | None:
+        return None if (self.true < 0).any() else self.labels != self.true
+
+
+class MetaSampler:
+    """Endless seeded mini-batches of the clean meta set (reshuffled every pass)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.x, self.y = x, y
+        self.batch_size = min(batch_size, len(y))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(len(y), generator=self.gen)
+        self.pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + self.batch_size > len(self.perm):
+            self.perm, self.pos = torch.randperm(len(self.y), generator=self.gen), 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return self.x[idx], self.y[idx]
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"], s["pos"]
+
+
+@dataclass
+class State:
+    model: nn.Module
+    opt_w: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    corrector: Corrector
+    opt_theta: torch.optim.Optimizer
+    bank: SoftLabelBank
+    meta: MetaSampler
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "opt_w": self.opt_w.state_dict(), "sched": self.sched.state_dict(),
+            "corrector": self.corrector.state_dict(), "opt_theta": self.opt_theta.state_dict(),
+            "bank": self.bank.state_dict(), "meta_sampler": self.meta.state_dict(), "epoch": self.epoch,
+            "history": self.history, "rng": checkpoint.rng_state(),
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt_w.load_state_dict(s["opt_w"])
+        self.sched.load_state_dict(s["sched"])
+        self.corrector.load_state_dict(s["corrector"])
+        self.opt_theta.load_state_dict(s["opt_theta"])
+        self.bank.load_state_dict(s["bank"])
+        self.meta.load_state_dict(s["meta_sampler"])
+        self.epoch, self.history = s["epoch"], list(s["history"])
+        checkpoint.set_rng_state(s["rng"])
+
+
+# ------------------------------------------------------------------ building
+
+
+def normalize(x: torch.Tensor, data: Data, device: torch.device) -> torch.Tensor:
+    """uint8 (n, H, W) or (n, H, W, 3) → float (n, ch, H, W), normalized."""
+    x = x.to(device, non_blocking=True)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return (x.float() / 255.0 - data.mean.to(device)) / data.std.to(device)
+
+
+def build_data(cfg: Config, device: torch.device) -> Data:
+    shard_dir = cfg.data.shard_dir()
+    manifest = shards.load_manifest(shard_dir)
+    table = shards.read_labels_table(shard_dir, manifest)
+    img = manifest["image"]
+    mean = torch.tensor(img["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(img["std"]).view(1, -1, 1, 1)
+    data = Data(shard_dir, manifest, table["label"], table["true_label"], table["key"],
+                torch.empty(0), torch.empty(0), mean, std)
+    mx, my = shards.load_split_tensors(shard_dir, manifest, "meta")
+    data.meta_x, data.meta_y = normalize(mx, data, device), my.to(device)
+    return data
+
+
+def build_state(cfg: Config, data: Data, device: torch.device) -> State:
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model.arch, num_classes=data.num_classes,
+                        in_channels=data.manifest["image"]["channels"],
+                        stem="imagenet" if data.manifest["image"]["height"] > 64 else "cifar").to(device)
+    if cfg.model.pretrained:
+        load_imagenet_weights(model)
+    o = cfg.optim
+    opt_w = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt_w, milestones=o.milestones, gamma=o.gamma)
+    m = cfg.meta
+    corrector = Corrector(m.hidden, m.loss_mode).to(device)
+    opt_theta = torch.optim.Adam(
+        [{"params": corrector.alpha_net.parameters(), "lr": m.alpha_lr},
+         {"params": corrector.beta_net.parameters(), "lr": m.beta_lr}],
+        weight_decay=m.weight_decay,
+    )
+    bank = LocalBank(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype))
+    meta = MetaSampler(data.meta_x, data.meta_y, m.meta_batch_size, cfg.run.seed + 17)
+    return State(model, opt_w, sched, corrector, opt_theta, bank, meta)
+
+
+def load_imagenet_weights(model: nn.Module) -> None:
+    """torchvision's ImageNet ResNet-50 weights, all but the classifier layer."""
+    import torchvision
+
+    sd = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    model.load_state_dict(sd, strict=False)
+
+
+# ------------------------------------------------------------------ one epoch
+
+
+def phase_of(cfg: Config, epoch: int) -> str:
+    if cfg.meta.method == "ce":
+        return "ce"
+    return "warmup" if epoch <= cfg.meta.warmup_epochs else "mslc"
+
+
+def train_batches(cfg: Config, data: Data, epoch: int):
+    urls = shards.shard_urls(data.shard_dir, data.manifest, "train")
+    seed = cfg.run.seed * 1_000_003 + epoch
+    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=seed,
+                       shuffle_buffer=cfg.data.shuffle_buffer)
+    dl = shards.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers)
+    return shards.iterate_counted(dl, shards.expected_counts(data.shard_dir, data.manifest, "train"))
+
+
+def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.device) -> dict:
+    phase = phase_of(cfg, epoch)
+    avg_from = cfg.meta.warmup_epochs - min(cfg.meta.warmup_avg, cfg.meta.warmup_epochs)
+    st.model.train()
+    sums = {"loss": 0.0, "meta_loss": 0.0, "n": 0, "steps": 0}
+    for x, y, idx in train_batches(cfg, data, epoch):
+        if len(y) < 2:  # batch-norm cannot train on one sample; it keeps its bank row
+            continue
+        x, y = normalize(x, data, device), y.to(device)
+        if phase == "mslc":
+            _, y_prev = st.bank.rows(idx)
+            xm, ym = st.meta.next()
+            lr_v = st.opt_w.param_groups[0]["lr"] * cfg.meta.virtual_lr_scale
+            res = mslc_step(st.model, st.corrector, x, y, y_prev.to(device), xm, ym,
+                            opt_w=st.opt_w, opt_theta=st.opt_theta, lr_virtual=lr_v)
+            st.bank.put(idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
+            sums["meta_loss"] += float(res.meta_loss) * len(y)
+        else:
+            res = ce_step(st.model, x, y, opt_w=st.opt_w)
+            st.bank.put(idx, y_hat=res.y_hat)
+            if phase == "warmup" and epoch > avg_from:
+                st.bank.accumulate(idx, res.y_hat)
+        sums["loss"] += float(res.loss) * len(y)
+        sums["n"] += len(y)
+        sums["steps"] += 1
+    if sums["n"] == 0:
+        raise PipelineError(f"{data.shard_dir}: epoch {epoch} streamed no training batch")
+    if phase == "warmup" and epoch == cfg.meta.warmup_epochs:
+        st.bank.finish_warmup()
+    st.bank.end_epoch()
+    st.sched.step()
+    n = sums["n"]
+    return {"phase": phase, "train_loss": sums["loss"] / n,
+            "meta_loss": sums["meta_loss"] / n if phase == "mslc" else float("nan"),
+            "samples": n, "steps": sums["steps"]}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, split: str, device: torch.device, batch_size: int = 512) -> float:
+    """Accuracy of ``model`` on a clean split streamed from its shards (NaN if empty)."""
+    urls = shards.shard_urls(data.shard_dir, data.manifest, split)
+    if not urls:
+        return float("nan")
+    model.eval()
+    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=None)
+    correct = total = 0
+    batches = shards.iterate_counted(shards.loader(ds, batch_size=batch_size, workers=0),
+                                     shards.expected_counts(data.shard_dir, data.manifest, split))
+    for x, y, _ in batches:
+        pred = model(normalize(x, data, device)).argmax(1).cpu()
+        correct += int((pred == y).sum())
+        total += len(y)
+    model.train()
+    return correct / total if total else float("nan")
+
+
+def bank_metrics(bank: SoftLabelBank, data: Data) -> tuple[dict, dict]:
+    """Per-epoch label metrics from the bank, and the table they came from."""
+    t = bank.table()
+    out: dict = {}
+    noisy = data.is_noisy
+    if noisy is not None:
+        c = corrected_label_accuracy(t["y_tilde"], data.true, noisy)
+        p = corrected_label_accuracy(t["y_hat"], data.true, noisy)
+        out.update({f"corrected_{k}": v for k, v in c.items()})
+        out["prediction_label_acc"] = p["all"]
+        out["alpha_clean"] = group_mean(t["alpha"], ~noisy)
+        out["alpha_noisy"] = group_mean(t["alpha"], noisy)
+    out["alpha_mean"] = group_mean(t["alpha"], np.ones(len(t["alpha"]), bool))
+    out["beta_mean"] = group_mean(t["beta"], np.ones(len(t["beta"]), bool))
+    return out, t
+
+
+def progress_line(cfg: Config, r: dict) -> str:
+    def pct(v):
+        return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.2f}"
+
+    s = (f"epoch {r['epoch']:3d}/{cfg.optim.epochs} [{r['phase']:6s}] lr {r['lr']:.2e} loss {r['train_loss']:.4f} "
+         f"val {pct(r['val_acc'])}% test {pct(r['test_acc'])}%")
+    if "corrected_all" in r:
+        s += (f" corrected {pct(r['corrected_all'])}% (clean {pct(r['corrected_clean'])} / "
+              f"noisy {pct(r['corrected_noisy'])})")
+    if r["phase"] == "mslc" and "alpha_clean" in r:
+        s += f" alpha clean {r['alpha_clean']:.2f} noisy {r['alpha_noisy']:.2f}"
+    return s + f" {r['epoch_seconds']:.0f}s"
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def setup_threads(cfg: Config, world_size: int) -> None:
+    n = cfg.scale.threads or max(1, (os.cpu_count() or 1) // world_size)
+    torch.set_num_threads(n)
+
+
+def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print) -> dict:
+    """Train for ``cfg.optim.epochs`` epochs; write outputs to ``storage_path/name``.
+
+    Returns ``{'run_dir', 'metrics', 'corrected_labels', 'tensorboard', 'summary'}``.
+    """
+    device = device or torch.device("cpu")
+    setup_threads(cfg, reporter.world_size)
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = build_data(cfg, device)
+    st = build_state(cfg, data, device)
+    saved = reporter.restore()
+    if saved is not None:
+        st.load_state_dict(saved)
+        log(f"resumed from the checkpoint of epoch {st.epoch}")
+    lead = reporter.rank == 0
+    tb = outputs.TensorBoardLog(run_dir, data.manifest["classes"]) if lead and cfg.run.tensorboard else None
+    if tb and data.is_noisy is not None and st.epoch == 0:
+        tb.confusion("given_vs_true", data.true, data.labels, 0)
+    extra = {"config": cfg.to_dict(), "noise": {k: data.manifest["noise"][k] for k in ("kind", "rate", "realized_rate")}}
+    for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
+        t0 = time.time()
+        lr = st.opt_w.param_groups[0]["lr"]
+        stats = train_epoch(cfg, st, data, epoch, device)
+        record = {"epoch": epoch, "lr": lr, **stats,
+                  "val_acc": evaluate(st.model, data, "val", device),
+                  "test_acc": evaluate(st.model, data, "test", device)}
+        label_stats, table = bank_metrics(st.bank, data)
+        record.update(label_stats)
+        record["epoch_seconds"] = time.time() - t0
+        st.epoch = epoch
+        st.history.append(record)
+        if lead:
+            log(progress_line(cfg, record))
+            outputs.write_metrics(run_dir, st.history, extra)
+            if tb:
+                tb.epoch(record, alpha=table["alpha"], beta=table["beta"], is_noisy=data.is_noisy)
+                if data.is_noisy is not None:
+                    tb.confusion("corrected_vs_true", data.true, table["y_tilde"].argmax(1), epoch)
+        reporter.report({k: v for k, v in record.items() if not isinstance(v, str)} | {"phase": record["phase"]},
+                        st.state_dict(), epoch)
+    result = {"run_dir": str(run_dir), "summary": outputs.summarize(st.history)}
+    if lead:
+        t = st.bank.table()
+        result["corrected_labels"] = str(outputs.write_corrected_labels(
+            run_dir / "corrected_labels.parquet", keys=data.keys, given=data.labels, soft=t["y_tilde"],
+            alpha=t["alpha"], beta=t["beta"], true=data.true))
+        result["metrics"] = str(outputs.write_metrics(run_dir, st.history, extra))
+        torch.save(st.model.state_dict(), run_dir / "model.pt")
+        result["model"] = str(run_dir / "model.pt")
+        if tb:
+            tb.close()
+            result["tensorboard"] = str(run_dir / "tensorboard")
+    return result
+
+
+def console(line: str) -> None:
+    """One line to the worker's stdout, which Ray forwards to the driver once
+    (Ray Train's patched ``print`` would emit it twice)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry: the typed config back from its dict, on the first line."""
+    cfg = Config.from_dict(config)
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    run(cfg, checkpoint.RayReporter(), device, log=console)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small seeded fakes in the real formats."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import DataConfig  # noqa: E402
+from pipeline.datasets import ImageArrays  # noqa: E402
+from pipeline.prepare import ensure_shards  # noqa: E402
+
+
+def fake_images(n_train: int = 600, n_test: int = 200, num_classes: int = 10, seed: int = 0) -> ImageArrays:
+    """28×28 uint8 images whose class is a bright square at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % num_classes
+        rng.shuffle(y)
+        x = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        for i, c in enumerate(y):
+            r, q = divmod(int(c), 4)
+            x[i, 2 + 6 * r : 8 + 6 * r, 2 + 6 * q : 8 + 6 * q] = 220
+        return x, y.astype(np.int64)
+
+    tx, ty = make(n_train)
+    ex, ey = make(n_test)
+    return ImageArrays(tx, ty, ex, ey, tuple(f"class{c}" for c in range(num_classes)), (0.2,), (0.3,))
+
+
+@pytest.fixture
+def fake_data_cfg(tmp_path) -> DataConfig:
+    return DataConfig(shard_root=str(tmp_path / "shards"), raw_dir=str(tmp_path / "raw"), n_meta=50, n_val=50,
+                      shard_size=128, noise="sym", noise_rate=0.4, shuffle_buffer=64)
+
+
+@pytest.fixture
+def fake_shards(fake_data_cfg) -> Path:
+    """A complete shard directory (train 500, meta 50, val 50, test 200) from fake images."""
+    return ensure_shards(fake_data_cfg, raw=fake_images(), log=lambda s: None)

@@ -1,0 +1,117 @@
+"""Config validation, presets, and the command line's errors (no Ray is started here)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import Config, ConfigError, all_keys, apply_overrides, load_config
+from pipeline.presets import PRESETS
+from tests.conftest import ROOT
+
+
+def run_cli(*args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_validates_and_round_trips(name):
+    cfg = PRESETS[name]()
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_overrides_are_typed_and_validated():
+    cfg = load_config("smoke", ["optim.lr=0.2", "optim.milestones=[2,3]", "run.tensorboard=false",
+                                "meta.loss_mode=hard"])
+    assert cfg.optim.lr == 0.2 and cfg.optim.milestones == [2, 3] and cfg.run.tensorboard is False
+    assert cfg.meta.loss_mode == "hard"
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        apply_overrides(cfg, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="optim.lr must be > 0"):
+        apply_overrides(cfg, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match="cannot parse 'abc' as int"):
+        apply_overrides(cfg, ["optim.epochs=abc"])
+    with pytest.raises(ConfigError, match="meta.warmup_epochs"):
+        apply_overrides(cfg, ["meta.warmup_epochs=5"])
+    with pytest.raises(ConfigError, match="unknown config key 'data.colour'"):
+        Config.from_dict({"data": {"colour": 1}})
+
+
+def test_config_file(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text('{"preset": "smoke", "optim": {"epochs": 4}}')
+    cfg = load_config(str(f), ["optim.lr=0.01"])
+    assert cfg.optim.epochs == 4 and cfg.optim.lr == 0.01 and cfg.data.max_train == 1500
+    f.write_text("{oops")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(str(f))
+
+
+def test_help_lists_presets_and_keys():
+    out = run_cli("pipeline/train.py", "--help")
+    assert out.returncode == 0
+    for name in PRESETS:
+        assert name in out.stdout
+    for key in all_keys():
+        assert key in out.stdout
+
+
+def test_unknown_key_and_unknown_preset_exit_non_zero():
+    out = run_cli("pipeline/train.py", "--config", "smoke", "optim.bogus=1")
+    assert out.returncode == 2 and "error: unknown config key 'optim.bogus'" in out.stderr
+    out = run_cli("pipeline/train.py", "--config", "no-such-preset")
+    assert out.returncode == 2 and "unknown preset or missing config file 'no-such-preset'" in out.stderr
+
+
+def _data_args(cfg):
+    return [f"data.shard_root={cfg.shard_root}", f"data.raw_dir={cfg.raw_dir}", f"data.n_meta={cfg.n_meta}",
+            f"data.n_val={cfg.n_val}", "data.max_train=0", "data.max_test=0"]
+
+
+def _first_shard(shard_dir):
+    import json
+
+    m = json.loads((shard_dir / "manifest.json").read_text())
+    return shard_dir / m["splits"]["train"]["shards"][1]["name"]
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("missing", "listed in the manifest but missing"),
+    ("flip", "sha256 mismatch"),
+    ("truncate", "bytes, the manifest says"),
+])
+def test_bad_shards_stop_the_run_before_training(fake_shards, fake_data_cfg, tmp_path, damage, message):
+    path = _first_shard(fake_shards)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "flip":
+        b = bytearray(path.read_bytes())
+        b[1000] ^= 1
+        path.write_bytes(bytes(b))
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(5000)
+    out = run_cli("pipeline/train.py", "--config", "smoke", *_data_args(fake_data_cfg),
+                  f"run.storage_path={tmp_path / 'runs'}")
+    assert out.returncode == 2, out.stderr
+    assert f"error: {path}: {message}" in out.stderr or (f"{path}" in out.stderr and message in out.stderr)
+    assert not (tmp_path / "runs").exists()  # nothing was started or written
+
+
+def test_label_out_of_range_stops_the_run(fake_shards, fake_data_cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import shards
+
+    path = fake_shards / shards.LABELS_FILE
+    t = pq.read_table(path).to_pydict()
+    t["label"][3] = 10
+    pq.write_table(pa.table(t), path)
+    out = run_cli("pipeline/train.py", "--config", "smoke", *_data_args(fake_data_cfg), "data.verify=none",
+                  f"run.storage_path={tmp_path / 'runs'}")
+    assert out.returncode == 2
+    assert f"{path}: sample 3 (key 00000003): label 10 is outside 0..9" in out.stderr

@@ -1,0 +1,120 @@
+"""The bilevel step against finite differences and an independent naive look-ahead."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mslc.corrector import Corrector
+from mslc.meta_step import lookahead_meta_loss, mslc_step, soft_cross_entropy
+from mslc.models import SmallCNN
+
+LR = 0.5
+
+
+def tiny_problem(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+    corrector = Corrector(hidden=6).to(dtype)
+    with torch.no_grad():  # spread the corrector's outputs away from 0.5
+        for p in list(model.parameters()) + list(corrector.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype))
+    x = torch.randn(6, 5, generator=g, dtype=dtype)
+    y = torch.randint(0, 3, (6,), generator=g)
+    y_prev = torch.softmax(torch.randn(6, 3, generator=g, dtype=dtype), 1)
+    xm = torch.randn(4, 5, generator=g, dtype=dtype)
+    ym = torch.randint(0, 3, (4,), generator=g)
+    return model, corrector, x, y, y_prev, xm, ym
+
+
+def naive_meta_loss(model, corrector, x, y, y_prev, xm, ym, lr):
+    """Copy the network, take a real SGD step on ỹ(θ), evaluate the meta loss."""
+    m = copy.deepcopy(model)
+    logits = m(x)
+    with torch.no_grad():
+        soft, _, _ = corrector(torch.softmax(logits, 1), y, y_prev)
+    loss = soft_cross_entropy(logits, soft)
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    with torch.no_grad():
+        for p, g in zip(m.parameters(), grads):
+            p -= lr * g
+        return F.cross_entropy(m(xm), ym).item()
+
+
+def test_theta_gradient_matches_finite_differences():
+    model, corrector, x, y, y_prev, xm, ym = tiny_problem()
+    meta = lookahead_meta_loss(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=LR)
+    assert meta.item() == pytest.approx(naive_meta_loss(model, corrector, x, y, y_prev, xm, ym, LR), rel=1e-10)
+    grads = torch.autograd.grad(meta, list(corrector.parameters()))
+    eps = 1e-6
+    checked = 0
+    for p, g in zip(corrector.parameters(), grads):
+        flat, gflat = p.data.view(-1), g.view(-1)
+        for i in range(flat.numel()):
+            old = flat[i].item()
+            flat[i] = old + eps
+            up = naive_meta_loss(model, corrector, x, y, y_prev, xm, ym, LR)
+            flat[i] = old - eps
+            down = naive_meta_loss(model, corrector, x, y, y_prev, xm, ym, LR)
+            flat[i] = old
+            fd = (up - down) / (2 * eps)
+            assert gflat[i].item() == pytest.approx(fd, rel=1e-4, abs=1e-9), (p.shape, i)
+            checked += 1
+    assert checked == sum(p.numel() for p in corrector.parameters())
+    assert max(g.abs().max().item() for g in grads) > 1e-4  # the test is not vacuous
+
+
+def test_step_updates_theta_then_trains_on_the_new_soft_labels():
+    model, corrector, x, y, y_prev, xm, ym = tiny_problem(seed=1)
+    ref_model, ref_corr = copy.deepcopy(model), copy.deepcopy(corrector)
+    opt_w = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_t = torch.optim.SGD(corrector.parameters(), lr=0.3)
+    res = mslc_step(model, corrector, x, y, y_prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=LR)
+
+    meta = lookahead_meta_loss(ref_model, ref_corr, ref_model(x), y, y_prev, xm, ym, lr_virtual=LR)
+    g_theta = torch.autograd.grad(meta, list(ref_corr.parameters()))
+    with torch.no_grad():
+        for p, g in zip(ref_corr.parameters(), g_theta):
+            p -= 0.3 * g
+    for p, q in zip(corrector.parameters(), ref_corr.parameters()):
+        torch.testing.assert_close(p, q)
+    logits = ref_model(x)
+    with torch.no_grad():
+        soft, _, _ = ref_corr(torch.softmax(logits, 1), y, y_prev)
+    g_w = torch.autograd.grad(soft_cross_entropy(logits, soft), list(ref_model.parameters()))
+    with torch.no_grad():
+        for p, g in zip(ref_model.parameters(), g_w):
+            p -= 0.1 * g
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q)
+    torch.testing.assert_close(res.soft, soft)
+    assert res.meta_loss.item() == pytest.approx(meta.item())
+
+
+def _buffers(m):
+    return {k: v.clone() for k, v in m.named_buffers()}
+
+
+def test_batch_norm_statistics_move_only_with_the_real_forward():
+    torch.manual_seed(0)
+    model, corrector = SmallCNN(4, 1, width=4), Corrector(hidden=8)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 4, (8,))
+    xm, ym = torch.randn(6, 1, 28, 28) * 3 + 1, torch.randint(0, 4, (6,))
+    y_prev = torch.softmax(torch.randn(8, 4), 1)
+
+    logits = model(x)
+    after_forward = _buffers(model)
+    lookahead_meta_loss(model, corrector, logits, y, y_prev, xm, ym, lr_virtual=0.1).backward()
+    for k, v in _buffers(model).items():
+        torch.testing.assert_close(v, after_forward[k], rtol=0, atol=0)
+
+    model2 = SmallCNN(4, 1, width=4)
+    reference = copy.deepcopy(model2)
+    reference(x)  # one plain training-mode forward
+    mslc_step(model2, corrector, x, y, y_prev, xm, ym, lr_virtual=0.1,
+              opt_w=torch.optim.SGD(model2.parameters(), lr=0.1),
+              opt_theta=torch.optim.Adam(corrector.parameters(), 1e-3))
+    for (k, v), (_, r) in zip(model2.named_buffers(), reference.named_buffers()):
+        torch.testing.assert_close(v, r, rtol=0, atol=0, msg=k)

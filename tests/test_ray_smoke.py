@@ -1,0 +1,109 @@
+"""End to end through Ray Train: ``pipeline/train.py --config smoke`` on real Fashion-MNIST
+produces every output a user takes away."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mslc.models import SmallCNN
+from pipeline.datasets import fmnist_files
+from tests.conftest import ROOT
+
+
+def read_event_tags(path):
+    """Tags in a TensorBoard event file (TFRecord framing, tensorboardX's protobufs)."""
+    from tensorboardX.proto import event_pb2
+
+    data, pos, tags = path.read_bytes(), 0, {}
+    while pos < len(data):
+        (n,) = struct.unpack("<Q", data[pos : pos + 8])
+        ev = event_pb2.Event()
+        ev.ParseFromString(data[pos + 12 : pos + 12 + n])
+        pos += 16 + n
+        for v in ev.summary.value:
+            kind = "image" if v.HasField("image") else "histo" if v.HasField("histo") else "scalar"
+            tags.setdefault(v.tag, set()).add((kind, ev.step))
+    return tags
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    if fmnist_files(ROOT / "data" / "raw") is None:
+        pytest.fail("Fashion-MNIST is missing: run `make data` (the Makefile's test target does)")
+    tmp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "pipeline/train.py", "--config", "smoke", f"data.shard_root={tmp / 'shards'}",
+         f"run.storage_path={tmp / 'runs'}", "run.name=smoke-e2e"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return tmp / "runs" / "smoke-e2e", out.stdout
+
+
+def test_console_progress_and_paths(smoke_run):
+    run_dir, stdout = smoke_run
+    assert [ln.count("epoch   1/3") for ln in stdout.splitlines() if "epoch   1/3" in ln] == [1]
+    for what in ("model:", "tensorboard logs:", "corrected labels:", "metrics:"):
+        assert what in stdout
+    assert str(run_dir / "corrected_labels.parquet") in stdout
+
+
+def test_checkpoint_per_epoch_with_everything_to_resume(smoke_run):
+    run_dir, _ = smoke_run
+    for epoch in (1, 2, 3):
+        state = torch.load(run_dir / f"checkpoint_epoch_{epoch:04d}" / "state.pt", weights_only=True)
+        assert state["epoch"] == epoch
+        assert {"model", "opt_w", "sched", "corrector", "opt_theta", "bank", "meta_sampler", "rng"} <= set(state)
+    model = SmallCNN(10, 1)
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+
+
+def test_metrics_json(smoke_run):
+    run_dir, _ = smoke_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3]
+    assert [e["phase"] for e in m["epochs"]] == ["warmup", "mslc", "mslc"]
+    s = m["summary"]
+    vals = [e["val_acc"] for e in m["epochs"]]
+    assert s["selected_epoch"] == 1 + int(np.argmax(vals))
+    assert s["best_test_acc"] == m["epochs"][s["selected_epoch"] - 1]["test_acc"]
+    assert s["last5_test_acc"] == pytest.approx(np.mean([e["test_acc"] for e in m["epochs"]]))
+    assert 0.3 < m["noise"]["realized_rate"] < 0.42
+    last = m["epochs"][-1]
+    for k in ("corrected_all", "corrected_clean", "corrected_noisy", "alpha_clean", "alpha_noisy", "test_acc"):
+        assert 0.0 <= last[k] <= 1.0
+
+
+def test_corrected_label_table(smoke_run):
+    run_dir, _ = smoke_run
+    t = pq.read_table(run_dir / "corrected_labels.parquet").to_pydict()
+    assert set(t) == {"index", "key", "given_label", "corrected_label", "corrected_prob", "alpha", "beta",
+                      "true_label", "is_noisy"}
+    assert t["index"] == list(range(1500)) and len(set(t["key"])) == 1500
+    assert all(0 <= c < 10 for c in t["corrected_label"])
+    assert all(p is not None and 0.1 <= p <= 1.0 for p in t["corrected_prob"])
+    assert all(a is not None for a in t["alpha"])  # every sample was visited by an MSLC step
+    assert t["is_noisy"] == [g != y for g, y in zip(t["given_label"], t["true_label"])]
+
+
+def test_tensorboard_events(smoke_run):
+    run_dir, _ = smoke_run
+    files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    tags = read_event_tags(files[0])
+    for tag in ("train_loss", "test_acc", "val_acc", "corrected/all", "corrected/clean", "corrected/noisy",
+                "alpha/clean", "alpha/noisy"):
+        assert ("scalar", 3) in tags[tag], tag
+    for tag in ("hist/alpha", "hist/beta", "hist/alpha_clean", "hist/alpha_noisy"):
+        assert ("histo", 3) in tags[tag], tag
+    assert ("image", 0) in tags["confusion/given_vs_true"]
+    assert ("image", 3) in tags["confusion/corrected_vs_true"]
