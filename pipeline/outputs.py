@@ -134,7 +134,9 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.classes = classes
 
-    def epoch(self, record: dict, *, alpha: np.ndarray, beta: np.ndarray, is_noisy: np.ndarray | None) -> None:
+    def epoch(self, record: dict, *, alpha: np.ndarray, beta: np.ndarray, is_noisy: np.ndarray,
+              known: np.ndarray) -> None:
+        """Scalars of ``record``; α and β histograms, α split by originally clean / noisy (N,) bool masks."""
         e = record["epoch"]
         for k, v in record.items():
             if isinstance(v, (int, float)) and k != "epoch" and v is not None and not math.isnan(v):
@@ -143,8 +145,8 @@ class TensorBoardLog:
             vals = arr[~np.isnan(arr)]
             if vals.size:
                 self.writer.add_histogram(f"hist/{name}", vals, e)
-                if is_noisy is not None and name == "alpha":
-                    for group, mask in (("clean", ~is_noisy), ("noisy", is_noisy)):
+                if name == "alpha" and known.any():
+                    for group, mask in (("clean", known & ~is_noisy), ("noisy", is_noisy)):
                         v = arr[mask & ~np.isnan(arr)]
                         if v.size:
                             self.writer.add_histogram(f"hist/alpha_{group}", v, e)

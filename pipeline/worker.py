@@ -50,8 +50,14 @@ class Data:
         return self.manifest["num_classes"]
 
     @property
-    def is_noisy(self) -> np.ndarray | None:
-        return None if (self.true < 0).any() else self.labels != self.true
+    def known(self) -> np.ndarray:
+        """(N,) bool: the true label is known (all of a synthetic-noise set; a part of Clothing1M)."""
+        return self.true >= 0
+
+    @property
+    def is_noisy(self) -> np.ndarray:
+        """(N,) bool: the given label is known to be wrong."""
+        return (self.labels != self.true) & self.known
 
 
 class MetaSampler:
@@ -244,13 +250,13 @@ def bank_metrics(bank: SoftLabelBank, data: Data) -> tuple[dict, dict]:
     """Per-epoch label metrics from the bank, and the table they came from."""
     t = bank.table()
     out: dict = {}
-    noisy = data.is_noisy
-    if noisy is not None:
-        c = corrected_label_accuracy(t["y_tilde"], data.true, noisy)
-        p = corrected_label_accuracy(t["y_hat"], data.true, noisy)
+    known, noisy = data.known, data.is_noisy
+    if known.any():
+        c = corrected_label_accuracy(t["y_tilde"][known], data.true[known], noisy[known])
+        p = corrected_label_accuracy(t["y_hat"][known], data.true[known], noisy[known])
         out.update({f"corrected_{k}": v for k, v in c.items()})
         out["prediction_label_acc"] = p["all"]
-        out["alpha_clean"] = group_mean(t["alpha"], ~noisy)
+        out["alpha_clean"] = group_mean(t["alpha"], known & ~noisy)
         out["alpha_noisy"] = group_mean(t["alpha"], noisy)
     out["alpha_mean"] = group_mean(t["alpha"], np.ones(len(t["alpha"]), bool))
     out["beta_mean"] = group_mean(t["beta"], np.ones(len(t["beta"]), bool))
@@ -296,8 +302,9 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
         log(f"resumed from the checkpoint of epoch {st.epoch}")
     lead = reporter.rank == 0
     tb = outputs.TensorBoardLog(run_dir, data.manifest["classes"]) if lead and cfg.run.tensorboard else None
-    if tb and data.is_noisy is not None and st.epoch == 0:
-        tb.confusion("given_vs_true", data.true, data.labels, 0)
+    known = data.known
+    if tb and known.any() and st.epoch == 0:
+        tb.confusion("given_vs_true", data.true[known], data.labels[known], 0)
     extra = {"config": cfg.to_dict(), "noise": {k: data.manifest["noise"][k] for k in ("kind", "rate", "realized_rate")}}
     for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
         t0 = time.time()
@@ -315,9 +322,9 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
             log(progress_line(cfg, record))
             outputs.write_metrics(run_dir, st.history, extra)
             if tb:
-                tb.epoch(record, alpha=table["alpha"], beta=table["beta"], is_noisy=data.is_noisy)
-                if data.is_noisy is not None:
-                    tb.confusion("corrected_vs_true", data.true, table["y_tilde"].argmax(1), epoch)
+                tb.epoch(record, alpha=table["alpha"], beta=table["beta"], is_noisy=data.is_noisy, known=known)
+                if known.any():
+                    tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
         reporter.report({k: v for k, v in record.items() if not isinstance(v, str)} | {"phase": record["phase"]},
                         st.state_dict(), epoch)
     result = {"run_dir": str(run_dir), "summary": outputs.summarize(st.history)}

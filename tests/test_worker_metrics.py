@@ -1,0 +1,30 @@
+"""Per-epoch label metrics count only samples whose true label is known (as on Clothing1M)."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mslc.bank import LocalBank
+from pipeline.outputs import summarize
+from pipeline.worker import Data, bank_metrics
+
+
+def test_label_metrics_skip_samples_without_a_true_label():
+    labels, true = np.array([0, 1, 2, 0]), np.array([0, 2, -1, -1])
+    data = Data(Path("."), {"num_classes": 3}, labels, true, np.array(["a", "b", "c", "d"]),
+                torch.empty(0), torch.empty(0), torch.zeros(1), torch.ones(1))
+    bank = LocalBank(labels, 3)
+    fixed = torch.tensor([[0.1, 0.1, 0.8], [0.0, 1.0, 0.0]])  # sample 1 corrected to its true class 2
+    bank.put(torch.tensor([1, 2]), y_hat=fixed, y_tilde=fixed, alpha=torch.tensor([0.1, 0.9]))
+    out, _ = bank_metrics(bank, data)
+    assert out["corrected_all"] == 1.0 and out["corrected_clean"] == 1.0 and out["corrected_noisy"] == 1.0
+    assert np.isnan(out["alpha_clean"]) and out["alpha_noisy"] == np.float32(0.1)
+
+
+def test_summary_selects_on_validation_never_on_test():
+    hist = [{"epoch": e, "val_acc": v, "test_acc": t} for e, v, t in
+            [(1, 0.5, 0.9), (2, 0.8, 0.6), (3, 0.7, 0.95), (4, 0.8, 0.1), (5, 0.6, 0.7), (6, 0.6, 0.7)]]
+    s = summarize(hist)
+    assert s["selected_epoch"] == 2 and s["best_test_acc"] == 0.6  # earliest of the tied best validation
+    assert s["last5_epochs"] == [2, 3, 4, 5, 6] and abs(s["last5_test_acc"] - 0.61) < 1e-12
