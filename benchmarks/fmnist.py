@@ -38,13 +38,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 COLUMNS = ("method", "noise", "realized_rate", "seed", "best", "last5", "label_clean", "label_noisy", "wall_s")
 
 
-def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: Path) -> dict:
+def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: Path, device: torch.device) -> dict:
     name = f"bench-{preset}-{method}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = absolutize(load_config(preset, [f"meta.method={method}", f"run.seed={seed}", f"run.name={name}",
                                           f"run.storage_path={storage}", "run.tensorboard=false", *overrides]))
     ensure_shards(cfg.data)
     t0 = time.time()
-    res = run(cfg, LocalReporter(Path(cfg.run.storage_path) / name), log=lambda s: print(f"  {s}", flush=True))
+    res = run(cfg, LocalReporter(Path(cfg.run.storage_path) / name), device,
+              log=lambda s: print(f"  {s}", flush=True))
     wall = time.time() - t0
     s, final = res["summary"], res["summary"]["final"]
     metrics = json.loads(Path(res["metrics"]).read_text())
@@ -83,16 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--storage", default=str(ROOT / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(RESULTS / "fmnist"), help="output path without extension")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda where present)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     a = p.parse_args(argv)
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if a.device == "auto" else a.device)
     rows = []
     for preset in a.presets:
         for seed in a.seeds:
             for method in a.methods:
                 print(f"{preset} {method} seed {seed}", flush=True)
-                rows.append(one_row(preset, method, seed, a.overrides, Path(a.storage).resolve()))
+                rows.append(one_row(preset, method, seed, a.overrides, Path(a.storage).resolve(), device))
     header = (f"# Fashion-MNIST: CE vs MSLC\n\nCommand: `python benchmarks/fmnist.py {' '.join(argv or sys.argv[1:])}`"
-              f"  \nMachine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; "
+              f"  \nMachine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+              f"{torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}; "
               f"torch {torch.__version__}. Test accuracy in %; best = at the epoch chosen on clean validation.")
     md = markdown(rows, header)
     print(md)
