@@ -40,17 +40,3 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
 def average_gradients_(params: Iterable[torch.nn.Parameter]) -> None:
     """Average ``.grad`` of the given parameters across ranks (no-op alone)."""
     all_reduce_mean_(p.grad for p in params if p.grad is not None)
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of ``t`` over ranks (``t`` itself alone)."""
-    if not is_distributed():
-        return t
-    out = t.clone()
-    dist.all_reduce(out)
-    return out
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()

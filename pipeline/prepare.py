@@ -10,6 +10,7 @@ running it again does nothing.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,8 +111,6 @@ def ensure_shards(data: DataConfig, *, raw: ImageArrays | None = None, log=print
         shards.publish_dir(tmp, final)
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     m = manifest
     log(

@@ -222,9 +222,9 @@ def decode_label(data: bytes, *, where: str, num_classes: int) -> int:
 
 
 class Decoder:
-    """Whitelisted decode of one raw WebDataset sample → ``(image (H, W[, 3]) uint8, label, index)``.
+    """Whitelisted decode of one raw WebDataset sample → ``(image (H, W[, 3]) uint8, label, index, url)``.
 
-    ``index`` is the key as an integer for train shards, else the running position.
+    ``index`` is the key as an integer: the bank row for train shards, the source index otherwise.
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -308,7 +308,9 @@ def load_split_tensors(shard_dir: str | Path, manifest: dict, split: str) -> tup
     ds = stream(shard_urls(shard_dir, manifest, split), num_classes=manifest["num_classes"], shuffle_seed=None)
     xs, ys, idxs = [], [], []
     for x, y, idx in iterate_counted(loader(ds, batch_size=512, workers=0), expected_counts(shard_dir, manifest, split)):
-        xs.append(x), ys.append(y), idxs.append(idx)
+        xs.append(x)
+        ys.append(y)
+        idxs.append(idx)
     if not xs:
         raise ShardError(f"{shard_dir}: split {split!r} is empty")
     order = torch.cat(idxs).argsort()

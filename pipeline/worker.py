@@ -325,8 +325,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
                 tb.epoch(record, alpha=table["alpha"], beta=table["beta"], is_noisy=data.is_noisy, known=known)
                 if known.any():
                     tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
-        reporter.report({k: v for k, v in record.items() if not isinstance(v, str)} | {"phase": record["phase"]},
-                        st.state_dict(), epoch)
+        reporter.report(record, st.state_dict(), epoch)
     result = {"run_dir": str(run_dir), "summary": outputs.summarize(st.history)}
     if lead:
         t = st.bank.table()
