@@ -87,6 +87,56 @@ def lookahead_meta_loss(
     return F.cross_entropy(meta_logits, y_meta)
 
 
+META_GRADS = ("exact", "local")
+
+
+def meta_gradient(
+    model: nn.Module,
+    corrector: Corrector,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    y_prev: torch.Tensor,
+    x_meta: torch.Tensor,
+    y_meta: torch.Tensor,
+    *,
+    lr_virtual: float,
+    mode: str = "exact",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """θ-gradient of the clean meta loss through one virtual step, across all workers.
+
+    With ``ḡ(θ) = mean_r ∇_w L_r(w, θ)`` and ``ŵ = w − η·ḡ``, the chain rule gives
+    ``∇_θ M = −η · mean_r (∂g_r/∂θ)ᵀ h`` where ``h = mean_r ∇_ŵ M_r(ŵ)``. Each rank
+    back-propagates ``−η·⟨g_r(θ), h⟩`` into θ and the results are averaged: the
+    gradient of the global meta loss (``mode='exact'``). ``mode='local'`` takes each
+    rank's own virtual step and meta loss and only averages θ's gradients. At world
+    size 1 both equal the gradient of :func:`lookahead_meta_loss`.
+
+    Returns ``(θ-gradients in corrector.parameters() order, meta loss (averaged over
+    ranks in exact mode))``.
+    """
+    if mode not in META_GRADS:
+        raise ValueError(f"meta-gradient mode must be one of {META_GRADS}, got {mode!r}")
+    params = trainable_params(model)
+    y_hat = F.softmax(logits.detach(), dim=1)
+    soft, _, _ = corrector(y_hat, y, y_prev)
+    grads = torch.autograd.grad(soft_cross_entropy(logits, soft), list(params.values()), create_graph=True)
+    g = [t.detach().clone() for t in grads]
+    if mode == "exact":
+        dist.all_reduce_mean_(g)
+    fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
+    scratch = {n: b.clone() for n, b in model.named_buffers()}
+    meta_loss = F.cross_entropy(functional_call(model, {**fast, **scratch}, (x_meta,)), y_meta)
+    h = list(torch.autograd.grad(meta_loss, list(fast.values())))
+    meta_loss = meta_loss.detach()
+    if mode == "exact":
+        dist.all_reduce_mean_([*h, meta_loss])
+    dot = -lr_virtual * sum((gi * hi).sum() for gi, hi in zip(grads, h))
+    theta = [p for p in corrector.parameters() if p.requires_grad]
+    theta_grads = list(torch.autograd.grad(dot, theta, retain_graph=True))
+    dist.all_reduce_mean_(theta_grads)
+    return theta_grads, meta_loss
+
+
 def mslc_step(
     model: nn.Module,
     corrector: Corrector,
@@ -99,24 +149,24 @@ def mslc_step(
     opt_w: torch.optim.Optimizer,
     opt_theta: torch.optim.Optimizer,
     lr_virtual: float,
+    meta_grad: str = "exact",
     sync_grads: Callable[[nn.Module], None] | None = None,
 ) -> StepResult:
     """One MSLC step: virtual step, Adam step on θ, real step with the new soft labels.
 
     ``x`` (n, ...) with given labels ``y`` (n,) and previous soft labels ``y_prev``
-    (n, C); ``x_meta`` (m, ...) with clean labels ``y_meta`` (m,). ``sync_grads``
-    averages ``.grad`` of a module across workers (default: :mod:`mslc.dist`).
+    (n, C); ``x_meta`` (m, ...) with clean labels ``y_meta`` (m,). Across workers the
+    θ-gradient is that of :func:`meta_gradient` (``meta_grad``), and the real step's
+    gradient is averaged by ``sync_grads`` (default: :mod:`mslc.dist`), so θ and w stay
+    identical on every rank.
     """
     sync = sync_grads or (lambda m: dist.average_gradients_(m.parameters()))
     logits = model(x)  # the one real forward: batch-norm statistics move once
-    meta_loss = lookahead_meta_loss(
-        model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual
+    theta_grads, meta_loss = meta_gradient(
+        model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad
     )
-    theta = [p for p in corrector.parameters() if p.requires_grad]
-    theta_grads = torch.autograd.grad(meta_loss, theta, retain_graph=True)
-    for p, g in zip(theta, theta_grads):
+    for p, g in zip((p for p in corrector.parameters() if p.requires_grad), theta_grads):
         p.grad = g
-    sync(corrector)
     opt_theta.step()
     y_hat = F.softmax(logits.detach(), dim=1)
     with torch.no_grad():
@@ -126,7 +176,7 @@ def mslc_step(
     loss.backward()
     sync(model)
     opt_w.step()
-    return StepResult(loss.detach(), meta_loss.detach(), y_hat, soft, alpha, beta)
+    return StepResult(loss.detach(), meta_loss, y_hat, soft, alpha, beta)
 
 
 def ce_step(

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mslc.corrector import Corrector
-from mslc.meta_step import lookahead_meta_loss, mslc_step, soft_cross_entropy
+from mslc.meta_step import lookahead_meta_loss, meta_gradient, mslc_step, soft_cross_entropy
 from mslc.models import SmallCNN
 
 LR = 0.5
@@ -48,6 +48,9 @@ def test_theta_gradient_matches_finite_differences():
     meta = lookahead_meta_loss(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=LR)
     assert meta.item() == pytest.approx(naive_meta_loss(model, corrector, x, y, y_prev, xm, ym, LR), rel=1e-10)
     grads = torch.autograd.grad(meta, list(corrector.parameters()))
+    fast_form, _ = meta_gradient(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=LR)
+    for a, b in zip(grads, fast_form):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)  # the step's dot-product form, same gradient
     eps = 1e-6
     checked = 0
     for p, g in zip(corrector.parameters(), grads):
