@@ -68,9 +68,10 @@ class LocalReporter:
 class RayReporter:
     """Under Ray Train: every rank reports each epoch; rank 0 attaches the checkpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, resume_from: str | Path | None = None) -> None:
         import ray.train
 
+        self.resume_from = resume_from
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
@@ -78,9 +79,9 @@ class RayReporter:
     def restore(self) -> dict | None:
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
+        ckpt = ray.train.get_checkpoint()  # set after a failure: the run's latest checkpoint
         if ckpt is None:
-            return None
+            return load_state(self.resume_from) if self.resume_from else None
         with ckpt.as_directory() as d:
             return load_state(d)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.errors import PipelineError
 
-PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("run", "storage_path"))
+PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("run", "storage_path"), ("run", "resume_from"))
 
 
 def _key_table() -> str:
@@ -49,7 +49,7 @@ def absolutize(cfg: Config) -> Config:
     d = cfg.to_dict()
     for section, key in PATH_KEYS:
         v = d[section][key]
-        if "://" not in v:
+        if v and "://" not in v:
             d[section][key] = os.path.abspath(v)
     return Config.from_dict(d)
 

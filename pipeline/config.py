@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mslc.bank import REFRESH_POLICIES
 from mslc.corrector import LOSS_MODES
+from mslc.meta_step import META_GRADS
 from mslc.models import ARCHS
 from mslc.noise import NOISE_KINDS
 
@@ -121,6 +122,7 @@ class MetaConfig:
     hidden: int = 100
     meta_batch_size: int = 128
     virtual_lr_scale: float = 1.0  # virtual-step lr = scale × current lr (authors: 10)
+    grad: str = "exact"  # exact: gradient of the global meta loss across workers; local: per-rank, averaged
     bank_dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -131,6 +133,7 @@ class MetaConfig:
         _require(self.refresh in REFRESH_POLICIES, f"meta.refresh must be one of {REFRESH_POLICIES}")
         for name in ("alpha_lr", "beta_lr", "virtual_lr_scale"):
             _require(getattr(self, name) > 0, f"meta.{name} must be > 0, got {getattr(self, name)}")
+        _require(self.grad in META_GRADS, f"meta.grad must be one of {META_GRADS}, got {self.grad!r}")
         _require(self.hidden >= 1 and self.meta_batch_size >= 1, "meta.hidden and meta.meta_batch_size must be >= 1")
         _require(
             self.bank_dtype in ("float32", "float16", "bfloat16"),
@@ -144,13 +147,15 @@ class ScaleConfig:
     use_gpu: str = "auto"  # auto: GPU when CUDA is present
     cpus_per_worker: int = 1
     threads: int = 0  # torch threads per worker; 0 = all cores / workers
-    max_failures: int = 0
+    max_failures: int = 0  # worker failures Ray recovers from (resuming from the last checkpoint); -1: no limit
+    crash_at_step: int = 0  # > 0: the last rank dies once at this step (tests and demos of recovery)
 
     def __post_init__(self) -> None:
         _require(self.workers >= 1, f"scale.workers must be >= 1, got {self.workers}")
         _require(self.use_gpu in ("auto", "true", "false"), "scale.use_gpu must be auto|true|false")
         _require(self.cpus_per_worker >= 1 and self.threads >= 0, "scale.cpus_per_worker >= 1, scale.threads >= 0")
         _require(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1: unlimited)")
+        _require(self.crash_at_step >= 0, f"scale.crash_at_step must be >= 0, got {self.crash_at_step}")
 
 
 @dataclass
@@ -159,6 +164,7 @@ class RunConfig:
     name: str = ""  # unique per run; empty: <preset>-<time>-<random>
     seed: int = 0
     tensorboard: bool = True
+    resume_from: str = ""  # a checkpoint directory to start from (any worker count)
 
     def __post_init__(self) -> None:
         _require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")

@@ -22,7 +22,6 @@ import random
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +221,7 @@ def decode_label(data: bytes, *, where: str, num_classes: int) -> int:
 
 
 class Decoder:
-    """Whitelisted decode of one raw WebDataset sample → ``(image (H, W[, 3]) uint8, label, index, url)``.
+    """Whitelisted decode of one raw WebDataset sample → ``(image (H, W[, 3]) uint8, label, index)``.
 
     ``index`` is the key as an integer: the bank row for train shards, the source index otherwise.
     """
@@ -230,7 +229,7 @@ class Decoder:
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
 
-    def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int, str]:
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int]:
         key, url = sample["__key__"], sample.get("__url__", "?")
         where = f"shard {url}, sample {key}"
         img_field = next((e for e in IMAGE_EXTS if e in sample), None)
@@ -238,15 +237,47 @@ class Decoder:
             raise ShardError(f"{where}: missing field {'image' if img_field is None else 'label.cls'}")
         img = decode_image(sample[img_field], where=where)
         label = decode_label(sample["label.cls"], where=where, num_classes=self.num_classes)
-        try:
-            index = int(key)
-        except ValueError:
-            raise ShardError(f"{where}: key is not a sample index") from None
-        return torch.from_numpy(img.copy()), label, index, url
+        return torch.from_numpy(img.copy()), label, sample_index(sample)
+
+
+def sample_index(sample: dict) -> int:
+    try:
+        return int(sample["__key__"])
+    except ValueError:
+        raise ShardError(f"shard {sample.get('__url__', '?')}, sample {sample['__key__']}: "
+                         "key is not a sample index") from None
+
+
+def count_check(expected: dict[str, int]):
+    """A pipeline stage: passes samples through, then checks each shard it read gave
+    the number of samples expected of it (catches a tar cut at a member boundary)."""
+
+    def stage(samples):
+        seen: dict[str, int] = {}
+        for s in samples:
+            seen[s["__url__"]] = seen.get(s["__url__"], 0) + 1
+            yield s
+        for url, n in seen.items():
+            if n != expected.get(url, n):
+                raise ShardError(f"shard {url}: yielded {n} samples, the manifest says {expected[url]}")
+
+    return stage
 
 
 def shard_urls(shard_dir: str | Path, manifest: dict, split: str) -> list[str]:
     return [str(Path(shard_dir) / r["name"]) for r in manifest["splits"][split]["shards"]]
+
+
+def expected_counts(shard_dir: str | Path, manifest: dict, split: str, *, rank: int = 0, world: int = 1
+                    ) -> dict[str, int]:
+    """Samples each shard holds for ``rank`` of ``world`` (keys are ``0..N-1`` in shard order)."""
+    out, start = {}, 0
+    for r in manifest["splits"][split]["shards"]:
+        stop = start + r["count"]
+        first = start + (rank - start) % world
+        out[str(Path(shard_dir) / r["name"])] = len(range(first, stop, world))
+        start = stop
+    return out
 
 
 def stream(
@@ -255,12 +286,18 @@ def stream(
     num_classes: int,
     shuffle_seed: int | None,
     shuffle_buffer: int = 0,
+    expected: dict[str, int] | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> wds.WebDataset:
-    """A WebDataset pipeline yielding ``(image, label, index, url)``.
+    """A WebDataset pipeline yielding ``(image, label, index)``.
 
     ``urls`` are local paths or URLs the webdataset library opens (``pipe:``,
-    ``s3://`` through its handlers). With ``shuffle_seed`` set, the shard order is
-    permuted and samples pass a shuffle buffer, both seeded from it.
+    ``s3://`` through its handlers). With ``world > 1`` only samples whose index is
+    ``rank`` modulo ``world`` are kept (before decoding), so ranks see disjoint,
+    equal-sized parts. ``expected`` (per-url counts) turns on the count check. With
+    ``shuffle_seed`` set, the shard order is permuted and samples pass a shuffle
+    buffer, both seeded from it.
     """
     urls = list(urls)
     if shuffle_seed is not None:
@@ -272,7 +309,12 @@ def stream(
         workersplitter=wds.split_by_worker,
         handler=_reraise_with_shard,
         empty_check=False,
-    ).map(Decoder(num_classes))
+    )
+    if world > 1:
+        ds = ds.select(lambda s: sample_index(s) % world == rank)
+    if expected is not None:
+        ds = ds.compose(count_check(expected))
+    ds = ds.map(Decoder(num_classes))
     if shuffle_seed is not None and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
     return ds
@@ -284,30 +326,12 @@ def loader(ds, *, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
     )
 
 
-def iterate_counted(
-    batches, expected: dict[str, int]
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y, idx)`` batches and, at the end, check each shard gave the
-    number of samples its manifest record says (catches a tar cut at a member boundary)."""
-    seen: dict[str, int] = {}
-    for x, y, idx, urls in batches:
-        for u in urls:
-            seen[u] = seen.get(u, 0) + 1
-        yield x, y, idx
-    for url, n in expected.items():
-        if seen.get(url, 0) != n:
-            raise ShardError(f"shard {url}: yielded {seen.get(url, 0)} samples, the manifest says {n}")
-
-
-def expected_counts(shard_dir: str | Path, manifest: dict, split: str) -> dict[str, int]:
-    return {str(Path(shard_dir) / r["name"]): r["count"] for r in manifest["splits"][split]["shards"]}
-
-
 def load_split_tensors(shard_dir: str | Path, manifest: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole (small) split in memory: ``(images (N, H, W[, 3]) uint8, labels (N,) int64)`` in index order."""
-    ds = stream(shard_urls(shard_dir, manifest, split), num_classes=manifest["num_classes"], shuffle_seed=None)
+    ds = stream(shard_urls(shard_dir, manifest, split), num_classes=manifest["num_classes"], shuffle_seed=None,
+                expected=expected_counts(shard_dir, manifest, split))
     xs, ys, idxs = [], [], []
-    for x, y, idx in iterate_counted(loader(ds, batch_size=512, workers=0), expected_counts(shard_dir, manifest, split)):
+    for x, y, idx in loader(ds, batch_size=512, workers=0):
         xs.append(x)
         ys.append(y)
         idxs.append(idx)

@@ -10,6 +10,7 @@ starts a local one). Outputs land in ``run.storage_path/run.name``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import sys
@@ -21,7 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from pipeline.cli import parse_args, replace, run_cli
-from pipeline.config import Config, ConfigError, RunConfig
+from pipeline.config import Config, ConfigError
 from pipeline.prepare import ensure_shards
 from pipeline import shards
 
@@ -32,8 +33,7 @@ def name_run(cfg: Config) -> Config:
     run_dir = Path(cfg.run.storage_path) / name
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"run.name={name!r}: {run_dir} already holds a run; choose another name")
-    r = cfg.run
-    return replace(cfg, run=RunConfig(storage_path=r.storage_path, name=name, seed=r.seed, tensorboard=r.tensorboard))
+    return replace(cfg, run=dataclasses.replace(cfg.run, name=name))
 
 
 def check_data(cfg: Config) -> None:
@@ -79,8 +79,6 @@ def start_ray() -> None:
 
 
 def main_body(cfg: Config) -> int:
-    if cfg.scale.workers > 1:
-        raise ConfigError("scale.workers > 1: multi-worker training is not implemented yet; use scale.workers=1")
     cfg = name_run(cfg)
     check_data(cfg)
     start_ray()

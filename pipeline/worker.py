@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mslc.bank import LocalBank, SoftLabelBank
+from mslc import dist
+from mslc.bank import LocalBank, ShardedBank, SoftLabelBank
 from mslc.corrector import Corrector
 from mslc.meta_step import ce_step, mslc_step
 from mslc.metrics import corrected_label_accuracy, group_mean
@@ -61,14 +62,17 @@ class Data:
 
 
 class MetaSampler:
-    """Endless seeded mini-batches of the clean meta set (reshuffled every pass)."""
+    """Seeded mini-batches of the clean meta set, reshuffled every pass; :meth:`reset`
+    reseeds it (each epoch, per rank) so a resumed run draws the same batches."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
         self.x, self.y = x, y
         self.batch_size = min(batch_size, len(y))
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
         self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(y), generator=self.gen)
-        self.pos = 0
+        self.perm, self.pos = torch.randperm(len(self.y), generator=self.gen), 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + self.batch_size > len(self.perm):
@@ -76,13 +80,6 @@ class MetaSampler:
         idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return self.x[idx], self.y[idx]
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.gen.set_state(s["gen"])
-        self.perm, self.pos = s["perm"], s["pos"]
 
 
 @dataclass
@@ -95,13 +92,14 @@ class State:
     bank: SoftLabelBank
     meta: MetaSampler
     epoch: int = 0
+    steps_done: int = 0
     history: list[dict] = field(default_factory=list)
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(), "opt_w": self.opt_w.state_dict(), "sched": self.sched.state_dict(),
             "corrector": self.corrector.state_dict(), "opt_theta": self.opt_theta.state_dict(),
-            "bank": self.bank.state_dict(), "meta_sampler": self.meta.state_dict(), "epoch": self.epoch,
+            "bank": self.bank.state_dict(), "epoch": self.epoch, "steps_done": self.steps_done,
             "history": self.history, "rng": checkpoint.rng_state(),
         }
 
@@ -112,8 +110,7 @@ class State:
         self.corrector.load_state_dict(s["corrector"])
         self.opt_theta.load_state_dict(s["opt_theta"])
         self.bank.load_state_dict(s["bank"])
-        self.meta.load_state_dict(s["meta_sampler"])
-        self.epoch, self.history = s["epoch"], list(s["history"])
+        self.epoch, self.steps_done, self.history = s["epoch"], s["steps_done"], list(s["history"])
         checkpoint.set_rng_state(s["rng"])
 
 
@@ -158,8 +155,9 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> State:
          {"params": corrector.beta_net.parameters(), "lr": m.beta_lr}],
         weight_decay=m.weight_decay,
     )
-    bank = LocalBank(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype))
-    meta = MetaSampler(data.meta_x, data.meta_y, m.meta_batch_size, cfg.run.seed + 17)
+    bank_cls = ShardedBank if dist.world_size() > 1 else LocalBank
+    bank = bank_cls(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype))
+    meta = MetaSampler(data.meta_x, data.meta_y, m.meta_batch_size)
     return State(model, opt_w, sched, corrector, opt_theta, bank, meta)
 
 
@@ -182,29 +180,53 @@ def phase_of(cfg: Config, epoch: int) -> str:
 
 
 def train_batches(cfg: Config, data: Data, epoch: int):
+    """This rank's training batches ``(x, y, idx)`` for an epoch, in lock-step with the
+    other ranks: every rank takes the same number of steps (the stream stops for all
+    when one runs out), and a last batch of one sample is not trained on."""
+    rank, world = dist.rank(), dist.world_size()
     urls = shards.shard_urls(data.shard_dir, data.manifest, "train")
     seed = cfg.run.seed * 1_000_003 + epoch
-    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=seed,
-                       shuffle_buffer=cfg.data.shuffle_buffer)
-    dl = shards.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers)
-    return shards.iterate_counted(dl, shards.expected_counts(data.shard_dir, data.manifest, "train"))
+    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                       expected=shards.expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
+                       rank=rank, world=world)
+    it = iter(shards.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers))
+    while True:
+        batch = next(it, None)
+        go = torch.tensor([0 if batch is None or len(batch[1]) < 2 else 1])
+        if world > 1:
+            torch.distributed.all_reduce(go, op=torch.distributed.ReduceOp.MIN)
+        if not go.item():
+            for _ in it:  # drain, so the shard count check still runs
+                pass
+            return
+        yield batch
 
 
-def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.device) -> dict:
+def maybe_crash(cfg: Config, st: State, run_dir: Path) -> None:
+    """``scale.crash_at_step``: the last rank dies once at that step (for fault-tolerance tests)."""
+    marker = run_dir / ".crash-injected"
+    if st.steps_done == cfg.scale.crash_at_step and dist.rank() == dist.world_size() - 1 and not marker.exists():
+        marker.write_text(f"rank {dist.rank()} crashed at step {st.steps_done}\n")
+        sys.stdout.flush()
+        os._exit(1)
+
+
+def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.device, run_dir: Path) -> dict:
     phase = phase_of(cfg, epoch)
+    st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
     avg_from = cfg.meta.warmup_epochs - min(cfg.meta.warmup_avg, cfg.meta.warmup_epochs)
     st.model.train()
     sums = {"loss": 0.0, "meta_loss": 0.0, "n": 0, "steps": 0}
     for x, y, idx in train_batches(cfg, data, epoch):
-        if len(y) < 2:  # batch-norm cannot train on one sample; it keeps its bank row
-            continue
+        if cfg.scale.crash_at_step:
+            maybe_crash(cfg, st, run_dir)
         x, y = normalize(x, data, device), y.to(device)
         if phase == "mslc":
             _, y_prev = st.bank.rows(idx)
             xm, ym = st.meta.next()
             lr_v = st.opt_w.param_groups[0]["lr"] * cfg.meta.virtual_lr_scale
             res = mslc_step(st.model, st.corrector, x, y, y_prev.to(device), xm, ym,
-                            opt_w=st.opt_w, opt_theta=st.opt_theta, lr_virtual=lr_v)
+                            opt_w=st.opt_w, opt_theta=st.opt_theta, lr_virtual=lr_v, meta_grad=cfg.meta.grad)
             st.bank.put(idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
             sums["meta_loss"] += float(res.meta_loss) * len(y)
         else:
@@ -215,6 +237,10 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
         sums["loss"] += float(res.loss) * len(y)
         sums["n"] += len(y)
         sums["steps"] += 1
+        st.steps_done += 1
+    totals = torch.tensor([sums["loss"], sums["meta_loss"], float(sums["n"])], dtype=torch.float64)
+    dist.all_reduce_mean_([totals])
+    sums["loss"], sums["meta_loss"], sums["n"] = float(totals[0]), float(totals[1]), round(float(totals[2]))
     if sums["n"] == 0:
         raise PipelineError(f"{data.shard_dir}: epoch {epoch} streamed no training batch")
     if phase == "warmup" and epoch == cfg.meta.warmup_epochs:
@@ -224,7 +250,7 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
     n = sums["n"]
     return {"phase": phase, "train_loss": sums["loss"] / n,
             "meta_loss": sums["meta_loss"] / n if phase == "mslc" else float("nan"),
-            "samples": n, "steps": sums["steps"]}
+            "samples": n * dist.world_size(), "steps": sums["steps"]}
 
 
 @torch.no_grad()
@@ -234,11 +260,10 @@ def evaluate(model: nn.Module, data: Data, split: str, device: torch.device, bat
     if not urls:
         return float("nan")
     model.eval()
-    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=None)
+    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=None,
+                       expected=shards.expected_counts(data.shard_dir, data.manifest, split))
     correct = total = 0
-    batches = shards.iterate_counted(shards.loader(ds, batch_size=batch_size, workers=0),
-                                     shards.expected_counts(data.shard_dir, data.manifest, split))
-    for x, y, _ in batches:
+    for x, y, _ in shards.loader(ds, batch_size=batch_size, workers=0):
         pred = model(normalize(x, data, device)).argmax(1).cpu()
         correct += int((pred == y).sum())
         total += len(y)
@@ -296,11 +321,11 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg, device)
     st = build_state(cfg, data, device)
+    lead = reporter.rank == 0
     saved = reporter.restore()
     if saved is not None:
         st.load_state_dict(saved)
         log(f"resumed from the checkpoint of epoch {st.epoch}")
-    lead = reporter.rank == 0
     tb = outputs.TensorBoardLog(run_dir, data.manifest["classes"]) if lead and cfg.run.tensorboard else None
     known = data.known
     if tb and known.any() and st.epoch == 0:
@@ -309,10 +334,11 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
         t0 = time.time()
         lr = st.opt_w.param_groups[0]["lr"]
-        stats = train_epoch(cfg, st, data, epoch, device)
+        stats = train_epoch(cfg, st, data, epoch, device, run_dir)
+        nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
-                  "val_acc": evaluate(st.model, data, "val", device),
-                  "test_acc": evaluate(st.model, data, "test", device)}
+                  "val_acc": evaluate(st.model, data, "val", device) if lead else nan,
+                  "test_acc": evaluate(st.model, data, "test", device) if lead else nan}
         label_stats, table = bank_metrics(st.bank, data)
         record.update(label_stats)
         record["epoch_seconds"] = time.time() - t0
@@ -327,8 +353,8 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
                     tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
         reporter.report(record, st.state_dict(), epoch)
     result = {"run_dir": str(run_dir), "summary": outputs.summarize(st.history)}
+    t = st.bank.table()  # collective: every rank takes part in gathering the bank
     if lead:
-        t = st.bank.table()
         result["corrected_labels"] = str(outputs.write_corrected_labels(
             run_dir / "corrected_labels.parquet", keys=data.keys, given=data.labels, soft=t["y_tilde"],
             alpha=t["alpha"], beta=t["beta"], true=data.true))
@@ -354,4 +380,4 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     device = ray.train.torch.get_device()
-    run(cfg, checkpoint.RayReporter(), device, log=console)
+    run(cfg, checkpoint.RayReporter(resume_from=cfg.run.resume_from or None), device, log=console)

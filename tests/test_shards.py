@@ -25,7 +25,7 @@ def test_round_trip_gives_back_images_labels_and_indices(fake_shards, fake_data_
     src = np.asarray(pq.read_table(fake_shards / shards.LABELS_FILE)["source_index"])
     ds = shards.stream(shards.shard_urls(fake_shards, m, "train"), num_classes=10, shuffle_seed=3, shuffle_buffer=64)
     seen = set()
-    for img, label, index, _url in ds:
+    for img, label, index in ds:
         assert label == labels["label"][index]
         np.testing.assert_array_equal(img.numpy(), raw.train_x[src[index]])
         assert raw.train_y[src[index]] == labels["true_label"][index]
@@ -36,9 +36,22 @@ def test_round_trip_gives_back_images_labels_and_indices(fake_shards, fake_data_
     assert len(meta_y) == 50 and np.bincount(meta_y.numpy()).tolist() == [5] * 10
 
 
+def test_ranks_get_disjoint_equal_parts_with_exact_counts(fake_shards):
+    m = shards.load_manifest(fake_shards)
+    urls = shards.shard_urls(fake_shards, m, "train")
+    parts = []
+    for rank in range(3):
+        exp = shards.expected_counts(fake_shards, m, "train", rank=rank, world=3)
+        got = [i for _, _, i in shards.stream(urls, num_classes=10, shuffle_seed=1, shuffle_buffer=32,
+                                               expected=exp, rank=rank, world=3)]
+        assert sum(exp.values()) == len(got) and all(i % 3 == rank for i in got)
+        parts.append(set(got))
+    assert set().union(*parts) == set(range(500)) and sum(map(len, parts)) == 500
+
+
 def test_same_seed_same_order(fake_shards):
     m = shards.load_manifest(fake_shards)
-    order = lambda s: [i for _, _, i, _ in shards.stream(shards.shard_urls(fake_shards, m, "train"),  # noqa: E731
+    order = lambda s: [i for _, _, i in shards.stream(shards.shard_urls(fake_shards, m, "train"),  # noqa: E731
                                                          num_classes=10, shuffle_seed=s, shuffle_buffer=64)]
     assert order(5) == order(5) != order(6)
 
@@ -96,9 +109,10 @@ def test_shard_cut_at_a_member_boundary_is_caught_by_the_sample_count(fake_shard
         members = tar.getmembers()
     cut = members[30].offset  # a clean tar prefix: tarfile sees a shorter archive
     _truncate(path, cut)
-    batches = shards.loader(shards.stream([str(path)], num_classes=10, shuffle_seed=None), batch_size=16, workers=0)
+    ds = shards.stream([str(path)], num_classes=10, shuffle_seed=None,
+                       expected=shards.expected_counts(fake_shards, m, "train"))
     with pytest.raises(ShardError, match=f"shard {path}: yielded \\d+ samples, the manifest says 128"):
-        list(shards.iterate_counted(batches, shards.expected_counts(fake_shards, m, "train")))
+        list(shards.loader(ds, batch_size=16, workers=0))
 
 
 def test_label_out_of_range_names_the_shard_and_sample(tmp_path):
