@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mslc.dist import comm_device
+
 REFRESH_POLICIES = ("epoch", "step")
 
 
@@ -213,19 +215,21 @@ class ShardedBank(SoftLabelBank):
     def _all_gather_padded(self, t: torch.Tensor, n_max: int, fill: float) -> torch.Tensor:
         """(n, ...) on every rank → (W, n_max, ...) with each rank's rows, padded with ``fill``."""
         pad = torch.full((n_max - t.shape[0], *t.shape[1:]), fill, dtype=t.dtype)
-        out = [torch.empty((n_max, *t.shape[1:]), dtype=t.dtype) for _ in range(self.world)]
         mine = torch.cat([t, pad])
-        self.bytes_moved += mine.numel() * mine.element_size()
         if self.world == 1:
             return mine.unsqueeze(0)
-        self.dist.all_gather(out, mine)
-        return torch.stack(out)
+        self.bytes_moved += mine.numel() * mine.element_size()
+        dev = comm_device()
+        out = [torch.empty((n_max, *t.shape[1:]), dtype=t.dtype, device=dev) for _ in range(self.world)]
+        self.dist.all_gather(out, mine.to(dev))
+        return torch.stack(out).cpu()
 
     def _max_len(self, n: int) -> int:
-        t = torch.tensor([n])
-        if self.world > 1:
-            self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
-        return int(t)
+        if self.world == 1:
+            return n
+        t = torch.tensor([n], device=comm_device())
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return int(t.item())
 
     def _gather_writes(self, idx: torch.Tensor, payload: torch.Tensor):
         """All ranks' (idx, payload rows); yields the local positions and rows this rank owns."""
@@ -253,7 +257,9 @@ class ShardedBank(SoftLabelBank):
             resp[mine] = torch.cat([y_hat, y_prev], 1)
         if self.world > 1:
             self.bytes_moved += resp.numel() * resp.element_size()
+            resp = resp.to(comm_device())
             self.dist.all_reduce(resp)  # every row has exactly one owner
+            resp = resp.cpu()
         out = resp[self.rank, :n]
         return out[:, :c], out[:, c:]
 

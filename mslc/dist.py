@@ -20,6 +20,13 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def comm_device() -> torch.device:
+    """Where collective buffers must live: the current GPU under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
     """Average tensors across ranks in place (one flattened all-reduce)."""
     if not is_distributed():
@@ -27,16 +34,30 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
     ts = [t for t in tensors if t is not None]
     if not ts:
         return
-    flat = torch.cat([t.reshape(-1) for t in ts])
+    flat = torch.cat([t.reshape(-1).to(comm_device()) for t in ts])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     offset = 0
     for t in ts:
         n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
+        t.copy_(flat[offset : offset + n].view_as(t).to(t.device))
         offset += n
 
 
 def average_gradients_(params: Iterable[torch.nn.Parameter]) -> None:
     """Average ``.grad`` of the given parameters across ranks (no-op alone)."""
     all_reduce_mean_(p.grad for p in params if p.grad is not None)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_min(value: int) -> int:
+    """The smallest of the ranks' integers (``value`` alone)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], device=comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())

@@ -44,12 +44,13 @@ def load_state(directory: str | Path) -> dict:
 
 
 class LocalReporter:
-    """One process, no Ray: checkpoints go to ``run_dir/checkpoints/epoch_XXXX/``."""
-
-    rank = 0
-    world_size = 1
+    """No Ray (one process, or plain ``torch.distributed`` ranks): rank 0 writes
+    checkpoints to ``run_dir/checkpoints/epoch_XXXX/``."""
 
     def __init__(self, run_dir: str | Path, *, resume_from: str | Path | None = None) -> None:
+        from mslc import dist
+
+        self.rank, self.world_size = dist.rank(), dist.world_size()
         self.run_dir = Path(run_dir)
         self.resume_from = resume_from
 
@@ -57,8 +58,11 @@ class LocalReporter:
         return load_state(self.resume_from) if self.resume_from else None
 
     def report(self, metrics: dict, state: dict | None, epoch: int) -> None:
-        if state is not None:
+        if state is not None and self.rank == 0:
             save_state(state, self.run_dir / "checkpoints" / f"epoch_{epoch:04d}")
+        from mslc import dist
+
+        dist.barrier()
 
     def latest_checkpoint(self) -> Path | None:
         found = sorted((self.run_dir / "checkpoints").glob("epoch_*"))

@@ -192,10 +192,7 @@ def train_batches(cfg: Config, data: Data, epoch: int):
     it = iter(shards.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers))
     while True:
         batch = next(it, None)
-        go = torch.tensor([0 if batch is None or len(batch[1]) < 2 else 1])
-        if world > 1:
-            torch.distributed.all_reduce(go, op=torch.distributed.ReduceOp.MIN)
-        if not go.item():
+        if not dist.all_min(0 if batch is None or len(batch[1]) < 2 else 1):
             for _ in it:  # drain, so the shard count check still runs
                 pass
             return

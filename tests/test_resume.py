@@ -36,3 +36,35 @@ def test_resumed_run_equals_uninterrupted_run(fake_shards, fake_data_cfg, tmp_pa
     assert strip(full["summary"]["final"]) == strip(resumed["summary"]["final"])
     assert full["summary"]["final"]["phase"] == "mslc"
     assert np.isfinite(full["summary"]["final"]["meta_loss"])
+
+
+def _two_rank_run(rank, world, data_cfg, storage):
+    from pipeline.config import DataConfig
+
+    cfg = _cfg(DataConfig(**data_cfg), storage, "two", 2)
+    res = run(cfg, LocalReporter(storage / "two"), log=lambda s: None)
+    return res["summary"]["final"]["samples"]
+
+
+def test_resume_with_a_different_number_of_workers(fake_shards, fake_data_cfg, tmp_path):
+    """Two ranks (sharded bank) for 2 epochs, then one rank resumes: the bank is re-sharded."""
+    import dataclasses
+
+    from tests.dist_helpers import run_ranks
+
+    samples = run_ranks(_two_rank_run, 2, tmp_path / "procs", dataclasses.asdict(fake_data_cfg), tmp_path)
+    assert samples == [500, 500]
+    ckpt = tmp_path / "two" / "checkpoints" / "epoch_0002"
+    saved = torch.load(ckpt / "state.pt", weights_only=True)
+    assert saved["bank"]["y_tilde"].shape == (500, 10) and not torch.isnan(saved["bank"]["alpha"]).any()
+    one = run(_cfg(fake_data_cfg, tmp_path, "one", 3), LocalReporter(tmp_path / "one", resume_from=ckpt),
+              log=lambda s: None)
+    assert [h["epoch"] for h in json_epochs(one)] == [1, 2, 3]
+    t = pq.read_table(one["corrected_labels"]).to_pydict()
+    assert t["index"] == list(range(500)) and all(p > 0.1 for p in t["corrected_prob"])
+
+
+def json_epochs(result):
+    import json
+
+    return json.loads(open(result["metrics"]).read())["epochs"]
