@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.common import publish  # noqa: E402
 from pipeline.checkpoint import LocalReporter  # noqa: E402
 from pipeline.cli import absolutize  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -104,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  \nMachine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"{torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}; "
               f"torch {torch.__version__}. Test accuracy in %; best = at the epoch chosen on clean validation.")
-    md = markdown(rows, header)
-    print(md)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps({"columns": COLUMNS, "rows": rows}, indent=1))
+    publish(a.out, markdown(rows, header), {"columns": COLUMNS, "rows": rows})
     return 0
 
 

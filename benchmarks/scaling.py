@@ -27,6 +27,7 @@ import torch  # noqa: E402
 import torch.distributed as tdist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from benchmarks.common import publish  # noqa: E402
 from mslc import dist, meta_step  # noqa: E402
 from mslc.bank import ShardedBank  # noqa: E402
 from mslc.corrector import Corrector  # noqa: E402
@@ -134,12 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "scaling"))
     a = p.parse_args(argv)
     rows = [{**measure(w, a.rows, a.steps, a.warmup_steps), "rows": a.rows} for w in a.workers]
-    md = markdown(rows, "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    print(md)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1))
+    command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    publish(a.out, markdown(rows, command), {"rows": rows})
     return 0
 
 
