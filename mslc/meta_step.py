@@ -49,6 +49,24 @@ def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def training_grads(
+    model: nn.Module, corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """``(trainable params, ∇_w L(w, θ))``, the gradient kept differentiable in θ."""
+    params = trainable_params(model)
+    soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
+    grads = torch.autograd.grad(soft_cross_entropy(logits, soft), list(params.values()), create_graph=True)
+    return params, grads
+
+
+def meta_loss_at(model: nn.Module, weights: dict[str, torch.Tensor], x_meta: torch.Tensor, y_meta: torch.Tensor
+                 ) -> torch.Tensor:
+    """Clean meta loss with ``weights`` in place of the trainable parameters; batch-norm
+    runs on fresh copies of the buffers, so the module's own statistics never move."""
+    scratch = {n: b.clone() for n, b in model.named_buffers()}
+    return F.cross_entropy(functional_call(model, {**weights, **scratch}, (x_meta,)), y_meta)
+
+
 def lookahead_meta_loss(
     model: nn.Module,
     corrector: Corrector,
@@ -75,16 +93,9 @@ def lookahead_meta_loss(
     -------
     () the meta loss ``(1/m) Σ CE(f(x_meta; ŵ(θ)), y_meta)``.
     """
-    params = trainable_params(model)
-    y_hat = F.softmax(logits.detach(), dim=1)
-    soft, _, _ = corrector(y_hat, y, y_prev)
-    loss = soft_cross_entropy(logits, soft)
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    params, grads = training_grads(model, corrector, logits, y, y_prev)
     fast = {n: p - lr_virtual * g for (n, p), g in zip(params.items(), grads)}
-    # Fresh copies of the buffers: batch-norm may update them in place here.
-    scratch = {n: b.clone() for n, b in model.named_buffers()}
-    meta_logits = functional_call(model, {**fast, **scratch}, (x_meta,))
-    return F.cross_entropy(meta_logits, y_meta)
+    return meta_loss_at(model, fast, x_meta, y_meta)
 
 
 META_GRADS = ("exact", "local")
@@ -116,16 +127,12 @@ def meta_gradient(
     """
     if mode not in META_GRADS:
         raise ValueError(f"meta-gradient mode must be one of {META_GRADS}, got {mode!r}")
-    params = trainable_params(model)
-    y_hat = F.softmax(logits.detach(), dim=1)
-    soft, _, _ = corrector(y_hat, y, y_prev)
-    grads = torch.autograd.grad(soft_cross_entropy(logits, soft), list(params.values()), create_graph=True)
+    params, grads = training_grads(model, corrector, logits, y, y_prev)
     g = [t.detach().clone() for t in grads]
     if mode == "exact":
         dist.all_reduce_mean_(g)
     fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
-    scratch = {n: b.clone() for n, b in model.named_buffers()}
-    meta_loss = F.cross_entropy(functional_call(model, {**fast, **scratch}, (x_meta,)), y_meta)
+    meta_loss = meta_loss_at(model, fast, x_meta, y_meta)
     h = list(torch.autograd.grad(meta_loss, list(fast.values())))
     meta_loss = meta_loss.detach()
     if mode == "exact":
