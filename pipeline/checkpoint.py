@@ -64,10 +64,6 @@ class LocalReporter:
 
         dist.barrier()
 
-    def latest_checkpoint(self) -> Path | None:
-        found = sorted((self.run_dir / "checkpoints").glob("epoch_*"))
-        return found[-1] if found else None
-
 
 class RayReporter:
     """Under Ray Train: every rank reports each epoch; rank 0 attaches the checkpoint."""
