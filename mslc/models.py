@@ -7,7 +7,7 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """Two conv–BN–ReLU–pool blocks and a two-layer head; input (n, in_ch, 28, 28)."""
+    """Two conv–BN–ReLU–pool blocks and a two-layer head; input (n, in_ch, H, W), made for 28×28."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
@@ -21,6 +21,7 @@ class SmallCNN(nn.Module):
             nn.BatchNorm2d(2 * w),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(7),  # the identity at 28×28 input; any other size gives 7×7 too
         )
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(2 * w * 7 * 7, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes)

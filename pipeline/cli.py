@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.errors import PipelineError
 
-PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("run", "storage_path"), ("run", "resume_from"))
+PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("data", "shards"), ("data", "labels_file"),
+             ("data", "clean_list"), ("data", "test_list"), ("run", "storage_path"), ("run", "resume_from"))
 
 
 def _key_table() -> str:

@@ -7,6 +7,7 @@ as a plain dict (:meth:`Config.to_dict`) and comes back with :meth:`Config.from_
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import typing
@@ -19,7 +20,8 @@ from mslc.meta_step import META_GRADS
 from mslc.models import ARCHS
 from mslc.noise import NOISE_KINDS
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "clothing1m")
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "clothing1m", "folder")
+TRANSFORMS = ("auto", "none", "cifar", "imagenet")
 METHODS = ("mslc", "ce")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,42 +40,72 @@ class DataConfig:
     """Where the data comes from, how it is corrupted and split, how it streams."""
 
     dataset: str = "fashion-mnist"
-    raw_dir: str = "data/raw"  # FashionMNIST/raw/ under it, else the Debian package
-    shard_root: str = "data/shards"  # shards go to shard_root/<spec name>
+    raw_dir: str = "data/raw"  # the release files (see pipeline/prepare.py --help); folder: tree or listing
+    shard_root: str = "data/shards"  # shards go to shard_root/<spec name> ...
+    shards: str = ""  # ... unless this names the shard directory or URL (s3://, gs://) to read
+    labels_file: str = ""  # CSV/Parquet (key or index, label) replacing the given training labels
+    clean_list: str = ""  # folder: listing (path, label) of a clean subset; meta and val come from it
+    test_list: str = ""  # folder: listing (path, label) of a test set
+    skip_bad: bool = False  # prepare: skip (and count) bad samples instead of stopping
+    prepare_workers: int = 1  # processes writing shards
     noise: str = "sym"
     noise_rate: float = 0.4
     noise_seed: int = 0
     split_seed: int = 0
-    n_meta: int = 1000
-    n_val: int = 1000
+    n_meta: int = 1000  # clean meta samples, class-balanced
+    n_val: int = 1000  # clean validation samples; for Clothing1M a cap on its clean val list (0 = all)
     max_train: int = 0  # 0 = all; else a seeded class-balanced subset of the train pool
     max_test: int = 0  # 0 = all
     shard_size: int = 10000  # samples per shard
     verify: str = "full"  # full (sha256) | size | none, checked before training
     loader_workers: int = 0
     shuffle_buffer: int = 5000
+    transform: str = "auto"  # none | cifar (crop 4 + flip) | imagenet (resize, crop, flip); auto: by data set
+    image_size: int = 224  # imagenet transform: crop size (resize to size * 256 / 224 first)
+    bad_samples: str = "error"  # a sample that fails to decode while streaming: error (all ranks stop) | skip
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
         _require(self.noise in NOISE_KINDS, f"data.noise must be one of {NOISE_KINDS}, got {self.noise!r}")
         _require(0.0 <= self.noise_rate <= 1.0, f"data.noise_rate must be in [0, 1], got {self.noise_rate}")
-        for name in ("n_meta", "n_val", "max_train", "max_test", "loader_workers", "shuffle_buffer"):
+        for name in ("n_meta", "n_val", "max_train", "max_test", "loader_workers", "shuffle_buffer", "image_size"):
             _require(getattr(self, name) >= 0, f"data.{name} must be >= 0, got {getattr(self, name)}")
         _require(self.n_meta > 0, "data.n_meta must be > 0: MSLC needs a clean meta set")
         _require(self.shard_size > 0, f"data.shard_size must be > 0, got {self.shard_size}")
         _require(self.verify in ("full", "size", "none"), f"data.verify must be full|size|none, got {self.verify!r}")
+        _require(self.transform in TRANSFORMS, f"data.transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        _require(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
+        _require(self.bad_samples in ("error", "skip"), f"data.bad_samples must be error|skip, got {self.bad_samples!r}")
+        _require(self.prepare_workers >= 1, f"data.prepare_workers must be >= 1, got {self.prepare_workers}")
+        _require(not (self.clean_list or self.test_list) or self.dataset == "folder",
+                 "data.clean_list and data.test_list are for data.dataset=folder")
 
     def spec_name(self) -> str:
         """A directory name that changes whenever the written shards would."""
         sub = f"-n{self.max_train}" if self.max_train else ""
         sub += f"-t{self.max_test}" if self.max_test else ""
+        inputs = [self.labels_file, self.clean_list, self.test_list, "skip-bad" if self.skip_bad else ""]
+        if self.dataset in ("clothing1m", "folder"):
+            inputs.append(self.raw_dir)
+        if any(inputs):
+            sub += "-" + hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:8]
         return (
             f"{self.dataset}-{self.noise}{self.noise_rate:g}-ns{self.noise_seed}-ss{self.split_seed}"
             f"-m{self.n_meta}-v{self.n_val}{sub}"
         )
 
-    def shard_dir(self) -> Path:
-        return Path(self.shard_root) / self.spec_name()
+    def shard_dir(self) -> str:
+        """``shards`` when set, else ``shard_root/<spec name>`` (a path, or a URL under a URL root)."""
+        if self.shards:
+            return self.shards
+        if "://" in self.shard_root:
+            return self.shard_root.rstrip("/") + "/" + self.spec_name()
+        return str(Path(self.shard_root) / self.spec_name())
+
+    def resolved_transform(self) -> str:
+        if self.transform != "auto":
+            return self.transform
+        return {"fashion-mnist": "none", "cifar10": "cifar", "cifar100": "cifar"}.get(self.dataset, "imagenet")
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from pipeline.cli import replace
 from pipeline.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig
 
 
@@ -36,13 +39,19 @@ def cifar10_sym40() -> Config:
     )
 
 
+def cifar100_sym40() -> Config:
+    """CIFAR-100, 40% symmetric noise, the paper's CIFAR schedule (ResNet-34); for GPU clusters."""
+    cfg = cifar10_sym40()
+    return replace(cfg, preset="cifar100-sym40", data=dataclasses.replace(cfg.data, dataset="cifar100"))
+
+
 def clothing1m() -> Config:
-    """The paper's Clothing1M setting (ResNet-50 ImageNet-pretrained, 10 epochs); for GPU clusters."""
+    """The paper's Clothing1M setting (ResNet-50 ImageNet-pretrained, 10 epochs, 7,000 clean meta images)."""
     return Config(
         preset="clothing1m",
         data=DataConfig(
-            dataset="clothing1m", noise="none", noise_rate=0.0, n_meta=7000, n_val=0,
-            shard_size=5000, verify="size", loader_workers=8,
+            dataset="clothing1m", raw_dir="data/raw/clothing1m", noise="none", noise_rate=0.0, n_meta=7000,
+            n_val=0, shard_size=5000, verify="size", loader_workers=8, transform="imagenet", image_size=224,
         ),
         model=ModelConfig(arch="resnet50", pretrained=True),
         optim=OptimConfig(epochs=10, batch_size=32, lr=8e-4, weight_decay=1e-3, milestones=[6]),
@@ -51,10 +60,19 @@ def clothing1m() -> Config:
     )
 
 
+def folder() -> Config:
+    """Your own images with noisy labels (pipeline/prepare.py folder): ImageNet ResNet-50, 10 epochs."""
+    cfg = clothing1m()
+    return replace(cfg, preset="folder", data=dataclasses.replace(
+        cfg.data, dataset="folder", raw_dir="data/raw/folder", n_meta=1000, n_val=500))
+
+
 PRESETS = {
     "fmnist-sym40": fmnist_sym40,
     "fmnist-asym40": fmnist_asym40,
     "smoke": smoke,
     "cifar10-sym40": cifar10_sym40,
+    "cifar100-sym40": cifar100_sym40,
     "clothing1m": clothing1m,
+    "folder": folder,
 }

@@ -37,11 +37,18 @@ def name_run(cfg: Config) -> Config:
 
 
 def check_data(cfg: Config) -> None:
-    """Write shards if missing, then verify them and the label table before any worker starts."""
+    """Write shards if missing (``data.shards`` unset), then check them, the label table
+    and the transform before any worker starts."""
+    from pipeline.worker import build_transforms
+
     shard_dir = ensure_shards(cfg.data)
     manifest = shards.load_manifest(shard_dir)
+    if manifest.get("dataset") != cfg.data.dataset:
+        raise ConfigError(f"{shard_dir} holds {manifest.get('dataset')} shards but data.dataset={cfg.data.dataset}; "
+                          f"use --config {manifest.get('dataset')} or set data.dataset")
     shards.verify(shard_dir, manifest, level=cfg.data.verify)
     shards.read_labels_table(shard_dir, manifest)
+    build_transforms(cfg, manifest)
 
 
 def build_trainer(cfg: Config):

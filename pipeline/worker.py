@@ -23,7 +23,7 @@ from mslc.corrector import Corrector
 from mslc.meta_step import ce_step, mslc_step
 from mslc.metrics import corrected_label_accuracy, group_mean
 from mslc.models import build_model
-from pipeline import checkpoint, outputs, shards
+from pipeline import checkpoint, outputs, shards, transforms
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 
@@ -33,10 +33,12 @@ class Data:
     """What a worker knows of the data besides the streamed training batches.
 
     labels : (N,) int64 given labels; true : (N,) int64 (-1 unknown); keys : (N,)
-    meta_x : (M, ch, H, W) float normalized; meta_y : (M,) int64.
+    meta_x : (M, C, H, W) uint8 after the evaluation transform; meta_y : (M,) int64;
+    mean, std : (1, C, 1, 1); train_tf / eval_tf: per-sample transforms (or None);
+    size : the side of the images the model sees.
     """
 
-    shard_dir: Path
+    shard_dir: str
     manifest: dict
     labels: np.ndarray
     true: np.ndarray
@@ -45,10 +47,17 @@ class Data:
     meta_y: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    train_tf: object = None
+    eval_tf: object = None
+    size: int = 0
 
     @property
     def num_classes(self) -> int:
         return self.manifest["num_classes"]
+
+    @property
+    def channels(self) -> int:
+        return self.manifest["image"]["channels"]
 
     @property
     def known(self) -> np.ndarray:
@@ -118,10 +127,23 @@ class State:
 
 
 def normalize(x: torch.Tensor, data: Data, device: torch.device) -> torch.Tensor:
-    """uint8 (n, H, W) or (n, H, W, 3) → float (n, ch, H, W), normalized."""
+    """uint8 (n, C, H, W) → float (n, C, H, W), normalized, on ``device``."""
     x = x.to(device, non_blocking=True)
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return (x.float() / 255.0 - data.mean.to(device)) / data.std.to(device)
+
+
+def build_transforms(cfg: Config, manifest: dict) -> tuple[object, object, int]:
+    """(train transform, eval transform, model input side) for the config and the shards."""
+    img = manifest["image"]
+    stored = img["height"] if img.get("height") and img["height"] == img.get("width") else None
+    kind = cfg.data.resolved_transform()
+    try:
+        size = transforms.output_size(kind, image_size=cfg.data.image_size, stored_size=stored)
+        tf = [transforms.build_transform(kind, train=t, image_size=cfg.data.image_size, stored_size=stored)
+              for t in (True, False)]
+    except ValueError as e:
+        raise PipelineError(f"{cfg.data.shard_dir()}: data.transform={kind}: {e}") from None
+    return tf[0], tf[1], size
 
 
 def build_data(cfg: Config, device: torch.device) -> Data:
@@ -131,18 +153,18 @@ def build_data(cfg: Config, device: torch.device) -> Data:
     img = manifest["image"]
     mean = torch.tensor(img["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(img["std"]).view(1, -1, 1, 1)
+    train_tf, eval_tf, size = build_transforms(cfg, manifest)
     data = Data(shard_dir, manifest, table["label"], table["true_label"], table["key"],
-                torch.empty(0), torch.empty(0), mean, std)
-    mx, my = shards.load_split_tensors(shard_dir, manifest, "meta")
-    data.meta_x, data.meta_y = normalize(mx, data, device), my.to(device)
+                torch.empty(0), torch.empty(0), mean, std, train_tf, eval_tf, size)
+    mx, my = shards.load_split_tensors(shard_dir, manifest, "meta", transform=eval_tf, channels=data.channels)
+    data.meta_x, data.meta_y = mx.to(device), my.to(device)
     return data
 
 
 def build_state(cfg: Config, data: Data, device: torch.device) -> State:
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model.arch, num_classes=data.num_classes,
-                        in_channels=data.manifest["image"]["channels"],
-                        stem="imagenet" if data.manifest["image"]["height"] > 64 else "cifar").to(device)
+    model = build_model(cfg.model.arch, num_classes=data.num_classes, in_channels=data.channels,
+                        stem="imagenet" if data.size > 64 else "cifar").to(device)
     if cfg.model.pretrained:
         load_imagenet_weights(model)
     o = cfg.optim
@@ -179,22 +201,40 @@ def phase_of(cfg: Config, epoch: int) -> str:
     return "warmup" if epoch <= cfg.meta.warmup_epochs else "mslc"
 
 
+def _next(it):
+    try:
+        return next(it, None), None
+    except PipelineError as e:
+        return None, e
+
+
+def _agree(err: PipelineError | None, flag: int) -> int:
+    """MIN all-reduce of ``flag`` (-1 on error); on anyone's error every rank raises."""
+    got = dist.all_min(-1 if err is not None else flag)
+    if got < 0:
+        raise err or PipelineError("another rank stopped on bad data (its error is above); stopping too")
+    return got
+
+
 def train_batches(cfg: Config, data: Data, epoch: int):
     """This rank's training batches ``(x, y, idx)`` for an epoch, in lock-step with the
     other ranks: every rank takes the same number of steps (the stream stops for all
-    when one runs out), and a last batch of one sample is not trained on."""
+    when one runs out), a last batch of one sample is not trained on, and bad data on
+    one rank stops every rank with its error rather than leaving them waiting."""
     rank, world = dist.rank(), dist.world_size()
     urls = shards.shard_urls(data.shard_dir, data.manifest, "train")
     seed = cfg.run.seed * 1_000_003 + epoch
     ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=seed, shuffle_buffer=cfg.data.shuffle_buffer,
                        expected=shards.expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
-                       rank=rank, world=world)
+                       rank=rank, world=world, channels=data.channels, transform=data.train_tf,
+                       bad_samples=cfg.data.bad_samples)
     it = iter(shards.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers))
     while True:
-        batch = next(it, None)
-        if not dist.all_min(0 if batch is None or len(batch[1]) < 2 else 1):
-            for _ in it:  # drain, so the shard count check still runs
-                pass
+        batch, err = _next(it)
+        if not _agree(err, 0 if batch is None or len(batch[1]) < 2 else 1):
+            while batch is not None:  # drain, so the shard count check still runs
+                batch, err = _next(it)
+            _agree(err, 0)
             return
         yield batch
 
@@ -221,6 +261,7 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
         if phase == "mslc":
             _, y_prev = st.bank.rows(idx)
             xm, ym = st.meta.next()
+            xm = normalize(xm, data, device)
             lr_v = st.opt_w.param_groups[0]["lr"] * cfg.meta.virtual_lr_scale
             res = mslc_step(st.model, st.corrector, x, y, y_prev.to(device), xm, ym,
                             opt_w=st.opt_w, opt_theta=st.opt_theta, lr_virtual=lr_v, meta_grad=cfg.meta.grad)
@@ -251,14 +292,16 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, split: str, device: torch.device, batch_size: int = 512) -> float:
+def evaluate(model: nn.Module, data: Data, split: str, device: torch.device, batch_size: int = 512,
+             cfg_bad_samples: str = "error") -> float:
     """Accuracy of ``model`` on a clean split streamed from its shards (NaN if empty)."""
     urls = shards.shard_urls(data.shard_dir, data.manifest, split)
     if not urls:
         return float("nan")
     model.eval()
     ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=None,
-                       expected=shards.expected_counts(data.shard_dir, data.manifest, split))
+                       expected=shards.expected_counts(data.shard_dir, data.manifest, split),
+                       channels=data.channels, transform=data.eval_tf, bad_samples=cfg_bad_samples)
     correct = total = 0
     for x, y, _ in shards.loader(ds, batch_size=batch_size, workers=0):
         pred = model(normalize(x, data, device)).argmax(1).cpu()
@@ -334,8 +377,10 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
         stats = train_epoch(cfg, st, data, epoch, device, run_dir)
         nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
-                  "val_acc": evaluate(st.model, data, "val", device) if lead else nan,
-                  "test_acc": evaluate(st.model, data, "test", device) if lead else nan}
+                  "val_acc": evaluate(st.model, data, "val", device, cfg_bad_samples=cfg.data.bad_samples)
+                  if lead else nan,
+                  "test_acc": evaluate(st.model, data, "test", device, cfg_bad_samples=cfg.data.bad_samples)
+                  if lead else nan}
         label_stats, table = bank_metrics(st.bank, data)
         record.update(label_stats)
         record["epoch_seconds"] = time.time() - t0

@@ -43,4 +43,4 @@ def fake_data_cfg(tmp_path) -> DataConfig:
 @pytest.fixture
 def fake_shards(fake_data_cfg) -> Path:
     """A complete shard directory (train 500, meta 50, val 50, test 200) from fake images."""
-    return ensure_shards(fake_data_cfg, raw=fake_images(), log=lambda s: None)
+    return Path(ensure_shards(fake_data_cfg, raw=fake_images(), log=lambda s: None))

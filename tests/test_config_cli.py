@@ -114,4 +114,5 @@ def test_label_out_of_range_stops_the_run(fake_shards, fake_data_cfg, tmp_path):
     out = run_cli("pipeline/train.py", "--config", "smoke", *_data_args(fake_data_cfg), "data.verify=none",
                   f"run.storage_path={tmp_path / 'runs'}")
     assert out.returncode == 2
-    assert f"{path}: sample 3 (key 00000003): label 10 is outside 0..9" in out.stderr
+    key = pq.read_table(path)["key"][3].as_py()
+    assert f"{path}: sample 3 (key {key}): label 10 is outside 0..9" in out.stderr

@@ -131,3 +131,41 @@ def test_two_workers_survive_an_injected_crash(tmp_path):
     assert t["index"] == list(range(1500))
     assert all(p is not None and p > 0.1 for p in t["corrected_prob"])  # no all-zero soft label
     assert all(a is not None for a in t["alpha"])
+
+
+def test_clothing1m_preset_on_a_fake_release_tree_with_two_workers(tmp_path):
+    """prepare clothing1m on a fake release tree, then the clothing1m preset with a tiny
+    model on 2 Ray workers: outputs keyed by image path, metrics on the known-true part."""
+    from tests import fakes
+
+    tree = fakes.make_clothing1m(tmp_path / "clothing1m")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env.pop("RAY_ADDRESS", None)
+    shard_dir = tmp_path / "c1m-shards"
+    prep = subprocess.run(
+        [sys.executable, "pipeline/prepare.py", "clothing1m", "--raw", str(tree.root), "--out", str(shard_dir),
+         "--n-meta", "28", "--shard-size", "64", "--workers", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert prep.returncode == 0, prep.stderr
+    out = subprocess.run(
+        [sys.executable, "pipeline/train.py", "--config", "clothing1m", f"data.shards={shard_dir}",
+         "model.arch=small-cnn", "model.pretrained=false", "data.image_size=32", "data.loader_workers=1",
+         "data.shuffle_buffer=64", "scale.workers=2", "optim.epochs=3", "optim.milestones=[3]", "optim.lr=0.05",
+         "optim.batch_size=16", "meta.warmup_epochs=1", "meta.meta_batch_size=16",
+         f"run.storage_path={tmp_path / 'runs'}", "run.name=c1m"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "c1m"
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["phase"] for e in m["epochs"]] == ["warmup", "mslc", "mslc"]
+    assert all(e["samples"] == 280 for e in m["epochs"])
+    assert all(0.0 <= e["val_acc"] <= 1.0 and 0.0 <= e["test_acc"] <= 1.0 for e in m["epochs"])
+    assert 0.0 <= m["epochs"][-1]["corrected_all"] <= 1.0  # over the 30 samples with a clean label
+    t = pq.read_table(run_dir / "corrected_labels.parquet").to_pydict()
+    assert t["key"] == tree.noisy_train
+    assert sum(v is not None for v in t["true_label"]) == 30
+    assert all(a is not None for a in t["alpha"])
+    sd = torch.load(run_dir / "model.pt", weights_only=True)
+    assert sd["head.3.weight"].shape == (14, 128)
