@@ -461,7 +461,7 @@ def kind_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--out", required=True, help="the shard directory to write")
-    p.add_argument("--raw", help="the release files (see below); default: the preset's data.raw_dir")
+    p.add_argument("--raw", help="the release files (see above); default: the preset's data.raw_dir")
     p.add_argument("--labels", help="CSV/Parquet (key or index, label): training labels to use instead")
     p.add_argument("--clean", help="folder: listing (path,label) of a clean subset for the meta and val sets")
     p.add_argument("--test", help="folder: listing (path,label) of a test set")
