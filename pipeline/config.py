@@ -177,7 +177,7 @@ class MetaConfig:
 class ScaleConfig:
     workers: int = 1
     use_gpu: str = "auto"  # auto: GPU when CUDA is present
-    cpus_per_worker: int = 1
+    cpus_per_worker: float = 1.0  # fractions let small trials share a CPU in a sweep
     threads: int = 0  # torch threads per worker; 0 = all cores / workers
     max_failures: int = 0  # worker failures Ray recovers from (resuming from the last checkpoint); -1: no limit
     crash_at_step: int = 0  # > 0: the last rank dies once at this step (tests and demos of recovery)
@@ -185,7 +185,7 @@ class ScaleConfig:
     def __post_init__(self) -> None:
         _require(self.workers >= 1, f"scale.workers must be >= 1, got {self.workers}")
         _require(self.use_gpu in ("auto", "true", "false"), "scale.use_gpu must be auto|true|false")
-        _require(self.cpus_per_worker >= 1 and self.threads >= 0, "scale.cpus_per_worker >= 1, scale.threads >= 0")
+        _require(self.cpus_per_worker > 0 and self.threads >= 0, "scale.cpus_per_worker > 0, scale.threads >= 0")
         _require(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1: unlimited)")
         _require(self.crash_at_step >= 0, f"scale.crash_at_step must be >= 0, got {self.crash_at_step}")
 
