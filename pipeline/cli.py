@@ -45,13 +45,29 @@ def parse_args(argv: list[str] | None, *, prog: str, doc: str | None) -> Config:
     return absolutize(cfg)
 
 
+def in_ray_job_working_dir(cwd: str | None = None) -> bool:
+    """Whether we run in the copy of ``--working-dir`` a Ray job unpacks (deleted with the session)."""
+    parts = (cwd or os.getcwd()).split(os.sep)
+    return "runtime_resources" in parts and "working_dir_files" in parts
+
+
+def path_base() -> str:
+    """What relative paths resolve against: the current directory, or in a Ray job's
+    temporary working directory ``$MSLC_HOME`` (default ``~/mslc``) on the node running the
+    driver, so that shards and outputs outlive the job."""
+    if in_ray_job_working_dir():
+        return os.path.expanduser(os.environ.get("MSLC_HOME", "~/mslc"))
+    return os.getcwd()
+
+
 def absolutize(cfg: Config) -> Config:
-    """Make path keys absolute (relative to the current directory), keeping URLs as they are."""
+    """Make path keys absolute (see :func:`path_base`), keeping URLs as they are."""
     d = cfg.to_dict()
+    base = path_base()
     for section, key in PATH_KEYS:
         v = d[section][key]
         if v and "://" not in v:
-            d[section][key] = os.path.abspath(v)
+            d[section][key] = os.path.normpath(os.path.join(base, os.path.expanduser(v)))
     return Config.from_dict(d)
 
 

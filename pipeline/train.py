@@ -51,7 +51,7 @@ def check_data(cfg: Config) -> None:
     build_transforms(cfg, manifest)
 
 
-def build_trainer(cfg: Config):
+def build_trainer(cfg: Config, *, callbacks: list | None = None):
     import ray
     from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -72,6 +72,7 @@ def build_trainer(cfg: Config):
         run_config=RayRunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path,
             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+            callbacks=callbacks or None,
         ),
     )
 
@@ -87,6 +88,7 @@ def start_ray() -> None:
 
 def main_body(cfg: Config) -> int:
     cfg = name_run(cfg)
+    print(f"run directory: {Path(cfg.run.storage_path) / cfg.run.name}", flush=True)
     check_data(cfg)
     start_ray()
     trainer = build_trainer(cfg)

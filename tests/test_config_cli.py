@@ -116,3 +116,21 @@ def test_label_out_of_range_stops_the_run(fake_shards, fake_data_cfg, tmp_path):
     assert out.returncode == 2
     key = pq.read_table(path)["key"][3].as_py()
     assert f"{path}: sample 3 (key {key}): label 10 is outside 0..9" in out.stderr
+
+
+def test_relative_paths_in_a_ray_job_working_dir_resolve_against_mslc_home(tmp_path, monkeypatch):
+    from pipeline.cli import absolutize, in_ray_job_working_dir
+    from pipeline.config import load_config
+
+    job_dir = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)
+    monkeypatch.setenv("MSLC_HOME", str(tmp_path / "home"))
+    assert in_ray_job_working_dir()
+    cfg = absolutize(load_config("smoke", ["run.storage_path=runs", "data.shards=s3://b/x"]))
+    assert cfg.run.storage_path == str(tmp_path / "home" / "runs")
+    assert cfg.data.shard_root == str(tmp_path / "home" / "data" / "shards")
+    assert cfg.data.shards == "s3://b/x"
+    monkeypatch.chdir(tmp_path)
+    assert not in_ray_job_working_dir()
+    assert absolutize(load_config("smoke")).run.storage_path == str(tmp_path / "runs")

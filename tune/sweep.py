@@ -1,0 +1,207 @@
+"""Sweep MSLC's warm-up length and meta learning rates with Ray Tune.
+
+    python tune/sweep.py --config PRESET [key=value ...] [--samples K] [--scheduler asha|fifo]
+                         [--name NAME] [--resume]
+    ray job submit --working-dir . -- python tune/sweep.py --config clothing1m ...
+
+Each trial is a full ``pipeline/train.py`` run (a ``TorchTrainer`` inside a Tune function
+trainable, its per-epoch metrics forwarded with ``TuneReportCallback``) with its own
+TensorBoard logs, checkpoints and corrected labels under ``run.storage_path/NAME/runs/trial_ID``. Trials are compared, and ASHA
+stops the weak ones, on the clean **validation** accuracy; the test accuracy is only
+reported at each trial's best-validation epoch. As many trials run at once as the
+cluster's GPUs (or CPUs) hold. At the end the best configurations are printed and written
+to ``run.storage_path/NAME/best_configs.csv`` and ``.md``. ``--resume`` continues an
+interrupted sweep of the same NAME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.cli import absolutize, replace, run_cli  # noqa: E402
+from pipeline.config import Config, ConfigError, apply_overrides, load_config  # noqa: E402
+
+METRIC = "val_acc"
+# search-space name → config key
+SWEPT = {"warmup_epochs": "meta.warmup_epochs", "alpha_lr": "meta.alpha_lr", "beta_lr": "meta.beta_lr",
+         "virtual_lr_scale": "meta.virtual_lr_scale"}
+
+
+def warmup_choices(epochs: int) -> list[int]:
+    """Warm-up lengths worth trying: 10%–60% of the schedule, at least 1, leaving MSLC epochs."""
+    return sorted({min(epochs - 1, max(1, round(epochs * f))) for f in (0.1, 0.2, 0.4, 0.6)})
+
+
+def build_space(cfg: Config) -> dict:
+    """The Tune search space over :data:`SWEPT` for a base config."""
+    from ray import tune
+
+    return {
+        "warmup_epochs": tune.choice(warmup_choices(cfg.optim.epochs)),
+        "alpha_lr": tune.loguniform(1e-4, 1e-2),  # η1
+        "beta_lr": tune.loguniform(1e-4, 1e-2),  # η2
+        "virtual_lr_scale": tune.choice([1.0, 3.0, 10.0]),
+    }
+
+
+def trial_config(base: dict, params: dict, trial_name: str, runs_dir: str) -> Config:
+    """The base config with a trial's swept values and its own run directory."""
+    cfg = apply_overrides(Config.from_dict(base), [f"{SWEPT[k]}={params[k]}" for k in SWEPT if k in params])
+    return replace(cfg, run=dataclasses.replace(cfg.run, storage_path=runs_dir, name=trial_name))
+
+
+def run_trial(params: dict) -> None:
+    """Tune's function trainable: one TorchTrainer run, metrics forwarded to Tune each epoch."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.train import build_trainer
+
+    cfg = trial_config(params["base"], params, f"trial_{tune.get_context().get_trial_id()}", params["runs_dir"])
+    build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+
+
+def trial_resources(cfg: Config) -> dict:
+    """What one trial's Train workers take; the Tune trial itself takes almost nothing."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = cfg.scale.use_gpu == "true" or (cfg.scale.use_gpu == "auto" and gpus > 0)
+    return {"CPU": cfg.scale.workers * cfg.scale.cpus_per_worker, "GPU": cfg.scale.workers if use_gpu else 0}
+
+
+def concurrent_trials(cfg: Config) -> int:
+    import ray
+
+    need, have = trial_resources(cfg), ray.cluster_resources()
+    fits = [math.floor(have.get(k, 0) / v) for k, v in need.items() if v > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def build_tuner(cfg: Config, *, name: str, samples: int, scheduler: str, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    storage = cfg.run.storage_path
+    runs_dir = os.path.join(storage, name, "runs")
+    trainable = tune.with_resources(run_trial, {"CPU": 0.01})
+    exp = os.path.join(storage, name)
+    if resume:
+        if not tune.Tuner.can_restore(exp):
+            raise ConfigError(f"--resume: no sweep to resume at {exp}")
+        return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    if scheduler == "asha":
+        grace = max(warmup_choices(cfg.optim.epochs)) + 1
+        sched = ASHAScheduler(time_attr="epoch", max_t=cfg.optim.epochs, grace_period=min(grace, cfg.optim.epochs),
+                              reduction_factor=2)
+    else:
+        sched = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space={"base": cfg.to_dict(), "runs_dir": runs_dir, **build_space(cfg)},
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
+                                    max_concurrent_trials=concurrent_trials(cfg)),
+        run_config=tune.RunConfig(name=name, storage_path=storage),
+    )
+
+
+def best_table(results) -> list[dict]:
+    """One row per trial: its swept values, best validation accuracy and the epoch of it,
+    the test accuracy at that epoch, epochs run; sorted by validation accuracy."""
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or METRIC not in df or df[METRIC].isna().all():
+            continue
+        i = df[METRIC].idxmax()
+        name = f"trial_{r.metrics['trial_id']}"
+        rows.append({"trial": name,
+                     **{k: r.config[k] for k in SWEPT},
+                     "best_val_acc": float(df.loc[i, METRIC]), "epoch": int(df.loc[i, "epoch"]),
+                     "test_acc_at_best_val": float(df.loc[i, "test_acc"]),
+                     "epochs_run": int(df["epoch"].max()),
+                     "run_dir": os.path.join(r.config["runs_dir"], name)})
+    return sorted(rows, key=lambda row: -row["best_val_acc"])
+
+
+def write_table(rows: list[dict], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    cols = list(rows[0]) if rows else ["trial"]
+    with open(out / "best_configs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    md += "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows)
+    (out / "best_configs.md").write_text(f"Sweep ranked by {METRIC} (clean validation); test accuracy "
+                                         "is read at each trial's best-validation epoch, never used to rank.\n\n" + md)
+    return md
+
+
+def parse(argv: list[str] | None):
+    p = argparse.ArgumentParser(prog="tune/sweep.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="fmnist-sym40", help="a preset name or a JSON config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--samples", type=int, default=8, help="trials to run")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    p.add_argument("--name", default="", help="the sweep's name (default: sweep-<preset>); reuse it with --resume")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    a = p.parse_args(argv)
+    if a.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {a.samples}")
+    cfg = absolutize(load_config(a.config, a.overrides))
+    for k in SWEPT.values():
+        if any(o.startswith(k + "=") for o in a.overrides):
+            raise ConfigError(f"{k} is swept; do not also set it")
+    return cfg, a
+
+
+def main(argv: list[str] | None = None) -> int:
+    holder = {}
+
+    def parse_cfg():
+        holder["cfg"], holder["args"] = parse(argv)
+        return holder["cfg"]
+
+    def body(cfg: Config) -> int:
+        from pipeline.train import check_data, start_ray
+
+        a = holder["args"]
+        name = a.name or f"sweep-{cfg.preset}"
+        check_data(cfg)
+        start_ray()
+        results = build_tuner(cfg, name=name, samples=a.samples, scheduler=a.scheduler, resume=a.resume).fit()
+        rows = best_table(results)
+        unfinished = len(results) - results.num_terminated
+        if unfinished:
+            print(f"{unfinished} of {len(results)} trials did not finish (interrupted or failed); continue with the "
+                  f"same command plus --resume --name {name}", file=sys.stderr)
+        if not rows:
+            print("error: no trial reported a validation accuracy yet", file=sys.stderr)
+            return 1
+        out = Path(cfg.run.storage_path) / name
+        print(write_table(rows, out))
+        print(f"best configuration (by {METRIC}): " + " ".join(f"{SWEPT[k]}={rows[0][k]}" for k in SWEPT))
+        print(f"tables: {out / 'best_configs.csv'}  {out / 'best_configs.md'}")
+        return 0
+
+    return run_cli(parse_cfg, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
