@@ -22,7 +22,9 @@ from mslc.noise import NOISE_KINDS
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "clothing1m", "folder")
 TRANSFORMS = ("auto", "none", "cifar", "imagenet")
-METHODS = ("mslc", "ce")
+METHODS = ("mslc", "ce", "finetune", "gce", "glc", "mwnet", "bootstrap-soft", "bootstrap-hard", "joint-opt",
+           "u-correction")
+NO_WARMUP_METHODS = ("ce", "gce", "finetune")  # these do not use meta.warmup_epochs
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -141,7 +143,8 @@ class OptimConfig:
 
 @dataclass
 class MetaConfig:
-    """The method and the corrector. ``method=ce`` trains on the given labels only."""
+    """The method and the corrector. ``method=ce`` trains on the given labels only; the
+    other baselines (``mslc.baselines``) take the same data, model and schedule."""
 
     method: str = "mslc"
     warmup_epochs: int = 4  # plain CE on the given labels first
@@ -156,9 +159,18 @@ class MetaConfig:
     virtual_lr_scale: float = 1.0  # virtual-step lr = scale × current lr (authors: 10)
     grad: str = "exact"  # exact: gradient of the global meta loss across workers; local: per-rank, averaged
     bank_dtype: str = "float32"
+    gce_q: float = 0.7  # GCE's q
+    bootstrap_beta: float = 0.0  # weight of the given label; 0: the paper's 0.95 (soft) / 0.8 (hard)
+    joint_alpha: float = 1.2  # Joint Optimization: weight of the class-prior term
+    joint_beta: float = 0.8  # Joint Optimization: weight of the entropy term
+    finetune_epochs: int = 1  # finetune: the last epochs train on the clean meta set only
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, f"meta.method must be one of {METHODS}, got {self.method!r}")
+        _require(0 < self.gce_q <= 1, f"meta.gce_q must be in (0, 1], got {self.gce_q}")
+        _require(0 <= self.bootstrap_beta <= 1, f"meta.bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
+        _require(self.joint_alpha >= 0 and self.joint_beta >= 0, "meta.joint_alpha and meta.joint_beta must be >= 0")
+        _require(self.finetune_epochs >= 1, f"meta.finetune_epochs must be >= 1, got {self.finetune_epochs}")
         _require(self.warmup_epochs >= 0, f"meta.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _require(self.warmup_avg >= 1, f"meta.warmup_avg must be >= 1, got {self.warmup_avg}")
         _require(self.loss_mode in LOSS_MODES, f"meta.loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
@@ -214,9 +226,12 @@ class Config:
 
     def __post_init__(self) -> None:
         _require(
-            self.meta.warmup_epochs < self.optim.epochs or self.meta.method == "ce",
+            self.meta.warmup_epochs < self.optim.epochs or self.meta.method in NO_WARMUP_METHODS,
             f"meta.warmup_epochs ({self.meta.warmup_epochs}) must be < optim.epochs ({self.optim.epochs})",
         )
+
+        _require(self.meta.method != "finetune" or self.meta.finetune_epochs < self.optim.epochs,
+                 f"meta.finetune_epochs ({self.meta.finetune_epochs}) must be < optim.epochs ({self.optim.epochs})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

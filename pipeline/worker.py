@@ -20,10 +20,9 @@ from torch import nn
 from mslc import dist
 from mslc.bank import LocalBank, ShardedBank, SoftLabelBank
 from mslc.corrector import Corrector
-from mslc.meta_step import ce_step, mslc_step
 from mslc.metrics import corrected_label_accuracy, group_mean
 from mslc.models import build_model
-from pipeline import checkpoint, outputs, shards, transforms
+from pipeline import checkpoint, methods, outputs, shards, transforms
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 
@@ -100,6 +99,7 @@ class State:
     opt_theta: torch.optim.Optimizer
     bank: SoftLabelBank
     meta: MetaSampler
+    method: methods.MethodState = field(default_factory=methods.MethodState)
     epoch: int = 0
     steps_done: int = 0
     history: list[dict] = field(default_factory=list)
@@ -109,7 +109,7 @@ class State:
             "model": self.model.state_dict(), "opt_w": self.opt_w.state_dict(), "sched": self.sched.state_dict(),
             "corrector": self.corrector.state_dict(), "opt_theta": self.opt_theta.state_dict(),
             "bank": self.bank.state_dict(), "epoch": self.epoch, "steps_done": self.steps_done,
-            "history": self.history, "rng": checkpoint.rng_state(),
+            "history": self.history, "rng": checkpoint.rng_state(), "method": self.method.state_dict(),
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -120,6 +120,7 @@ class State:
         self.opt_theta.load_state_dict(s["opt_theta"])
         self.bank.load_state_dict(s["bank"])
         self.epoch, self.steps_done, self.history = s["epoch"], s["steps_done"], list(s["history"])
+        self.method.load_state_dict(s.get("method", {}))
         checkpoint.set_rng_state(s["rng"])
 
 
@@ -180,7 +181,7 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> State:
     bank_cls = ShardedBank if dist.world_size() > 1 else LocalBank
     bank = bank_cls(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype))
     meta = MetaSampler(data.meta_x, data.meta_y, m.meta_batch_size)
-    return State(model, opt_w, sched, corrector, opt_theta, bank, meta)
+    return State(model, opt_w, sched, corrector, opt_theta, bank, meta, methods.build_method_state(cfg, device))
 
 
 def load_imagenet_weights(model: nn.Module) -> None:
@@ -193,12 +194,6 @@ def load_imagenet_weights(model: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------ one epoch
-
-
-def phase_of(cfg: Config, epoch: int) -> str:
-    if cfg.meta.method == "ce":
-        return "ce"
-    return "warmup" if epoch <= cfg.meta.warmup_epochs else "mslc"
 
 
 def _next(it):
@@ -248,30 +243,43 @@ def maybe_crash(cfg: Config, st: State, run_dir: Path) -> None:
         os._exit(1)
 
 
+def finetune_batches(cfg: Config, st: State, data: Data):
+    """The fine-tuning baseline's epoch: clean meta batches, as many as a training epoch has steps."""
+    for _ in range(methods.finetune_steps(cfg, data)):
+        x, y = st.meta.next()
+        yield x, y, None
+
+
+TARGET_PHASES = ("mslc", "mwnet", "glc", "bootstrap-soft", "bootstrap-hard", "joint-opt", "u-correction")
+
+
 def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.device, run_dir: Path) -> dict:
-    phase = phase_of(cfg, epoch)
+    phase = methods.phase_of(cfg, epoch)
     st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
     avg_from = cfg.meta.warmup_epochs - min(cfg.meta.warmup_avg, cfg.meta.warmup_epochs)
+    methods.start_epoch(cfg, st, data, phase, device)
     st.model.train()
     sums = {"loss": 0.0, "meta_loss": 0.0, "n": 0, "steps": 0}
-    for x, y, idx in train_batches(cfg, data, epoch):
+
+    def meta_batch():
+        xm, ym = st.meta.next()
+        return normalize(xm, data, device), ym
+
+    batches = finetune_batches(cfg, st, data) if phase == "finetune" else train_batches(cfg, data, epoch)
+    for x, y, idx in batches:
         if cfg.scale.crash_at_step:
             maybe_crash(cfg, st, run_dir)
         x, y = normalize(x, data, device), y.to(device)
-        if phase == "mslc":
-            _, y_prev = st.bank.rows(idx)
-            xm, ym = st.meta.next()
-            xm = normalize(xm, data, device)
-            lr_v = st.opt_w.param_groups[0]["lr"] * cfg.meta.virtual_lr_scale
-            res = mslc_step(st.model, st.corrector, x, y, y_prev.to(device), xm, ym,
-                            opt_w=st.opt_w, opt_theta=st.opt_theta, lr_virtual=lr_v, meta_grad=cfg.meta.grad)
-            st.bank.put(idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
-            sums["meta_loss"] += float(res.meta_loss) * len(y)
-        else:
-            res = ce_step(st.model, x, y, opt_w=st.opt_w)
-            st.bank.put(idx, y_hat=res.y_hat)
+        res = methods.step(cfg, st, data, "ce" if phase == "finetune" else phase, x, y, idx, device, meta_batch)
+        if idx is not None:
+            if phase in TARGET_PHASES:
+                st.bank.put(idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
+            else:
+                st.bank.put(idx, y_hat=res.y_hat)
             if phase == "warmup" and epoch > avg_from:
                 st.bank.accumulate(idx, res.y_hat)
+        if not torch.isnan(res.meta_loss):
+            sums["meta_loss"] += float(res.meta_loss) * len(y)
         sums["loss"] += float(res.loss) * len(y)
         sums["n"] += len(y)
         sums["steps"] += 1
@@ -287,7 +295,7 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
     st.sched.step()
     n = sums["n"]
     return {"phase": phase, "train_loss": sums["loss"] / n,
-            "meta_loss": sums["meta_loss"] / n if phase == "mslc" else float("nan"),
+            "meta_loss": sums["meta_loss"] / n if phase in ("mslc", "mwnet") else float("nan"),
             "samples": n * dist.world_size(), "steps": sums["steps"]}
 
 
