@@ -74,11 +74,14 @@ class Corrector(nn.Module):
     (1−α)(1−β)·CE(f, argmax f)`` (cross-entropy is linear in its target).
     """
 
-    def __init__(self, hidden: int = 100, loss_mode: str = "soft") -> None:
+    def __init__(self, hidden: int = 100, loss_mode: str = "soft", fixed_beta: float | None = None) -> None:
         super().__init__()
         if loss_mode not in LOSS_MODES:
             raise ValueError(f"loss_mode must be one of {LOSS_MODES}, got {loss_mode!r}")
+        if fixed_beta is not None and not 0.0 <= fixed_beta <= 1.0:
+            raise ValueError(f"fixed_beta must be in [0, 1], got {fixed_beta}")
         self.loss_mode = loss_mode
+        self.fixed_beta = fixed_beta  # the β ablation: a constant instead of β_net
         self.alpha_net = LossMLP(hidden)
         self.beta_net = LossMLP(hidden)
 
@@ -96,5 +99,5 @@ class Corrector(nn.Module):
         loss_alpha = target_cross_entropy(y_hat, onehot)
         loss_beta = target_cross_entropy(y_hat, y_prev_t)
         alpha = self.alpha_net(loss_alpha)
-        beta = self.beta_net(loss_beta)
+        beta = self.beta_net(loss_beta) if self.fixed_beta is None else torch.full_like(alpha, self.fixed_beta)
         return soft_labels(y, y_hat_t, y_prev_t, alpha, beta), alpha, beta

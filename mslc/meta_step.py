@@ -49,11 +49,31 @@ def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+META_SCOPES = ("all", "last")
+
+
+def last_layer_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters of the model's last ``nn.Linear`` (its classifier layer)."""
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not name:
+        raise ValueError("meta scope 'last' needs a model with an nn.Linear classifier layer")
+    prefix = name[-1] + "."
+    return {n: p for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad}
+
+
+def virtual_params(model: nn.Module, scope: str) -> dict[str, torch.Tensor]:
+    """The parameters the virtual step moves: all (exact) or the last layer's (an approximation)."""
+    if scope not in META_SCOPES:
+        raise ValueError(f"meta scope must be one of {META_SCOPES}, got {scope!r}")
+    return trainable_params(model) if scope == "all" else last_layer_params(model)
+
+
 def training_grads(
-    model: nn.Module, corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor
+    model: nn.Module, corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor,
+    scope: str = "all",
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
-    """``(trainable params, ∇_w L(w, θ))``, the gradient kept differentiable in θ."""
-    params = trainable_params(model)
+    """``(virtual-step params, ∇_w L(w, θ))``, the gradient kept differentiable in θ."""
+    params = virtual_params(model, scope)
     soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
     grads = torch.autograd.grad(soft_cross_entropy(logits, soft), list(params.values()), create_graph=True)
     return params, grads
@@ -112,6 +132,7 @@ def meta_gradient(
     *,
     lr_virtual: float,
     mode: str = "exact",
+    scope: str = "all",
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """θ-gradient of the clean meta loss through one virtual step, across all workers.
 
@@ -122,12 +143,15 @@ def meta_gradient(
     rank's own virtual step and meta loss and only averages θ's gradients. At world
     size 1 both equal the gradient of :func:`lookahead_meta_loss`.
 
+    ``scope='last'`` moves only the classifier layer in the virtual step: an
+    approximation whose second-order term touches that layer alone.
+
     Returns ``(θ-gradients in corrector.parameters() order, meta loss (averaged over
     ranks in exact mode))``.
     """
     if mode not in META_GRADS:
         raise ValueError(f"meta-gradient mode must be one of {META_GRADS}, got {mode!r}")
-    params, grads = training_grads(model, corrector, logits, y, y_prev)
+    params, grads = training_grads(model, corrector, logits, y, y_prev, scope)
     g = [t.detach().clone() for t in grads]
     if mode == "exact":
         dist.all_reduce_mean_(g)
@@ -139,7 +163,8 @@ def meta_gradient(
         dist.all_reduce_mean_([*h, meta_loss])
     dot = -lr_virtual * sum((gi * hi).sum() for gi, hi in zip(grads, h))
     theta = [p for p in corrector.parameters() if p.requires_grad]
-    theta_grads = list(torch.autograd.grad(dot, theta, retain_graph=True))
+    theta_grads = [torch.zeros_like(p) if g is None else g  # β_net is unused when β is fixed
+                   for p, g in zip(theta, torch.autograd.grad(dot, theta, retain_graph=True, allow_unused=True))]
     dist.all_reduce_mean_(theta_grads)
     return theta_grads, meta_loss
 
@@ -158,8 +183,14 @@ def mslc_step(
     lr_virtual: float,
     meta_grad: str = "exact",
     sync_grads: Callable[[nn.Module], None] | None = None,
+    meta_update: bool = True,
+    scope: str = "all",
 ) -> StepResult:
     """One MSLC step: virtual step, Adam step on θ, real step with the new soft labels.
+
+    ``meta_update=False`` skips the virtual step and θ's update (the soft labels come
+    from the current θ): the "meta update every k steps" approximation. ``scope``: see
+    :func:`meta_gradient`.
 
     ``x`` (n, ...) with given labels ``y`` (n,) and previous soft labels ``y_prev``
     (n, C); ``x_meta`` (m, ...) with clean labels ``y_meta`` (m,). Across workers the
@@ -169,12 +200,14 @@ def mslc_step(
     """
     sync = sync_grads or (lambda m: dist.average_gradients_(m.parameters()))
     logits = model(x)  # the one real forward: batch-norm statistics move once
-    theta_grads, meta_loss = meta_gradient(
-        model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad
-    )
-    for p, g in zip((p for p in corrector.parameters() if p.requires_grad), theta_grads):
-        p.grad = g
-    opt_theta.step()
+    meta_loss = torch.tensor(float("nan"))
+    if meta_update:
+        theta_grads, meta_loss = meta_gradient(
+            model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad, scope=scope
+        )
+        for p, g in zip((p for p in corrector.parameters() if p.requires_grad), theta_grads):
+            p.grad = g
+        opt_theta.step()
     y_hat = F.softmax(logits.detach(), dim=1)
     with torch.no_grad():
         soft, alpha, beta = corrector(y_hat, y, y_prev)

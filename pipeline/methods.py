@@ -118,10 +118,12 @@ def step(cfg: Config, st, data, phase: str, x: torch.Tensor, y: torch.Tensor, id
         return ce_step(st.model, x, y, opt_w=st.opt_w)
     if phase == "mslc":
         _, y_prev = st.bank.rows(idx)
-        xm, ym = meta_batch()
+        update = st.steps_done % m.meta_every == 0
+        xm, ym = meta_batch() if update else (None, None)
         lr_v = st.opt_w.param_groups[0]["lr"] * m.virtual_lr_scale
         return mslc_step(st.model, st.corrector, x, y, y_prev.to(device), xm, ym, opt_w=st.opt_w,
-                         opt_theta=st.opt_theta, lr_virtual=lr_v, meta_grad=m.grad)
+                         opt_theta=st.opt_theta, lr_virtual=lr_v, meta_grad=m.grad, meta_update=update,
+                         scope=m.meta_scope)
     if phase == "mwnet":
         xm, ym = meta_batch()
         lr_v = st.opt_w.param_groups[0]["lr"] * m.virtual_lr_scale

@@ -172,7 +172,7 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> State:
     opt_w = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt_w, milestones=o.milestones, gamma=o.gamma)
     m = cfg.meta
-    corrector = Corrector(m.hidden, m.loss_mode).to(device)
+    corrector = Corrector(m.hidden, m.loss_mode, fixed_beta=None if m.fixed_beta < 0 else m.fixed_beta).to(device)
     opt_theta = torch.optim.Adam(
         [{"params": corrector.alpha_net.parameters(), "lr": m.alpha_lr},
          {"params": corrector.beta_net.parameters(), "lr": m.beta_lr}],
@@ -259,7 +259,7 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
     avg_from = cfg.meta.warmup_epochs - min(cfg.meta.warmup_avg, cfg.meta.warmup_epochs)
     methods.start_epoch(cfg, st, data, phase, device)
     st.model.train()
-    sums = {"loss": 0.0, "meta_loss": 0.0, "n": 0, "steps": 0}
+    sums = {"loss": 0.0, "meta_loss": 0.0, "n": 0, "meta_n": 0, "steps": 0}
 
     def meta_batch():
         xm, ym = st.meta.next()
@@ -280,13 +280,16 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
                 st.bank.accumulate(idx, res.y_hat)
         if not torch.isnan(res.meta_loss):
             sums["meta_loss"] += float(res.meta_loss) * len(y)
+            sums["meta_n"] += len(y)
         sums["loss"] += float(res.loss) * len(y)
         sums["n"] += len(y)
         sums["steps"] += 1
         st.steps_done += 1
-    totals = torch.tensor([sums["loss"], sums["meta_loss"], float(sums["n"])], dtype=torch.float64)
+    totals = torch.tensor([sums["loss"], sums["meta_loss"], float(sums["n"]), float(sums["meta_n"])],
+                          dtype=torch.float64)
     dist.all_reduce_mean_([totals])
     sums["loss"], sums["meta_loss"], sums["n"] = float(totals[0]), float(totals[1]), round(float(totals[2]))
+    meta_n = float(totals[3])
     if sums["n"] == 0:
         raise PipelineError(f"{data.shard_dir}: epoch {epoch} streamed no training batch")
     if phase == "warmup" and epoch == cfg.meta.warmup_epochs:
@@ -295,7 +298,7 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
     st.sched.step()
     n = sums["n"]
     return {"phase": phase, "train_loss": sums["loss"] / n,
-            "meta_loss": sums["meta_loss"] / n if phase in ("mslc", "mwnet") else float("nan"),
+            "meta_loss": sums["meta_loss"] / meta_n if meta_n else float("nan"),
             "samples": n * dist.world_size(), "steps": sums["steps"]}
 
 

@@ -55,3 +55,19 @@ def test_hard_mode_equals_the_authors_three_hard_terms():
     three = alpha * ce(y) + (1 - alpha) * beta * ce(y_prev.argmax(1)) + (1 - alpha) * (1 - beta) * ce(y_hat.argmax(1))
     torch.testing.assert_close(soft_cross_entropy(logits, soft), three.mean())
     torch.testing.assert_close(beta, c.beta_net(F.cross_entropy(logits, y_prev.argmax(1), reduction="none")))
+
+
+def test_fixed_beta_ablation_uses_the_constant_and_leaves_beta_net_without_gradient():
+    from mslc.meta_step import meta_gradient
+    from mslc.models import SmallCNN
+
+    torch.manual_seed(0)
+    model, corrector = SmallCNN(10, 1, width=4), Corrector(8, fixed_beta=0.4)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    y_prev = torch.softmax(torch.randn(8, 10), 1)
+    _, _, beta = corrector(torch.softmax(model(x), 1), y, y_prev)
+    assert torch.allclose(beta, torch.full((8,), 0.4))
+    grads, _ = meta_gradient(model, corrector, model(x), y, y_prev, x, y, lr_virtual=0.5)
+    names = [n for n, p in corrector.named_parameters() if p.requires_grad]
+    for n, g in zip(names, grads):
+        assert (g.abs().sum() == 0) == n.startswith("beta_net"), n

@@ -121,3 +121,37 @@ def test_batch_norm_statistics_move_only_with_the_real_forward():
               opt_theta=torch.optim.Adam(corrector.parameters(), 1e-3))
     for (k, v), (_, r) in zip(model2.named_buffers(), reference.named_buffers()):
         torch.testing.assert_close(v, r, rtol=0, atol=0, msg=k)
+
+
+def test_last_layer_scope_moves_only_the_classifier_in_the_virtual_step():
+    from mslc.meta_step import last_layer_params, virtual_params
+
+    torch.manual_seed(0)
+    model = SmallCNN(10, 1, width=4)
+    assert set(last_layer_params(model)) == {"head.3.weight", "head.3.bias"}
+    assert len(virtual_params(model, "all")) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="meta scope"):
+        virtual_params(model, "middle")
+
+
+def test_approximations_change_theta_only_as_documented():
+    """meta_update=False leaves θ untouched; scope='last' gives a θ-gradient of the same
+    shapes that differs from the exact one (it is an approximation)."""
+    from mslc.meta_step import meta_gradient
+
+    torch.manual_seed(1)
+    model, corrector = SmallCNN(10, 1, width=4), Corrector(8)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    xm, ym = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    y_prev = torch.softmax(torch.randn(16, 10), 1)
+    exact, _ = meta_gradient(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=0.5)
+    last, _ = meta_gradient(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=0.5, scope="last")
+    assert all(e.shape == la.shape for e, la in zip(exact, last))
+    assert not all(torch.allclose(e, la) for e, la in zip(exact, last))
+    before = [p.clone() for p in corrector.parameters()]
+    opt_w = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-2)
+    res = mslc_step(model, corrector, x, y, y_prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=0.5,
+                    meta_update=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, corrector.parameters()))
+    assert torch.isnan(res.meta_loss) and torch.isfinite(res.loss)

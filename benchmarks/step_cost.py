@@ -1,0 +1,141 @@
+"""ms per training step and peak memory of CE, MW-Net and MSLC (each loss mode, each
+meta-gradient option, the cheaper approximations), each as a ratio to CE.
+
+    python benchmarks/step_cost.py [--device cpu|cuda] [--steps 30] [--batch 128] [--arch small-cnn]
+
+Same model (the default small CNN, Fashion-MNIST-sized 1×28×28 inputs; ``--arch`` for
+others), same batch and meta batch, synthetic data (loading is not measured). Each
+variant runs in a fresh process: 5 untimed steps, then ``--steps`` timed ones; peak
+memory is the growth of the process's peak RSS over its size after set-up on CPU, and
+``torch.cuda.max_memory_allocated`` on a GPU. With ``meta.meta_every=k`` the θ update
+runs on one step in k, so its cost is the mean over k consecutive steps.
+Writes ``benchmarks/results/step_cost.md`` and ``.json`` (``_gpu`` on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.common import publish  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+VARIANTS = {  # name: (method, loss mode, meta grad, scope, every)
+    "CE": ("ce", "soft", "exact", "all", 1),
+    "MW-Net": ("mwnet", "soft", "exact", "all", 1),
+    "MSLC soft, exact": ("mslc", "soft", "exact", "all", 1),
+    "MSLC soft, local": ("mslc", "soft", "local", "all", 1),
+    "MSLC hard, exact": ("mslc", "hard", "exact", "all", 1),
+    "MSLC soft, last-layer meta-gradient": ("mslc", "soft", "exact", "last", 1),
+    "MSLC soft, meta update every 5 steps": ("mslc", "soft", "exact", "all", 5),
+    "MSLC soft, last layer + every 5": ("mslc", "soft", "exact", "last", 5),
+}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(name: str, device: str, steps: int, batch: int, arch: str) -> dict:
+    """Run one variant in this process and return its timing and memory."""
+    from mslc import baselines
+    from mslc.corrector import Corrector, LossMLP
+    from mslc.meta_step import ce_step, mslc_step
+    from mslc.models import build_model
+
+    method, mode, grad, scope, every = VARIANTS[name]
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    size, ch = (28, 1) if arch == "small-cnn" else (32, 3)
+    model = build_model(arch, num_classes=10, in_channels=ch, stem="cifar").to(dev)
+    opt_w = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    corrector, vnet = Corrector(100, mode).to(dev), LossMLP(100).to(dev)
+    opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-3)
+    opt_v = torch.optim.Adam(vnet.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, ch, size, size, device=dev), torch.randint(0, 10, (batch,), device=dev)
+    xm, ym = torch.randn_like(x), torch.randint(0, 10, (batch,), device=dev)
+    prev = torch.softmax(torch.randn(batch, 10, device=dev), 1)
+    k = {"i": 0}
+
+    def one():
+        if method == "ce":
+            ce_step(model, x, y, opt_w=opt_w)
+        elif method == "mwnet":
+            baselines.mwnet_step(model, vnet, x, y, xm, ym, opt_w=opt_w, opt_v=opt_v, lr_virtual=0.05)
+        else:
+            mslc_step(model, corrector, x, y, prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=0.05,
+                      meta_grad=grad, scope=scope, meta_update=k["i"] % every == 0)
+        k["i"] += 1
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    base = rss_mb()
+    for _ in range(5):
+        one()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync()
+    ms = 1000 * (time.perf_counter() - t0) / steps
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"variant": name, "ms_per_step": ms, "peak_mb": peak}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--arch", default="small-cnn")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(measure(a.one, a.device, a.steps, a.batch, a.arch)))
+        return 0
+    rows = []
+    for name in VARIANTS:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--device", a.device, "--steps", str(a.steps),
+                              "--batch", str(a.batch), "--arch", a.arch], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{name}: {rows[-1]['ms_per_step']:.1f} ms", file=sys.stderr)
+    ce = rows[0]
+    for r in rows:
+        r["x_ce_time"] = r["ms_per_step"] / ce["ms_per_step"]
+        r["x_ce_memory"] = r["peak_mb"] / ce["peak_mb"] if ce["peak_mb"] > 0 else float("nan")
+    info = {"device": a.device, "arch": a.arch, "batch": a.batch, "meta_batch": a.batch, "steps": a.steps,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    if a.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    md = [f"# Step cost\n\n`python benchmarks/step_cost.py {' '.join(sys.argv[1:])}`\n",
+          "| variant | ms / step | × CE | peak memory MB | × CE |", "|---|---|---|---|---|"]
+    md += [f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['x_ce_time']:.2f} | {r['peak_mb']:.0f} | "
+           f"{r['x_ce_memory']:.2f} |" for r in rows]
+    md += ["", *(f"- {k}: {v}" for k, v in info.items()), ""]
+    out = a.out or str(RESULTS / ("step_cost_gpu" if a.device.startswith("cuda") else "step_cost"))
+    publish(out, "\n".join(md), {"rows": rows, "info": info})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
