@@ -31,15 +31,18 @@ import torch  # noqa: E402
 from benchmarks.common import publish  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-VARIANTS = {  # name: (method, loss mode, meta grad, scope, every)
-    "CE": ("ce", "soft", "exact", "all", 1),
-    "MW-Net": ("mwnet", "soft", "exact", "all", 1),
-    "MSLC soft, exact": ("mslc", "soft", "exact", "all", 1),
-    "MSLC soft, local": ("mslc", "soft", "local", "all", 1),
-    "MSLC hard, exact": ("mslc", "hard", "exact", "all", 1),
-    "MSLC soft, last-layer meta-gradient": ("mslc", "soft", "exact", "last", 1),
-    "MSLC soft, meta update every 5 steps": ("mslc", "soft", "exact", "all", 5),
-    "MSLC soft, last layer + every 5": ("mslc", "soft", "exact", "last", 5),
+DB, JVP = "double-backward", "jvp"
+VARIANTS = {  # name: (method, loss mode, meta grad, scope, every, meta-gradient implementation)
+    "CE": ("ce", "soft", "exact", "all", 1, DB),
+    "MW-Net": ("mwnet", "soft", "exact", "all", 1, DB),
+    "MSLC soft, exact (double backward)": ("mslc", "soft", "exact", "all", 1, DB),
+    "MSLC soft, exact (forward-mode JVP)": ("mslc", "soft", "exact", "all", 1, JVP),
+    "MSLC soft, local": ("mslc", "soft", "local", "all", 1, DB),
+    "MSLC hard, exact (double backward)": ("mslc", "hard", "exact", "all", 1, DB),
+    "MSLC hard, exact (forward-mode JVP)": ("mslc", "hard", "exact", "all", 1, JVP),
+    "MSLC soft, last-layer meta-gradient": ("mslc", "soft", "exact", "last", 1, DB),
+    "MSLC soft, meta update every 5 steps": ("mslc", "soft", "exact", "all", 5, DB),
+    "MSLC soft, last layer + every 5": ("mslc", "soft", "exact", "last", 5, DB),
 }
 
 
@@ -55,7 +58,7 @@ def measure(name: str, device: str, steps: int, batch: int, arch: str) -> dict:
     from mslc.meta_step import ce_step, mslc_step
     from mslc.models import build_model
 
-    method, mode, grad, scope, every = VARIANTS[name]
+    method, mode, grad, scope, every, impl = VARIANTS[name]
     dev = torch.device(device)
     torch.manual_seed(0)
     size, ch = (28, 1) if arch == "small-cnn" else (32, 3)
@@ -76,7 +79,7 @@ def measure(name: str, device: str, steps: int, batch: int, arch: str) -> dict:
             baselines.mwnet_step(model, vnet, x, y, xm, ym, opt_w=opt_w, opt_v=opt_v, lr_virtual=0.05)
         else:
             mslc_step(model, corrector, x, y, prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=0.05,
-                      meta_grad=grad, scope=scope, meta_update=k["i"] % every == 0)
+                      meta_grad=grad, scope=scope, meta_update=k["i"] % every == 0, impl=impl)
         k["i"] += 1
 
     def sync():

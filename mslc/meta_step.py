@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
@@ -133,8 +134,15 @@ def meta_gradient(
     lr_virtual: float,
     mode: str = "exact",
     scope: str = "all",
+    impl: str = "double-backward",
+    x: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """θ-gradient of the clean meta loss through one virtual step, across all workers.
+
+    ``impl='jvp'`` computes the same gradient in forward mode (needs ``x``, the batch
+    ``logits`` came from): the training loss is linear in the soft labels, so
+    ``⟨g(θ), h⟩ = mean_i −ỹ_i(θ)·(J_i h)`` with ``J_i h`` one Jacobian-vector product of
+    the log-softmax outputs; θ's gradient then only back-propagates through the corrector.
 
     With ``ḡ(θ) = mean_r ∇_w L_r(w, θ)`` and ``ŵ = w − η·ḡ``, the chain rule gives
     ``∇_θ M = −η · mean_r (∂g_r/∂θ)ᵀ h`` where ``h = mean_r ∇_ŵ M_r(ŵ)``. Each rank
@@ -151,6 +159,13 @@ def meta_gradient(
     """
     if mode not in META_GRADS:
         raise ValueError(f"meta-gradient mode must be one of {META_GRADS}, got {mode!r}")
+    if impl not in META_GRAD_IMPLS:
+        raise ValueError(f"meta-gradient impl must be one of {META_GRAD_IMPLS}, got {impl!r}")
+    if impl == "jvp":
+        if x is None:
+            raise ValueError("impl='jvp' needs the training batch x")
+        return _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual,
+                                  mode=mode, scope=scope)
     params, grads = training_grads(model, corrector, logits, y, y_prev, scope)
     g = [t.detach().clone() for t in grads]
     if mode == "exact":
@@ -165,6 +180,35 @@ def meta_gradient(
     theta = [p for p in corrector.parameters() if p.requires_grad]
     theta_grads = [torch.zeros_like(p) if g is None else g  # β_net is unused when β is fixed
                    for p, g in zip(theta, torch.autograd.grad(dot, theta, retain_graph=True, allow_unused=True))]
+    dist.all_reduce_mean_(theta_grads)
+    return theta_grads, meta_loss
+
+
+META_GRAD_IMPLS = ("double-backward", "jvp")
+
+
+def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *, lr_virtual, mode, scope):
+    params = virtual_params(model, scope)
+    soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
+    g = [t.detach() for t in torch.autograd.grad(soft_cross_entropy(logits, soft.detach()), list(params.values()),
+                                                 retain_graph=True)]
+    if mode == "exact":
+        dist.all_reduce_mean_(g)
+    fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
+    meta_loss = meta_loss_at(model, fast, x_meta, y_meta)
+    h = list(torch.autograd.grad(meta_loss, list(fast.values())))
+    meta_loss = meta_loss.detach()
+    if mode == "exact":
+        dist.all_reduce_mean_([*h, meta_loss])
+    scratch = {n: b.clone() for n, b in model.named_buffers()}
+    with fwAD.dual_level():
+        duals = {n: fwAD.make_dual(p.detach(), t) for (n, p), t in zip(params.items(), h)}
+        out = F.log_softmax(functional_call(model, {**duals, **scratch}, (x,)), dim=1)
+        u = fwAD.unpack_dual(out).tangent
+    dot = lr_virtual * (soft * u.detach()).sum(1).mean()  # −η·⟨g(θ), h⟩ with ⟨g, h⟩ = mean −ỹ·(J h)
+    theta = [p for p in corrector.parameters() if p.requires_grad]
+    theta_grads = [torch.zeros_like(p) if gr is None else gr
+                   for p, gr in zip(theta, torch.autograd.grad(dot, theta, allow_unused=True))]
     dist.all_reduce_mean_(theta_grads)
     return theta_grads, meta_loss
 
@@ -185,6 +229,7 @@ def mslc_step(
     sync_grads: Callable[[nn.Module], None] | None = None,
     meta_update: bool = True,
     scope: str = "all",
+    impl: str = "double-backward",
 ) -> StepResult:
     """One MSLC step: virtual step, Adam step on θ, real step with the new soft labels.
 
@@ -203,7 +248,8 @@ def mslc_step(
     meta_loss = torch.tensor(float("nan"))
     if meta_update:
         theta_grads, meta_loss = meta_gradient(
-            model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad, scope=scope
+            model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad, scope=scope,
+            impl=impl, x=x,
         )
         for p, g in zip((p for p in corrector.parameters() if p.requires_grad), theta_grads):
             p.grad = g

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mslc.bank import REFRESH_POLICIES
 from mslc.corrector import LOSS_MODES
-from mslc.meta_step import META_GRADS, META_SCOPES
+from mslc.meta_step import META_GRAD_IMPLS, META_GRADS, META_SCOPES
 from mslc.models import ARCHS
 from mslc.noise import NOISE_KINDS
 
@@ -167,6 +167,7 @@ class MetaConfig:
     meta_every: int = 1  # approximation: update θ every k-th step only (1 = every step, exact)
     meta_scope: str = "all"  # approximation: "last" moves only the classifier layer in the virtual step
     fixed_beta: float = -1.0  # ablation: a constant β in [0, 1] instead of β_net (-1: learned)
+    grad_impl: str = "double-backward"  # or jvp (forward mode): the same exact θ-gradient, computed differently
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, f"meta.method must be one of {METHODS}, got {self.method!r}")
@@ -177,6 +178,7 @@ class MetaConfig:
         _require(self.meta_every >= 1, f"meta.meta_every must be >= 1, got {self.meta_every}")
         _require(self.fixed_beta == -1.0 or 0 <= self.fixed_beta <= 1, "meta.fixed_beta must be -1 or in [0, 1]")
         _require(self.meta_scope in META_SCOPES, f"meta.meta_scope must be one of {META_SCOPES}")
+        _require(self.grad_impl in META_GRAD_IMPLS, f"meta.grad_impl must be one of {META_GRAD_IMPLS}")
         _require(self.warmup_epochs >= 0, f"meta.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         _require(self.warmup_avg >= 1, f"meta.warmup_avg must be >= 1, got {self.warmup_avg}")
         _require(self.loss_mode in LOSS_MODES, f"meta.loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")

@@ -123,7 +123,7 @@ def step(cfg: Config, st, data, phase: str, x: torch.Tensor, y: torch.Tensor, id
         lr_v = st.opt_w.param_groups[0]["lr"] * m.virtual_lr_scale
         return mslc_step(st.model, st.corrector, x, y, y_prev.to(device), xm, ym, opt_w=st.opt_w,
                          opt_theta=st.opt_theta, lr_virtual=lr_v, meta_grad=m.grad, meta_update=update,
-                         scope=m.meta_scope)
+                         scope=m.meta_scope, impl=m.grad_impl)
     if phase == "mwnet":
         xm, ym = meta_batch()
         lr_v = st.opt_w.param_groups[0]["lr"] * m.virtual_lr_scale

@@ -146,3 +146,96 @@ def test_mwnet_gives_flipped_samples_lower_weights(blobs):
     flipped = noisy.is_noisy
     assert w[flipped].mean() < 0.5 * w[~flipped].mean()
     assert torch.isfinite(res.meta_loss) and res.alpha.shape == (100,)
+
+
+@pytest.fixture(scope="module")
+def hard_blobs():
+    """Overlapping classes, 400 training samples with 40% flips, an MLP that can memorize them."""
+    g = np.random.default_rng(0)
+    centers = g.normal(0, 1.5, (4, 8))
+
+    def draw(n):
+        y = np.arange(n) % 4
+        return torch.from_numpy((centers[y] + g.normal(0, 1, (n, 8))).astype(np.float32)), torch.from_numpy(y)
+
+    x, y = draw(400)
+    xt, yt = draw(2000)
+    xm, ym = draw(100)
+    nz = corrupt(y.numpy(), make_transition("sym-exclusive", 4, 0.4), seed=5)
+    return x, y, torch.from_numpy(nz.noisy), torch.from_numpy(nz.is_noisy), xt, yt, xm, ym
+
+
+def wide_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4))
+
+
+def fit(loss_fn, x, steps=600, model=None, label_update=None):
+    """Full-batch Adam on ``loss_fn(logits, labels)``; ``label_update`` refreshes the labels every 20 steps."""
+    model = model or wide_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    labels = None
+    for s in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), labels).backward()
+        opt.step()
+        if label_update is not None and s % 20 == 19:
+            with torch.no_grad():
+                labels = label_update(model(x))
+    return model
+
+
+def memorized_and_test_acc(model, x, noisy, flipped, xt, yt):
+    with torch.no_grad():
+        return (float((model(x).argmax(1)[flipped] == noisy[flipped]).float().mean()),
+                float((model(xt).argmax(1) == yt).float().mean()))
+
+
+@pytest.fixture(scope="module")
+def ce_result(hard_blobs):
+    """(fraction of flipped labels memorized, clean test accuracy) of plain CE."""
+    x, y, yn, flip, xt, yt, _, _ = hard_blobs
+    return memorized_and_test_acc(fit(lambda z, _: F.cross_entropy(z, yn), x), x, yn, flip, xt, yt)
+
+
+def test_gce_memorizes_fewer_flipped_labels_than_ce(hard_blobs, ce_result):
+    x, y, yn, flip, xt, yt, _, _ = hard_blobs
+    ce = ce_result
+    gce = memorized_and_test_acc(fit(lambda z, _: B.gce_loss(z, yn, 0.7), x), x, yn, flip, xt, yt)
+    assert ce[0] > 0.95 and gce[0] < 0.5  # CE fits every flipped label, GCE few of them
+    assert gce[1] > ce[1] + 0.1
+
+
+def test_joint_optimization_memorizes_fewer_flipped_labels_than_ce(hard_blobs, ce_result):
+    x, y, yn, flip, xt, yt, _, _ = hard_blobs
+    prior = torch.full((4,), 0.25)
+    onehot = F.one_hot(yn, 4).float()
+    ce = ce_result
+    jo_model = fit(lambda z, lab: B.joint_opt_loss(z, onehot if lab is None else lab, prior), x,
+                   label_update=lambda z: F.softmax(z, 1))
+    jo = memorized_and_test_acc(jo_model, x, yn, flip, xt, yt)
+    assert jo[0] < ce[0] - 0.2 and jo[1] > ce[1] + 0.03
+
+
+def test_fine_tuning_on_the_clean_set_undoes_some_of_the_noise(hard_blobs, ce_result):
+    x, y, yn, flip, xt, yt, xm, ym = hard_blobs
+    model = fit(lambda z, _: F.cross_entropy(z, yn), x)
+    before = memorized_and_test_acc(model, x, yn, flip, xt, yt)[1]
+    assert before == pytest.approx(ce_result[1])
+    fit(lambda z, _: F.cross_entropy(z, ym), xm, steps=100, model=model)
+    after = memorized_and_test_acc(model, x, yn, flip, xt, yt)[1]
+    assert after > before + 0.05
+
+
+def test_hard_bootstrap_stops_short_of_the_given_label_where_the_model_disagrees():
+    """Reed et al.: the target keeps 1 − β on the model's own class, so a sample the model
+    confidently puts elsewhere is never pushed all the way to its (possibly wrong) label."""
+    z = torch.zeros(1, 3, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=1.0)
+    for _ in range(2000):
+        opt.zero_grad()
+        target = B.bootstrap_target(torch.tensor([0]), torch.tensor([[0.1, 0.1, 0.8]]), 0.8, hard=True)
+        (-(target * F.log_softmax(z, 1)).sum()).backward()
+        opt.step()
+    p = F.softmax(z.detach(), 1)[0]
+    assert abs(float(p[0]) - 0.8) < 0.01 and abs(float(p[2]) - 0.2) < 0.01

@@ -155,3 +155,20 @@ def test_approximations_change_theta_only_as_documented():
                     meta_update=False)
     assert all(torch.equal(a, b) for a, b in zip(before, corrector.parameters()))
     assert torch.isnan(res.meta_loss) and torch.isfinite(res.loss)
+
+
+@pytest.mark.parametrize("scope", ["all", "last"])
+def test_forward_mode_meta_gradient_equals_double_backward(scope):
+    from mslc.meta_step import meta_gradient
+
+    torch.manual_seed(3)
+    model, corrector = SmallCNN(10, 1, width=4).double(), Corrector(8).double()
+    x, y = torch.randn(12, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (12,))
+    xm, ym = torch.randn(12, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (12,))
+    y_prev = torch.softmax(torch.randn(12, 10, dtype=torch.float64), 1)
+    db, m1 = meta_gradient(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=0.3, scope=scope)
+    fw, m2 = meta_gradient(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=0.3, scope=scope,
+                           impl="jvp", x=x)
+    assert torch.allclose(m1, m2)
+    for a, b in zip(db, fw):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
