@@ -5,7 +5,9 @@ meta-gradient option, the cheaper approximations), each as a ratio to CE.
 
 Same model (the default small CNN, Fashion-MNIST-sized 1×28×28 inputs; ``--arch`` for
 others), same batch and meta batch, synthetic data (loading is not measured). Each
-variant runs in a fresh process: 5 untimed steps, then ``--steps`` timed ones; peak
+variant runs in a fresh process: 5 untimed steps, then ``--steps`` timed ones in 5
+chunks (the median chunk counts), in ``--repeat`` rounds over all variants (the fastest
+round counts: this 2-core machine's timings drift by ±30% between processes); peak
 memory is the growth of the process's peak RSS over its size after set-up on CPU, and
 ``torch.cuda.max_memory_allocated`` on a GPU. With ``meta.meta_every=k`` the θ update
 runs on one step in k, so its cost is the mean over k consecutive steps.
@@ -92,11 +94,14 @@ def measure(name: str, device: str, steps: int, batch: int, arch: str) -> dict:
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one()
-    sync()
-    ms = 1000 * (time.perf_counter() - t0) / steps
+    chunks, per = [], max(every, steps // 5 // every * every)  # whole meta_every periods per chunk
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(per):
+            one()
+        sync()
+        chunks.append(1000 * (time.perf_counter() - t0) / per)
+    ms = float(sorted(chunks)[2])  # the median chunk: robust to a burst of interference
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -110,23 +115,29 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--arch", default="small-cnn")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds over all variants; the fastest round counts")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     if a.one:
         print(json.dumps(measure(a.one, a.device, a.steps, a.batch, a.arch)))
         return 0
-    rows = []
-    for name in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--device", a.device, "--steps", str(a.steps),
-                              "--batch", str(a.batch), "--arch", a.arch], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"{name}: {rows[-1]['ms_per_step']:.1f} ms", file=sys.stderr)
+    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    for rep in range(a.repeat):  # rounds over all variants, so slow drift hits every variant alike
+        for name in VARIANTS if rep % 2 == 0 else reversed(list(VARIANTS)):
+            out = subprocess.run([sys.executable, __file__, "--one", name, "--device", a.device, "--steps",
+                                  str(a.steps), "--batch", str(a.batch), "--arch", a.arch],
+                                 capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"round {rep + 1}, {name}: {runs[name][-1]['ms_per_step']:.1f} ms", file=sys.stderr)
+    rows = [min(v, key=lambda r: r["ms_per_step"]) | {"ms_all_rounds": [r["ms_per_step"] for r in v]}
+            for v in runs.values()]
     ce = rows[0]
     for r in rows:
         r["x_ce_time"] = r["ms_per_step"] / ce["ms_per_step"]
         r["x_ce_memory"] = r["peak_mb"] / ce["peak_mb"] if ce["peak_mb"] > 0 else float("nan")
     info = {"device": a.device, "arch": a.arch, "batch": a.batch, "meta_batch": a.batch, "steps": a.steps,
+            "rounds": a.repeat, "timing": "per variant: the fastest of its rounds, each round the median of 5 chunks",
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     if a.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()

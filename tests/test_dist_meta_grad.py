@@ -27,19 +27,20 @@ def problem():
     return model, corrector, (x, y, y_prev, xm, ym)
 
 
-def step(model, corrector, batch, mode):
+def step(model, corrector, batch, mode, impl="double-backward"):
     x, y, y_prev, xm, ym = batch
     opt_w = torch.optim.SGD(model.parameters(), lr=0.3)
     opt_t = torch.optim.SGD(corrector.parameters(), lr=0.5)
-    mslc_step(model, corrector, x, y, y_prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=0.7, meta_grad=mode)
+    mslc_step(model, corrector, x, y, y_prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=0.7, meta_grad=mode,
+              impl=impl)
     return ([p.grad.clone() for p in corrector.parameters()], [p.detach().clone() for p in model.parameters()],
             [p.detach().clone() for p in corrector.parameters()])
 
 
-def rank_fn(rank, world, mode):
+def rank_fn(rank, world, mode, impl="double-backward"):
     model, corrector, (x, y, y_prev, xm, ym) = problem()
     n, m = slice(rank * N, (rank + 1) * N), slice(rank * M, (rank + 1) * M)
-    return step(model, corrector, (x[n], y[n], y_prev[n], xm[m], ym[m]), mode)
+    return step(model, corrector, (x[n], y[n], y_prev[n], xm[m], ym[m]), mode, impl)
 
 
 def close(a, b, rtol=1e-5):
@@ -59,3 +60,11 @@ def test_exact_meta_gradient_matches_one_process_and_local_does_not(tmp_path):
     assert not close(local[0][0], ref[0], rtol=1e-3)
     assert max((a - b).abs().max().item() for a, b in zip(exact[0][0], ref[0])) < \
         max((a - b).abs().max().item() for a, b in zip(local[0][0], ref[0]))
+
+
+def test_forward_mode_exact_meta_gradient_matches_one_process(tmp_path):
+    model, corrector, batch = problem()
+    ref = step(copy.deepcopy(model), copy.deepcopy(corrector), batch, "exact")
+    jvp = run_ranks(rank_fn, 2, tmp_path / "jvp", "exact", "jvp")
+    for r in range(2):
+        assert close(jvp[r][0], ref[0]) and close(jvp[r][1], ref[1]) and close(jvp[r][2], ref[2])
