@@ -167,7 +167,16 @@ def meta_gradient(
         return _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual,
                                   mode=mode, scope=scope)
     params, grads = training_grads(model, corrector, logits, y, y_prev, scope)
-    g = [t.detach().clone() for t in grads]
+    h, meta_loss = meta_direction(model, params, [t.detach().clone() for t in grads], x_meta, y_meta,
+                                  lr_virtual=lr_virtual, mode=mode)
+    dot = -lr_virtual * sum((gi * hi).sum() for gi, hi in zip(grads, h))
+    return theta_gradients(dot, corrector, retain_graph=True), meta_loss
+
+
+def meta_direction(model: nn.Module, params: dict[str, torch.Tensor], g: list[torch.Tensor], x_meta: torch.Tensor,
+                   y_meta: torch.Tensor, *, lr_virtual: float, mode: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(h, meta loss)``: the meta loss's gradient at ``ŵ = w − η·ḡ`` (``g`` detached, averaged
+    over ranks in exact mode, as are ``h`` and the loss)."""
     if mode == "exact":
         dist.all_reduce_mean_(g)
     fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
@@ -176,12 +185,16 @@ def meta_gradient(
     meta_loss = meta_loss.detach()
     if mode == "exact":
         dist.all_reduce_mean_([*h, meta_loss])
-    dot = -lr_virtual * sum((gi * hi).sum() for gi, hi in zip(grads, h))
+    return h, meta_loss
+
+
+def theta_gradients(dot: torch.Tensor, corrector: Corrector, *, retain_graph: bool = False) -> list[torch.Tensor]:
+    """∇_θ of ``dot``, averaged over ranks; zeros for an unused net (β_net when β is fixed)."""
     theta = [p for p in corrector.parameters() if p.requires_grad]
-    theta_grads = [torch.zeros_like(p) if g is None else g  # β_net is unused when β is fixed
-                   for p, g in zip(theta, torch.autograd.grad(dot, theta, retain_graph=True, allow_unused=True))]
-    dist.all_reduce_mean_(theta_grads)
-    return theta_grads, meta_loss
+    grads = torch.autograd.grad(dot, theta, retain_graph=retain_graph, allow_unused=True)
+    out = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, grads)]
+    dist.all_reduce_mean_(out)
+    return out
 
 
 META_GRAD_IMPLS = ("double-backward", "jvp")
@@ -192,25 +205,14 @@ def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *
     soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
     g = [t.detach() for t in torch.autograd.grad(soft_cross_entropy(logits, soft.detach()), list(params.values()),
                                                  retain_graph=True)]
-    if mode == "exact":
-        dist.all_reduce_mean_(g)
-    fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
-    meta_loss = meta_loss_at(model, fast, x_meta, y_meta)
-    h = list(torch.autograd.grad(meta_loss, list(fast.values())))
-    meta_loss = meta_loss.detach()
-    if mode == "exact":
-        dist.all_reduce_mean_([*h, meta_loss])
+    h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode)
     scratch = {n: b.clone() for n, b in model.named_buffers()}
     with fwAD.dual_level():
         duals = {n: fwAD.make_dual(p.detach(), t) for (n, p), t in zip(params.items(), h)}
         out = F.log_softmax(functional_call(model, {**duals, **scratch}, (x,)), dim=1)
         u = fwAD.unpack_dual(out).tangent
     dot = lr_virtual * (soft * u.detach()).sum(1).mean()  # −η·⟨g(θ), h⟩ with ⟨g, h⟩ = mean −ỹ·(J h)
-    theta = [p for p in corrector.parameters() if p.requires_grad]
-    theta_grads = [torch.zeros_like(p) if gr is None else gr
-                   for p, gr in zip(theta, torch.autograd.grad(dot, theta, allow_unused=True))]
-    dist.all_reduce_mean_(theta_grads)
-    return theta_grads, meta_loss
+    return theta_gradients(dot, corrector), meta_loss
 
 
 def mslc_step(

@@ -13,19 +13,25 @@ from mslc.corrector import LossMLP
 from mslc.noise import corrupt, make_transition
 
 
-@pytest.fixture(scope="module")
-def blobs():
-    """4 well-separated Gaussian classes in 8-D: 4000 noisy-train, 200 clean meta/trusted."""
-    g = np.random.default_rng(0)
-    centers = g.normal(0, 4, (4, 8))
+def blob_sampler(spread: float, seed: int = 0):
+    """``draw(n) → (x (n, 8) float32, y (n,) int64)``: 4 Gaussian classes, centres ~ N(0, spread²)."""
+    g = np.random.default_rng(seed)
+    centers = g.normal(0, spread, (4, 8))
 
     def draw(n):
         y = np.arange(n) % 4
-        return (centers[y] + g.normal(0, 1, (n, 8))).astype(np.float32), y
+        return torch.from_numpy((centers[y] + g.normal(0, 1, (n, 8))).astype(np.float32)), torch.from_numpy(y)
 
+    return draw
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """4 well-separated Gaussian classes in 8-D: 4000 noisy-train, 200 clean meta/trusted."""
+    draw = blob_sampler(4.0)
     x, y = draw(4000)
     xm, ym = draw(200)
-    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xm), torch.from_numpy(ym)
+    return x, y, xm, ym
 
 
 def mlp(seed=0):
@@ -151,13 +157,7 @@ def test_mwnet_gives_flipped_samples_lower_weights(blobs):
 @pytest.fixture(scope="module")
 def hard_blobs():
     """Overlapping classes, 400 training samples with 40% flips, an MLP that can memorize them."""
-    g = np.random.default_rng(0)
-    centers = g.normal(0, 1.5, (4, 8))
-
-    def draw(n):
-        y = np.arange(n) % 4
-        return torch.from_numpy((centers[y] + g.normal(0, 1, (n, 8))).astype(np.float32)), torch.from_numpy(y)
-
+    draw = blob_sampler(1.5)
     x, y = draw(400)
     xt, yt = draw(2000)
     xm, ym = draw(100)
