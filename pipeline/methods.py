@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from mslc import baselines, dist
 from mslc.corrector import LossMLP
 from mslc.meta_step import StepResult, ce_step, mslc_step, soft_cross_entropy
-from pipeline.config import Config
+from pipeline.config import METHODS, NO_WARMUP_METHODS, Config
 
-WARMUP_METHODS = ("mslc", "mwnet", "glc", "bootstrap-soft", "bootstrap-hard", "joint-opt", "u-correction")
+WARMUP_METHODS = tuple(m for m in METHODS if m not in NO_WARMUP_METHODS)  # also: those that write ỹ
 
 
 @dataclass
@@ -94,15 +94,13 @@ def normalize_meta(data, start: int, device: torch.device) -> torch.Tensor:
     return normalize(data.meta_x[start : start + 512], data, device)
 
 
-def _target_step(st, x: torch.Tensor, loss_of) -> tuple[torch.Tensor, torch.Tensor]:
-    """A real step on ``loss_of(logits)``; returns (loss, logits detached)."""
-    logits = st.model(x)
-    loss = loss_of(logits)
+def _real_step(st, loss: torch.Tensor) -> torch.Tensor:
+    """Back-propagate ``loss``, average the gradients over ranks, step the classifier; returns it detached."""
     st.opt_w.zero_grad(set_to_none=True)
     loss.backward()
     dist.average_gradients_(st.model.parameters())
     st.opt_w.step()
-    return loss.detach(), logits.detach()
+    return loss.detach()
 
 
 def bootstrap_beta(cfg: Config, hard: bool) -> float:
@@ -130,49 +128,32 @@ def step(cfg: Config, st, data, phase: str, x: torch.Tensor, y: torch.Tensor, id
         res = baselines.mwnet_step(st.model, st.method.vnet, x, y, xm, ym, opt_w=st.opt_w, opt_v=st.method.opt_v,
                                    lr_virtual=lr_v)
         return StepResult(res.loss, res.meta_loss, res.y_hat, res.y_hat, alpha=res.alpha)
-    if phase == "gce":
-        loss, logits = _target_step(st, x, lambda z: baselines.gce_loss(z, y, m.gce_q))
-        p = F.softmax(logits, 1)
-        return StepResult(loss, nan, p, F.one_hot(y, p.shape[1]).to(p.dtype))
-    if phase == "glc":
+    if phase == "glc":  # the corrected loss on the noisy batch, CE on the trusted one, weighted by count
         xm, ym = meta_batch()
-        c_hat = st.method.c_hat.to(device)
         n, k = len(y), len(ym)
-
-        def glc(z):  # corrected loss on the noisy batch, CE on the trusted batch, weighted by count
-            return (baselines.glc_loss(z[:n], y, c_hat) * n + F.cross_entropy(z[n:], ym) * k) / (n + k)
-
-        loss, logits = _target_step(st, torch.cat([x, xm]), glc)
-        p = F.softmax(logits[:n], 1)
-        return StepResult(loss, nan, p, p)
+        logits = st.model(torch.cat([x, xm]))
+        loss = (baselines.glc_loss(logits[:n], y, st.method.c_hat.to(device)) * n
+                + F.cross_entropy(logits[n:], ym) * k) / (n + k)
+        p = F.softmax(logits[:n].detach(), 1)
+        return StepResult(_real_step(st, loss), nan, p, p)
+    logits = st.model(x)
+    p = F.softmax(logits.detach(), 1)
+    if phase == "gce":
+        loss = _real_step(st, baselines.gce_loss(logits, y, m.gce_q))
+        return StepResult(loss, nan, p, F.one_hot(y, p.shape[1]).to(p.dtype))
     if phase in ("bootstrap-soft", "bootstrap-hard"):
         hard = phase.endswith("hard")
-        holder = {}
-
-        def boot(z):
-            holder["t"] = baselines.bootstrap_target(y, F.softmax(z, 1), bootstrap_beta(cfg, hard), hard=hard)
-            return soft_cross_entropy(z, holder["t"])
-
-        loss, logits = _target_step(st, x, boot)
-        return StepResult(loss, nan, F.softmax(logits, 1), holder["t"])
+        target = baselines.bootstrap_target(y, p, bootstrap_beta(cfg, hard), hard=hard)
+        return StepResult(_real_step(st, soft_cross_entropy(logits, target)), nan, p, target)
     if phase == "joint-opt":
-        _, target = st.bank.rows(idx)
-        target = target.to(device)
+        _, labels = st.bank.rows(idx)
         prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=device)
-        loss, logits = _target_step(st, x, lambda z: baselines.joint_opt_loss(
-            z, target, prior, alpha=m.joint_alpha, beta=m.joint_beta))
-        p = F.softmax(logits, 1)
-        return StepResult(loss, nan, p, p)  # the labels become the epoch's predictions
+        loss = baselines.joint_opt_loss(logits, labels.to(device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
+        return StepResult(_real_step(st, loss), nan, p, p)  # the labels become the epoch's predictions
     if phase == "u-correction":
         w = st.method.w_noisy[idx.cpu()].to(device)
-        holder = {}
-
-        def dyn(z):
-            holder["t"] = baselines.dynamic_bootstrap_target(y, F.softmax(z, 1), w, hard=True)
-            return soft_cross_entropy(z, holder["t"])
-
-        loss, logits = _target_step(st, x, dyn)
-        return StepResult(loss, nan, F.softmax(logits, 1), holder["t"], alpha=1.0 - w)
+        target = baselines.dynamic_bootstrap_target(y, p, w, hard=True)
+        return StepResult(_real_step(st, soft_cross_entropy(logits, target)), nan, p, target, alpha=1.0 - w)
     raise ValueError(f"no step for phase {phase!r}")
 
 

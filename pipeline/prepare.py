@@ -194,7 +194,6 @@ def draw_clean_splits(data: DataConfig, src: Source) -> tuple[Items, Items, Item
         given_val = src.val is not None
         if given_val and data.n_meta >= len(src.clean):  # all of it
             meta = src.clean
-            sp = None
         else:
             sp = balanced(src.clean.labels, n_meta=data.n_meta, n_val=0 if given_val else data.n_val, seed=s,
                           what="clean pool")

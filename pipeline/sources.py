@@ -314,11 +314,13 @@ def read_clothing1m(root: Path) -> Source:
     noisy = read_key_labels(root / "noisy_label_kv.txt", c, bad)
     clean = read_key_labels(root / "clean_label_kv.txt", c, bad)
 
+    reported = {(b.file, b.key) for b in bad}  # keys the label files already reported
+
     def listed(list_name: str, labels: dict[str, int], kv_name: str, with_true: bool) -> Items:
         keys, lab, true = [], [], []
         for n, key in read_key_list(root / list_name):
             if key not in labels:
-                if not any(b.key == key and b.file == kv_name for b in bad):
+                if (kv_name, key) not in reported:
                     bad.append(Bad(list_name, key, f"no label in {kv_name}", n))
                 continue
             keys.append(key)

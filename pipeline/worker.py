@@ -250,9 +250,6 @@ def finetune_batches(cfg: Config, st: State, data: Data):
         yield x, y, None
 
 
-TARGET_PHASES = ("mslc", "mwnet", "glc", "bootstrap-soft", "bootstrap-hard", "joint-opt", "u-correction")
-
-
 def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.device, run_dir: Path) -> dict:
     phase = methods.phase_of(cfg, epoch)
     st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
@@ -272,7 +269,7 @@ def train_epoch(cfg: Config, st: State, data: Data, epoch: int, device: torch.de
         x, y = normalize(x, data, device), y.to(device)
         res = methods.step(cfg, st, data, "ce" if phase == "finetune" else phase, x, y, idx, device, meta_batch)
         if idx is not None:
-            if phase in TARGET_PHASES:
+            if phase in methods.WARMUP_METHODS:  # its ỹ: the label it trains on
                 st.bank.put(idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
             else:
                 st.bank.put(idx, y_hat=res.y_hat)

@@ -11,7 +11,7 @@ import torch
 
 from pipeline import methods
 from pipeline.checkpoint import LocalReporter
-from pipeline.config import METHODS, load_config
+from pipeline.config import METHODS, apply_overrides, load_config
 from pipeline.worker import run
 from tests.test_resume import _cfg
 
@@ -38,7 +38,7 @@ def test_phases_per_method():
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in ("mslc", "ce")])
 def test_every_baseline_trains_and_hands_back_labels(method, fake_shards, fake_data_cfg, tmp_path):
     cfg = _cfg(fake_data_cfg, tmp_path, method, 3)
-    cfg = load_config_from(cfg, [f"meta.method={method}"])
+    cfg = apply_overrides(cfg, [f"meta.method={method}"])
     res = run(cfg, LocalReporter(tmp_path / method), log=quiet)
     final = res["summary"]["final"]
     assert final["phase"] == EXPECTED_PHASES[method][-1]
@@ -53,16 +53,10 @@ def test_every_baseline_trains_and_hands_back_labels(method, fake_shards, fake_d
         assert (probs < 0.999).any()  # the table holds its targets, not the given one-hots
 
 
-def load_config_from(cfg, overrides):
-    from pipeline.config import apply_overrides
-
-    return apply_overrides(cfg, overrides)
-
-
 @pytest.mark.parametrize("method", ["mwnet", "glc", "u-correction"])
 def test_resume_equivalence_for_stateful_baselines(method, fake_shards, fake_data_cfg, tmp_path):
     def cfg(name, epochs):
-        return load_config_from(_cfg(fake_data_cfg, tmp_path, name, epochs), [f"meta.method={method}"])
+        return apply_overrides(_cfg(fake_data_cfg, tmp_path, name, epochs), [f"meta.method={method}"])
 
     full = run(cfg("full", 3), LocalReporter(tmp_path / "full"), log=quiet)
     run(cfg("part", 2), LocalReporter(tmp_path / "part"), log=quiet)
