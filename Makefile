@@ -1,5 +1,6 @@
 # The two commands: `make run` (the default job) and `make test` (the test suite).
-# Both create .venv from requirements.txt if it is missing and fetch Fashion-MNIST.
+# Both create .venv from requirements.txt if it is missing, install this project into it
+# (editable: mslc, pipeline, tune and the mslc-* commands), and fetch Fashion-MNIST.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,9 +18,10 @@ test: $(STAMP) data
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 data: $(STAMP)

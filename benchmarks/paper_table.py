@@ -28,18 +28,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pyarrow.parquet as pq
+import torch
 
-from benchmarks.common import publish  # noqa: E402
-from pipeline.checkpoint import LocalReporter  # noqa: E402
-from pipeline.cli import absolutize  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.prepare import ensure_shards  # noqa: E402
-from pipeline.worker import run  # noqa: E402
+from common import publish  # benchmarks/common.py, beside this script
+from pipeline.checkpoint import LocalReporter
+from pipeline.cli import absolutize
+from pipeline.config import load_config
+from pipeline.prepare import ensure_shards
+from pipeline.worker import run
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = [("sym", 0.2), ("sym", 0.4), ("sym", 0.6), ("sym", 0.8), ("asym", 0.2), ("asym", 0.4)]

@@ -21,17 +21,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.distributed as tdist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
 
-from benchmarks.common import publish  # noqa: E402
-from mslc import dist, meta_step  # noqa: E402
-from mslc.bank import ShardedBank  # noqa: E402
-from mslc.corrector import Corrector  # noqa: E402
-from mslc.models import SmallCNN  # noqa: E402
+from common import publish  # benchmarks/common.py, beside this script
+from mslc import dist, meta_step
+from mslc.bank import ShardedBank
+from mslc.corrector import Corrector
+from mslc.models import SmallCNN
 
 RESULTS = ROOT / "benchmarks" / "results"
 C, BATCH = 10, 128

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.common import publish  # noqa: E402
+from common import publish  # benchmarks/common.py, beside this script
 
 RESULTS = ROOT / "benchmarks" / "results"
 DB, JVP = "double-backward", "jvp"

@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from benchmarks.common import publish  # noqa: E402
+from common import publish  # benchmarks/common.py, beside this script
 
 RESULTS = ROOT / "benchmarks" / "results"
 

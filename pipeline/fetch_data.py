@@ -17,9 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pipeline.datasets import HOW_TO_GET_FMNIST, download_fmnist, fmnist_files
 
 

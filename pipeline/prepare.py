@@ -35,9 +35,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
 from mslc.noise import CIFAR10_ASYM, FMNIST_ASYM, corrupt, make_transition, realized_matrix, superclass_next_map

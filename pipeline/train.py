@@ -11,15 +11,10 @@ starts a local one). Outputs land in ``run.storage_path/run.name``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 import sys
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(ROOT))
 
 from pipeline.cli import parse_args, replace, run_cli
 from pipeline.config import Config, ConfigError
@@ -78,11 +73,10 @@ def build_trainer(cfg: Config, *, callbacks: list | None = None):
 
 
 def start_ray() -> None:
-    """``ray.init()`` with no address; a local cluster's workers can import this repo."""
+    """``ray.init()`` with no address. Workers import this project as installed (``make venv``
+    installs it editable; a Ray job's ``--working-dir`` puts it on the workers' path)."""
     import ray
 
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     ray.init()
 
 

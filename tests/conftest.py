@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.config import DataConfig  # noqa: E402
-from pipeline.datasets import ImageArrays  # noqa: E402
-from pipeline.prepare import ensure_shards  # noqa: E402
+from pipeline.config import DataConfig
+from pipeline.datasets import ImageArrays
+from pipeline.prepare import ensure_shards
 
 
 def fake_images(n_train: int = 600, n_test: int = 200, num_classes: int = 10, seed: int = 0) -> ImageArrays:

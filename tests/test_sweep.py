@@ -13,9 +13,7 @@ import pytest
 
 from pipeline.config import load_config
 from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT))
-from tune import sweep  # noqa: E402
+from tune import sweep
 
 
 def test_warmup_choices_leave_mslc_epochs():

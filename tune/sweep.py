@@ -24,12 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(ROOT))
-
-from pipeline.cli import absolutize, replace, run_cli  # noqa: E402
-from pipeline.config import Config, ConfigError, apply_overrides, load_config  # noqa: E402
+from pipeline.cli import absolutize, replace, run_cli
+from pipeline.config import Config, ConfigError, apply_overrides, load_config
 
 METRIC = "val_acc"
 # search-space name → config key
