@@ -35,8 +35,7 @@ import torch
 
 from common import publish  # benchmarks/common.py, beside this script
 from pipeline.checkpoint import LocalReporter
-from pipeline.cli import absolutize
-from pipeline.config import load_config
+from pipeline.cli import absolutize, load_config
 from pipeline.prepare import ensure_shards
 from pipeline.worker import run
 

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, apply_overrides, merge
 from pipeline.errors import PipelineError
+from pipeline.presets import DEFAULT_PRESET, PRESETS
 
 PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("data", "shards"), ("data", "labels_file"),
              ("data", "clean_list"), ("data", "test_list"), ("run", "storage_path"), ("run", "resume_from"))
 
 
-def _key_table() -> str:
-    from pipeline.presets import PRESETS
+def load_config(preset_or_file: str | None, overrides: list[str] = ()) -> Config:
+    """A preset name or a JSON file (a full or partial config dict), then overrides."""
+    name = preset_or_file or DEFAULT_PRESET
+    if name in PRESETS:
+        cfg = PRESETS[name]()
+    elif os.path.isfile(name):
+        try:
+            with open(name) as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {name}: not valid JSON ({e})") from None
+        base = PRESETS[raw.get("preset", DEFAULT_PRESET)]() if raw.get("preset") in PRESETS else Config()
+        cfg = Config.from_dict(merge(base.to_dict(), raw))
+    else:
+        raise ConfigError(f"unknown preset or missing config file {name!r}; presets: {', '.join(PRESETS)}")
+    return apply_overrides(cfg, list(overrides))
 
+
+def _key_table() -> str:
     lines = ["presets:"]
     for name, fn in PRESETS.items():
         lines.append(f"  {name:<15} {(fn.__doc__ or '').strip().splitlines()[0]}")
@@ -38,7 +55,7 @@ def parse_args(argv: list[str] | None, *, prog: str, doc: str | None) -> Config:
         epilog=_key_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", default="fmnist-sym40", help="a preset name or a JSON config file")
+    parser.add_argument("--config", default=DEFAULT_PRESET, help="a preset name or a JSON config file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epochs=3")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -78,9 +95,3 @@ def run_cli(parse: Callable[[], Config], body: Callable[[Config], int]) -> int:
     except (ConfigError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-def replace(cfg: Config, **sections) -> Config:
-    """A copy of ``cfg`` with whole sections or fields replaced, re-validated."""
-    return Config.from_dict({**cfg.to_dict(), **{k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-                                                 for k, v in sections.items()}})

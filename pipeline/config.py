@@ -1,4 +1,4 @@
-"""Typed run configuration, named presets and the ``key=value`` command line.
+"""Typed run configuration: the schema, its validation, and ``key=value`` overrides.
 
 A config is a tree of dataclasses validated in ``__post_init__``. It goes to Ray
 as a plain dict (:meth:`Config.to_dict`) and comes back with :meth:`Config.from_dict`.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,29 +312,15 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return Config.from_dict(d)
 
 
-def load_config(preset_or_file: str | None, overrides: list[str] = ()) -> Config:
-    """A preset name or a JSON file (a full or partial config dict), then overrides."""
-    from pipeline.presets import PRESETS
-
-    name = preset_or_file or "fmnist-sym40"
-    if name in PRESETS:
-        cfg = PRESETS[name]()
-    elif os.path.isfile(name):
-        try:
-            with open(name) as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {name}: not valid JSON ({e})") from None
-        base = PRESETS[raw.get("preset", "fmnist-sym40")]() if raw.get("preset") in PRESETS else Config()
-        merged = _merge(base.to_dict(), raw)
-        cfg = Config.from_dict(merged)
-    else:
-        raise ConfigError(f"unknown preset or missing config file {name!r}; presets: {', '.join(PRESETS)}")
-    return apply_overrides(cfg, list(overrides))
-
-
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with the (nested, partial) mapping ``over`` laid on top."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return out
+
+
+def replace(cfg: Config, **sections) -> Config:
+    """A copy of ``cfg`` with whole sections or fields replaced, re-validated."""
+    return Config.from_dict({**cfg.to_dict(), **{k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                                                 for k, v in sections.items()}})

@@ -24,6 +24,7 @@ from mslc import baselines, dist
 from mslc.corrector import LossMLP
 from mslc.meta_step import StepResult, ce_step, mslc_step, soft_cross_entropy
 from pipeline.config import METHODS, NO_WARMUP_METHODS, Config
+from pipeline.state import normalize
 
 WARMUP_METHODS = tuple(m for m in METHODS if m not in NO_WARMUP_METHODS)  # also: those that write ỹ
 
@@ -89,8 +90,6 @@ def start_epoch(cfg: Config, st, data, phase: str, device: torch.device) -> None
 
 
 def normalize_meta(data, start: int, device: torch.device) -> torch.Tensor:
-    from pipeline.worker import normalize
-
     return normalize(data.meta_x[start : start + 512], data, device)
 
 

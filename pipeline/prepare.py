@@ -471,7 +471,7 @@ def kind_parser() -> argparse.ArgumentParser:
 
 
 def data_from_kind_args(argv: list[str]) -> tuple[DataConfig, Path]:
-    from pipeline.config import load_config
+    from pipeline.cli import load_config
 
     a = kind_parser().parse_args(argv)
     data = load_config(KIND_PRESETS[a.kind]).data

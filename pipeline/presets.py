@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.cli import replace
-from pipeline.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig
+from pipeline.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig, replace
 
 
 def fmnist_sym40() -> Config:
@@ -67,6 +66,7 @@ def folder() -> Config:
         cfg.data, dataset="folder", raw_dir="data/raw/folder", n_meta=1000, n_val=500))
 
 
+DEFAULT_PRESET = "fmnist-sym40"
 PRESETS = {
     "fmnist-sym40": fmnist_sym40,
     "fmnist-asym40": fmnist_asym40,

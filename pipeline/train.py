@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import parse_args, replace, run_cli
-from pipeline.config import Config, ConfigError
+from pipeline.cli import parse_args, run_cli
+from pipeline.config import Config, ConfigError, replace
 from pipeline.prepare import ensure_shards
 from pipeline import shards
 
@@ -34,7 +34,7 @@ def name_run(cfg: Config) -> Config:
 def check_data(cfg: Config) -> None:
     """Write shards if missing (``data.shards`` unset), then check them, the label table
     and the transform before any worker starts."""
-    from pipeline.worker import build_transforms
+    from pipeline.state import build_transforms
 
     shard_dir = ensure_shards(cfg.data)
     manifest = shards.load_manifest(shard_dir)

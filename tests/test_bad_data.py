@@ -141,13 +141,14 @@ def _two_ranks_stream(rank, world, shard_dir):
     import torch  # noqa: F401
 
     from pipeline.config import Config, DataConfig, OptimConfig
-    from pipeline.worker import Data, train_batches
+    from pipeline.state import Data
+    from pipeline.worker import train_batches
 
     m = shards.load_manifest(shard_dir)
     cfg = Config(data=DataConfig(dataset="clothing1m", noise="none", noise_rate=0.0, shards=shard_dir,
                                  image_size=16, shuffle_buffer=8),
                  optim=OptimConfig(batch_size=8))
-    from pipeline.worker import build_transforms
+    from pipeline.state import build_transforms
 
     train_tf, _, _ = build_transforms(cfg, m)
     data = Data(shard_dir, m, None, None, None, None, None, None, None, train_tf, None, 16)

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline.config import load_config
+from pipeline.cli import load_config
 from tests.conftest import ROOT
 
 CLUSTER = ROOT / "cluster"

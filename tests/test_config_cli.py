@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from pipeline.config import Config, ConfigError, all_keys, apply_overrides, load_config
+from pipeline.cli import load_config
+from pipeline.config import Config, ConfigError, all_keys, apply_overrides
 from pipeline.presets import PRESETS
 from tests.conftest import ROOT
 
@@ -120,7 +121,6 @@ def test_label_out_of_range_stops_the_run(fake_shards, fake_data_cfg, tmp_path):
 
 def test_relative_paths_in_a_ray_job_working_dir_resolve_against_mslc_home(tmp_path, monkeypatch):
     from pipeline.cli import absolutize, in_ray_job_working_dir
-    from pipeline.config import load_config
 
     job_dir = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
     job_dir.mkdir(parents=True)

@@ -36,8 +36,7 @@ SAMPLES = 2
 def smoke_epochs(tmp: Path) -> tuple[list[dict], dict]:
     """The smoke preset's per-epoch records and the sample counts the accuracies are over."""
     from pipeline.checkpoint import LocalReporter
-    from pipeline.cli import absolutize
-    from pipeline.config import load_config
+    from pipeline.cli import absolutize, load_config
     from pipeline.datasets import fmnist_files
     from pipeline.prepare import ensure_shards
     from pipeline.worker import run

@@ -11,7 +11,8 @@ import torch
 
 from pipeline import methods
 from pipeline.checkpoint import LocalReporter
-from pipeline.config import METHODS, apply_overrides, load_config
+from pipeline.cli import load_config
+from pipeline.config import METHODS, apply_overrides
 from pipeline.worker import run
 from tests.test_resume import _cfg
 

@@ -5,8 +5,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.checkpoint import LocalReporter
-from pipeline.cli import absolutize
-from pipeline.config import load_config
+from pipeline.cli import absolutize, load_config
 from pipeline.worker import run
 
 

@@ -11,7 +11,7 @@ import torch
 from pipeline import prepare as prep
 from pipeline import shards
 from pipeline.config import Config, DataConfig
-from pipeline.worker import build_transforms
+from pipeline.state import build_transforms
 from tests import fakes
 from tests.test_prepare import c1m_cfg, quiet
 

@@ -7,7 +7,8 @@ import torch
 
 from mslc.bank import LocalBank
 from pipeline.outputs import summarize
-from pipeline.worker import Data, bank_metrics
+from pipeline.state import Data
+from pipeline.worker import bank_metrics
 
 
 def test_label_metrics_skip_samples_without_a_true_label():

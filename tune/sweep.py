@@ -24,8 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli import absolutize, replace, run_cli
-from pipeline.config import Config, ConfigError, apply_overrides, load_config
+from pipeline.cli import absolutize, load_config, run_cli
+from pipeline.config import Config, ConfigError, apply_overrides, replace
 
 METRIC = "val_acc"
 # search-space name → config key

@@ -1,0 +1,190 @@
+"""A worker's state: what it knows of the data, what it trains, and how both are built.
+
+Both the loop (:mod:`pipeline.worker`) and the training methods (:mod:`pipeline.methods`)
+import this module; it imports neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mslc import dist
+from mslc.bank import LocalBank, ShardedBank, SoftLabelBank
+from mslc.corrector import Corrector
+from mslc.models import build_model
+from pipeline import checkpoint, shards, transforms
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class Data:
+    """What a worker knows of the data besides the streamed training batches.
+
+    labels : (N,) int64 given labels; true : (N,) int64 (-1 unknown); keys : (N,)
+    meta_x : (M, C, H, W) uint8 after the evaluation transform; meta_y : (M,) int64;
+    mean, std : (1, C, 1, 1); train_tf / eval_tf: per-sample transforms (or None);
+    size : the side of the images the model sees.
+    """
+
+    shard_dir: str
+    manifest: dict
+    labels: np.ndarray
+    true: np.ndarray
+    keys: np.ndarray
+    meta_x: torch.Tensor
+    meta_y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    train_tf: object = None
+    eval_tf: object = None
+    size: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"]
+
+    @property
+    def channels(self) -> int:
+        return self.manifest["image"]["channels"]
+
+    @property
+    def known(self) -> np.ndarray:
+        """(N,) bool: the true label is known (all of a synthetic-noise set; a part of Clothing1M)."""
+        return self.true >= 0
+
+    @property
+    def is_noisy(self) -> np.ndarray:
+        """(N,) bool: the given label is known to be wrong."""
+        return (self.labels != self.true) & self.known
+
+
+class MetaSampler:
+    """Seeded mini-batches of the clean meta set, reshuffled every pass; :meth:`reset`
+    reseeds it (each epoch, per rank) so a resumed run draws the same batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+        self.x, self.y = x, y
+        self.batch_size = min(batch_size, len(y))
+        self.reset(0)
+
+    def reset(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = torch.randperm(len(self.y), generator=self.gen), 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + self.batch_size > len(self.perm):
+            self.perm, self.pos = torch.randperm(len(self.y), generator=self.gen), 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return self.x[idx], self.y[idx]
+
+
+@dataclass
+class TrainState:
+    """Everything a worker trains and checkpoints. ``method`` is the training method's own
+    state (anything with ``state_dict`` / ``load_state_dict``), set by the loop."""
+
+    model: nn.Module
+    opt_w: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    corrector: Corrector
+    opt_theta: torch.optim.Optimizer
+    bank: SoftLabelBank
+    meta: MetaSampler
+    method: Any = None
+    epoch: int = 0
+    steps_done: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "opt_w": self.opt_w.state_dict(), "sched": self.sched.state_dict(),
+            "corrector": self.corrector.state_dict(), "opt_theta": self.opt_theta.state_dict(),
+            "bank": self.bank.state_dict(), "epoch": self.epoch, "steps_done": self.steps_done,
+            "history": self.history, "rng": checkpoint.rng_state(), "method": self.method.state_dict(),
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt_w.load_state_dict(s["opt_w"])
+        self.sched.load_state_dict(s["sched"])
+        self.corrector.load_state_dict(s["corrector"])
+        self.opt_theta.load_state_dict(s["opt_theta"])
+        self.bank.load_state_dict(s["bank"])
+        self.epoch, self.steps_done, self.history = s["epoch"], s["steps_done"], list(s["history"])
+        self.method.load_state_dict(s.get("method", {}))
+        checkpoint.set_rng_state(s["rng"])
+
+
+def normalize(x: torch.Tensor, data: Data, device: torch.device) -> torch.Tensor:
+    """uint8 (n, C, H, W) → float (n, C, H, W), normalized, on ``device``."""
+    x = x.to(device, non_blocking=True)
+    return (x.float() / 255.0 - data.mean.to(device)) / data.std.to(device)
+
+
+def build_transforms(cfg: Config, manifest: dict) -> tuple[object, object, int]:
+    """(train transform, eval transform, model input side) for the config and the shards."""
+    img = manifest["image"]
+    stored = img["height"] if img.get("height") and img["height"] == img.get("width") else None
+    kind = cfg.data.resolved_transform()
+    try:
+        size = transforms.output_size(kind, image_size=cfg.data.image_size, stored_size=stored)
+        tf = [transforms.build_transform(kind, train=t, image_size=cfg.data.image_size, stored_size=stored)
+              for t in (True, False)]
+    except ValueError as e:
+        raise PipelineError(f"{cfg.data.shard_dir()}: data.transform={kind}: {e}") from None
+    return tf[0], tf[1], size
+
+
+def build_data(cfg: Config, device: torch.device) -> Data:
+    """The manifest, label table and transforms of the shards, and the meta set on ``device``."""
+    shard_dir = cfg.data.shard_dir()
+    manifest = shards.load_manifest(shard_dir)
+    table = shards.read_labels_table(shard_dir, manifest)
+    img = manifest["image"]
+    mean = torch.tensor(img["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(img["std"]).view(1, -1, 1, 1)
+    train_tf, eval_tf, size = build_transforms(cfg, manifest)
+    data = Data(shard_dir, manifest, table["label"], table["true_label"], table["key"],
+                torch.empty(0), torch.empty(0), mean, std, train_tf, eval_tf, size)
+    mx, my = shards.load_split_tensors(shard_dir, manifest, "meta", transform=eval_tf, channels=data.channels)
+    data.meta_x, data.meta_y = mx.to(device), my.to(device)
+    return data
+
+
+def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
+    """Model, optimizers, schedule, corrector, bank and meta sampler, seeded by ``run.seed``."""
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model.arch, num_classes=data.num_classes, in_channels=data.channels,
+                        stem="imagenet" if data.size > 64 else "cifar").to(device)
+    if cfg.model.pretrained:
+        load_imagenet_weights(model)
+    o = cfg.optim
+    opt_w = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt_w, milestones=o.milestones, gamma=o.gamma)
+    m = cfg.meta
+    corrector = Corrector(m.hidden, m.loss_mode, fixed_beta=None if m.fixed_beta < 0 else m.fixed_beta).to(device)
+    opt_theta = torch.optim.Adam(
+        [{"params": corrector.alpha_net.parameters(), "lr": m.alpha_lr},
+         {"params": corrector.beta_net.parameters(), "lr": m.beta_lr}],
+        weight_decay=m.weight_decay,
+    )
+    bank_cls = ShardedBank if dist.world_size() > 1 else LocalBank
+    bank = bank_cls(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype))
+    meta = MetaSampler(data.meta_x, data.meta_y, m.meta_batch_size)
+    return TrainState(model, opt_w, sched, corrector, opt_theta, bank, meta)
+
+
+def load_imagenet_weights(model: nn.Module) -> None:
+    """torchvision's ImageNet ResNet-50 weights, all but the classifier layer."""
+    import torchvision
+
+    sd = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    model.load_state_dict(sd, strict=False)

@@ -1,0 +1,104 @@
+"""The packages' import graph, read with ``ast`` from every import statement (those inside
+functions too: a lazy import is a dependency all the same): no cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("mslc", "pipeline", "tune")
+
+
+def module_files() -> dict[str, Path]:
+    """``dotted module name → file`` for every module of :data:`PACKAGES`."""
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> list[str]:
+    """The project modules one import statement loads (``from P import name`` counts as
+    the module ``P.name`` where that is one, else as ``P``)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            anchor = module.split(".")
+            anchor = anchor if is_package else anchor[:-1]
+            anchor = anchor[: len(anchor) - (node.level - 1)]
+            base = ".".join(anchor + ([base] if base else []))
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+    else:
+        return []
+    out = []
+    for name in names:
+        while name and name not in known:  # `import a.b.c` where a.b.c is an attribute
+            name = name.rpartition(".")[0]
+        if name:
+            out.append(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    known = set(files)
+    graph = {}
+    for mod, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        deps = set()
+        for node in ast.walk(tree):
+            deps.update(imported(node, mod, path.name == "__init__.py", known))
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state and (found := visit(d)):
+                return found
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_relative_and_from_imports_resolve_to_modules():
+    known = {"p", "p.q", "p.q.r", "p.s"}
+    stmt = ast.parse("from . import r\nfrom ..s import x\nimport p.q.r.attr\nfrom p import s, thing").body
+    assert imported(stmt[0], "p.q", True, known) == ["p.q.r"]
+    assert imported(stmt[1], "p.q.r", False, known) == ["p.s"]
+    assert imported(stmt[2], "p.s", False, known) == ["p.q.r"]
+    assert imported(stmt[3], "p.q", True, known) == ["p.s", "p"]
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert len(graph) > 20 and "pipeline.train" in graph
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
