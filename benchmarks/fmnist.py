@@ -30,6 +30,7 @@ import torch
 from common import publish  # benchmarks/common.py, beside this script
 from pipeline.checkpoint import LocalReporter
 from pipeline.cli import absolutize, load_config
+from pipeline.methods import METHODS
 from pipeline.prepare import ensure_shards
 from pipeline.worker import run
 
@@ -50,7 +51,7 @@ def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: 
     s, final = res["summary"], res["summary"]["final"]
     metrics = json.loads(Path(res["metrics"]).read_text())
     return {
-        "method": method.upper(),
+        "method": METHODS[method].label,
         "noise": f"{cfg.data.noise}-{round(100 * cfg.data.noise_rate)}",
         "realized_rate": metrics["noise"]["realized_rate"],
         "seed": seed,
@@ -84,7 +85,7 @@ def markdown(rows: list[dict], header: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["fmnist-sym40", "fmnist-asym40"])
-    p.add_argument("--methods", nargs="+", default=["ce", "mslc"])
+    p.add_argument("--methods", nargs="+", default=["ce", "mslc"], choices=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--storage", default=str(ROOT / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(RESULTS / "fmnist"), help="output path without extension")

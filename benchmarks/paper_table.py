@@ -36,23 +36,14 @@ import torch
 from common import publish  # benchmarks/common.py, beside this script
 from pipeline.checkpoint import LocalReporter
 from pipeline.cli import absolutize, load_config
+from pipeline.methods import METHODS as REGISTRY
 from pipeline.prepare import ensure_shards
 from pipeline.worker import run
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = [("sym", 0.2), ("sym", 0.4), ("sym", 0.6), ("sym", 0.8), ("asym", 0.2), ("asym", 0.4)]
-METHODS = {  # row name: overrides
-    "CE": ["meta.method=ce"],
-    "Fine-tuning": ["meta.method=finetune"],
-    "GCE": ["meta.method=gce"],
-    "GLC": ["meta.method=glc"],
-    "MW-Net": ["meta.method=mwnet"],
-    "Bootstrap (soft)": ["meta.method=bootstrap-soft"],
-    "Bootstrap (hard)": ["meta.method=bootstrap-hard"],
-    "Joint Optimization": ["meta.method=joint-opt"],
-    "U-correction (no mixup)": ["meta.method=u-correction"],
-    "MSLC": ["meta.method=mslc"],
-}
+METHODS = {cls.label: [f"meta.method={name}"]  # row name: overrides; every registered method, MSLC last
+           for name, cls in sorted(REGISTRY.items(), key=lambda kv: kv[0] == "mslc")}
 APPROX = {
     "MSLC, meta every 5": ["meta.method=mslc", "meta.meta_every=5"],
     "MSLC, last-layer meta-grad": ["meta.method=mslc", "meta.meta_scope=last"],

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from pipeline.config import Config, ConfigError, apply_overrides, merge
 from pipeline.errors import PipelineError
+from pipeline.methods import METHODS
 from pipeline.presets import DEFAULT_PRESET, PRESETS
 
 PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("data", "shards"), ("data", "labels_file"),
@@ -38,6 +39,10 @@ def _key_table() -> str:
     lines = ["presets:"]
     for name, fn in PRESETS.items():
         lines.append(f"  {name:<15} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    lines.append("\nmethods (meta.method=NAME):")
+    width = max(map(len, METHODS)) + 1
+    for name, cls in METHODS.items():
+        lines.append(f"  {name:<{width}} {(cls.__doc__ or '').strip().splitlines()[0]}")
     lines.append("\nkeys (section.key=value; defaults of the fmnist-sym40 preset):")
     default = Config().to_dict()
     for section, values in default.items():

@@ -17,12 +17,10 @@ from mslc.corrector import LOSS_MODES
 from mslc.meta_step import META_GRAD_IMPLS, META_GRADS, META_SCOPES
 from mslc.models import ARCHS
 from mslc.noise import NOISE_KINDS
+from pipeline.methods import METHODS as METHOD_REGISTRY  # the one registry of training methods
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "clothing1m", "folder")
 TRANSFORMS = ("auto", "none", "cifar", "imagenet")
-METHODS = ("mslc", "ce", "finetune", "gce", "glc", "mwnet", "bootstrap-soft", "bootstrap-hard", "joint-opt",
-           "u-correction")
-NO_WARMUP_METHODS = ("ce", "gce", "finetune")  # these do not use meta.warmup_epochs
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -168,7 +166,8 @@ class MetaConfig:
     grad_impl: str = "jvp"  # jvp (forward mode, measured faster) or double-backward: the same exact θ-gradient
 
     def __post_init__(self) -> None:
-        _require(self.method in METHODS, f"meta.method must be one of {METHODS}, got {self.method!r}")
+        _require(self.method in METHOD_REGISTRY,
+                 f"meta.method must be one of {tuple(METHOD_REGISTRY)}, got {self.method!r}")
         _require(0 < self.gce_q <= 1, f"meta.gce_q must be in (0, 1], got {self.gce_q}")
         _require(0 <= self.bootstrap_beta <= 1, f"meta.bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
         _require(self.joint_alpha >= 0 and self.joint_beta >= 0, "meta.joint_alpha and meta.joint_beta must be >= 0")
@@ -231,13 +230,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        _require(
-            self.meta.warmup_epochs < self.optim.epochs or self.meta.method in NO_WARMUP_METHODS,
-            f"meta.warmup_epochs ({self.meta.warmup_epochs}) must be < optim.epochs ({self.optim.epochs})",
-        )
-
-        _require(self.meta.method != "finetune" or self.meta.finetune_epochs < self.optim.epochs,
-                 f"meta.finetune_epochs ({self.meta.finetune_epochs}) must be < optim.epochs ({self.optim.epochs})")
+        why = METHOD_REGISTRY[self.meta.method].config_error(self)
+        _require(why is None, why or "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,100 +1,66 @@
-"""Every method of ``meta.method`` inside the worker loop: its phase per epoch, what it
-sets up at an epoch's start, and its step. The losses live in :mod:`mslc.baselines`.
+"""Every ``meta.method``: one :class:`Method` subclass each, and the one registry,
+:data:`METHODS`, that config validation, ``--help``, the loop, the sweep and the
+benchmarks read. The losses and steps themselves are pure functions in
+:mod:`mslc.meta_step` and :mod:`mslc.baselines`; a class here only wires one to the
+worker's state (:mod:`pipeline.state`).
 
-All methods share the data, model, optimizer and LR schedule. Those that start from
-labels learned in a CE warm-up (``mslc``, ``mwnet``, ``glc``, ``bootstrap-*``,
-``joint-opt``, ``u-correction``) use ``meta.warmup_epochs``; ``ce`` and ``gce`` train
-their loss throughout; ``finetune`` trains CE and spends its last
-``meta.finetune_epochs`` epochs on the clean meta set. What a method trains on (its
-target or corrected label) goes into the bank's ỹ, so the corrected-label table and
-metrics mean the same for all: MSLC's ỹ, Bootstrap's and U-correction's targets, Joint
-Optimization's optimized labels, GLC's and MW-Net's current predictions.
+All methods share the data, model, optimizer and LR schedule. Those with
+``uses_warmup`` train plain CE on the given labels for ``meta.warmup_epochs`` epochs
+first (the ``warmup`` phase; the bank's ỹ starts as the mean softmax of its last
+``meta.warmup_avg`` epochs). Those with ``writes_labels`` put what they train on into
+the bank's ỹ, so the corrected-label table and metrics mean the same for all: MSLC's
+ỹ, Bootstrap's and U-correction's targets, Joint Optimization's optimized labels,
+GLC's and MW-Net's current predictions. The others leave ỹ at the given labels.
+
+Adding a method: a subclass with ``name``, ``label``, its flags and :meth:`Method.train_step`
+(plus whichever other hooks it needs), and one line in :data:`METHODS`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mslc import baselines, dist
+from mslc.bank import SoftLabelBank
 from mslc.corrector import LossMLP
 from mslc.meta_step import StepResult, ce_step, mslc_step, soft_cross_entropy
-from pipeline.config import METHODS, NO_WARMUP_METHODS, Config
-from pipeline.state import normalize
+from pipeline.state import Data, TrainState, normalize
 
-WARMUP_METHODS = tuple(m for m in METHODS if m not in NO_WARMUP_METHODS)  # also: those that write ỹ
+if TYPE_CHECKING:  # type hints only: the config module imports this one for its registry
+    from pipeline.config import Config
+
+WARMUP = "warmup"
+# The config keys tune/sweep.py can vary; each method lists those it reads.
+TUNABLE = ("meta.warmup_epochs", "meta.alpha_lr", "meta.beta_lr", "meta.virtual_lr_scale")
 
 
 @dataclass
-class MethodState:
-    """What a baseline keeps between steps: MW-Net's weight net and its optimizer, GLC's
-    corruption matrix (checkpointed); U-correction's per-sample noisy posterior (refit
-    every epoch from the bank, not saved)."""
+class Batch:
+    """One training step's input.
 
-    vnet: LossMLP | None = None
-    opt_v: torch.optim.Optimizer | None = None
-    c_hat: torch.Tensor | None = None
-    w_noisy: torch.Tensor | None = None
+    x : (n, C, H, W) float, normalized, on the device; y : (n,) int64 given labels;
+    idx : (n,) int64 bank rows, or None for batches that are not training samples
+    (the fine-tuning epochs on the meta set); meta : a callable giving a normalized
+    clean batch ``(x_meta, y_meta)`` from the meta sampler.
+    """
 
-    def state_dict(self) -> dict:
-        return {"vnet": self.vnet.state_dict() if self.vnet else None,
-                "opt_v": self.opt_v.state_dict() if self.opt_v else None,
-                "c_hat": self.c_hat}
-
-    def load_state_dict(self, s: dict) -> None:
-        if self.vnet is not None and s.get("vnet") is not None:
-            self.vnet.load_state_dict(s["vnet"])
-            self.opt_v.load_state_dict(s["opt_v"])
-        self.c_hat = s.get("c_hat")
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor | None
+    meta: Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
-def build_method_state(cfg: Config, device: torch.device) -> MethodState:
-    ms = MethodState()
-    if cfg.meta.method == "mwnet":
-        ms.vnet = LossMLP(cfg.meta.hidden).to(device)
-        ms.opt_v = torch.optim.Adam(ms.vnet.parameters(), lr=cfg.meta.alpha_lr, weight_decay=cfg.meta.weight_decay)
-    return ms
-
-
-def phase_of(cfg: Config, epoch: int) -> str:
-    """``warmup``, or the method's name, or ``finetune`` / ``ce`` for the fine-tuning baseline."""
-    m = cfg.meta.method
-    if m == "finetune":
-        return "finetune" if epoch > cfg.optim.epochs - cfg.meta.finetune_epochs else "ce"
-    if m in WARMUP_METHODS and epoch <= cfg.meta.warmup_epochs:
-        return "warmup"
-    return m
-
-
-def start_epoch(cfg: Config, st, data, phase: str, device: torch.device) -> None:
-    """GLC: estimate Ĉ once, from the warm-up model's predictions on the clean meta set.
-    U-correction: refit the beta mixture on every sample's last training loss."""
-    ms: MethodState = st.method
-    if phase == "glc" and ms.c_hat is None:
-        st.model.eval()
-        with torch.no_grad():
-            probs = torch.cat([F.softmax(st.model(normalize_meta(data, i, device)), 1).cpu()
-                               for i in range(0, len(data.meta_y), 512)])
-        st.model.train()
-        ms.c_hat = torch.from_numpy(baselines.glc_estimate(probs, data.meta_y.cpu(), data.num_classes)).float()
-    if phase == "u-correction":
-        t = st.bank.table()  # collective
-        p_given = t["y_hat"][np.arange(len(data.labels)), data.labels]
-        losses = -np.log(np.clip(p_given, 1e-12, None))
-        x = baselines.BetaMixture.scale(losses)
-        ms.w_noisy = torch.from_numpy(baselines.BetaMixture().fit(x).posterior_noisy(x)).float()
-
-
-def normalize_meta(data, start: int, device: torch.device) -> torch.Tensor:
-    return normalize(data.meta_x[start : start + 512], data, device)
-
-
-def _real_step(st, loss: torch.Tensor) -> torch.Tensor:
-    """Back-propagate ``loss``, average the gradients over ranks, step the classifier; returns it detached."""
+def real_step(st: TrainState, loss: torch.Tensor) -> torch.Tensor:
+    """Back-propagate ``loss``, average the gradients over ranks, step the classifier;
+    returns the loss detached. The one zero-grad / backward / sync / step of every step
+    that is not a pure :mod:`mslc` step."""
     st.opt_w.zero_grad(set_to_none=True)
     loss.backward()
     dist.average_gradients_(st.model.parameters())
@@ -102,61 +68,306 @@ def _real_step(st, loss: torch.Tensor) -> torch.Tensor:
     return loss.detach()
 
 
-def bootstrap_beta(cfg: Config, hard: bool) -> float:
-    return cfg.meta.bootstrap_beta or (0.8 if hard else 0.95)
+def virtual_lr(cfg: Config, st: TrainState) -> float:
+    """The look-ahead step's lr: the classifier's current lr × ``meta.virtual_lr_scale``."""
+    return st.opt_w.param_groups[0]["lr"] * cfg.meta.virtual_lr_scale
 
 
-def step(cfg: Config, st, data, phase: str, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-         device: torch.device, meta_batch) -> StepResult:
-    """One training step of ``phase``; ``meta_batch()`` gives a normalized clean batch."""
-    nan = torch.tensor(float("nan"))
-    m = cfg.meta
-    if phase in ("warmup", "ce"):
-        return ce_step(st.model, x, y, opt_w=st.opt_w)
-    if phase == "mslc":
-        _, y_prev = st.bank.rows(idx)
+class Method:
+    """One training method inside the worker loop.
+
+    Per epoch the loop asks :meth:`phase`, calls :meth:`start_epoch`, streams
+    :meth:`batches`, and for each one calls :meth:`step` then :meth:`write_bank`;
+    at the epoch's end, :meth:`end_epoch`. :meth:`state_dict` goes into every checkpoint.
+    """
+
+    name: ClassVar[str]  # the meta.method value
+    label: ClassVar[str]  # how tables name it
+    uses_warmup: ClassVar[bool] = True  # meta.warmup_epochs of CE first
+    writes_labels: ClassVar[bool] = True  # what it trains on becomes the bank's ỹ
+    tunable: ClassVar[tuple[str, ...]] = ("meta.warmup_epochs",)  # of TUNABLE, the keys it reads
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+
+    @classmethod
+    def config_error(cls, cfg: Config) -> str | None:
+        """Why ``cfg`` cannot run this method, or None."""
+        if cls.uses_warmup and cfg.meta.warmup_epochs >= cfg.optim.epochs:
+            return f"meta.warmup_epochs ({cfg.meta.warmup_epochs}) must be < optim.epochs ({cfg.optim.epochs})"
+        return None
+
+    def phase(self, epoch: int) -> str:
+        """``warmup`` for the CE warm-up epochs, else the method's own phase name."""
+        return WARMUP if self.uses_warmup and epoch <= self.cfg.meta.warmup_epochs else self.name
+
+    def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
+        """Set-up at an epoch's start (before any batch)."""
+
+    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable) -> Iterable:
+        """The epoch's ``(x uint8, y, idx)`` batches: this rank's training stream by default."""
+        return stream
+
+    def step(self, st: TrainState, data: Data, phase: str, b: Batch) -> StepResult:
+        """One training step of ``phase``: CE during the warm-up, else :meth:`train_step`."""
+        if phase == WARMUP:
+            return ce_step(st.model, b.x, b.y, opt_w=st.opt_w)
+        return self.train_step(st, data, b)
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        raise NotImplementedError
+
+    def write_bank(self, bank: SoftLabelBank, phase: str, epoch: int, b: Batch, res: StepResult) -> None:
+        """After a step: the predictions always; the warm-up also adds them to ỹ's running
+        mean (its last ``meta.warmup_avg`` epochs); with ``writes_labels``, ỹ, α and β."""
+        if b.idx is None:
+            return
+        if phase == WARMUP:
+            bank.put(b.idx, y_hat=res.y_hat)
+            m = self.cfg.meta
+            if epoch > m.warmup_epochs - min(m.warmup_avg, m.warmup_epochs):
+                bank.accumulate(b.idx, res.y_hat)
+        elif self.writes_labels:
+            bank.put(b.idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
+        else:
+            bank.put(b.idx, y_hat=res.y_hat)
+
+    def end_epoch(self, bank: SoftLabelBank, phase: str, epoch: int) -> None:
+        """After an epoch's last step: ỹ becomes the warm-up mean after the last warm-up epoch."""
+        if phase == WARMUP and epoch == self.cfg.meta.warmup_epochs:
+            bank.finish_warmup()
+
+    def state_dict(self) -> dict:
+        """The method's own state for checkpoints (beside the model, optimizers and bank)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ the methods
+
+
+class MSLC(Method):
+    """The paper's Meta Soft Label Corrector: soft labels from α_net and β_net, meta-learned.
+
+    The corrector and its optimizer live in the worker state (they are the run's product).
+    """
+
+    name, label = "mslc", "MSLC"
+    tunable = TUNABLE
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        m = self.cfg.meta
+        _, y_prev = st.bank.rows(b.idx)
         update = st.steps_done % m.meta_every == 0
-        xm, ym = meta_batch() if update else (None, None)
-        lr_v = st.opt_w.param_groups[0]["lr"] * m.virtual_lr_scale
-        return mslc_step(st.model, st.corrector, x, y, y_prev.to(device), xm, ym, opt_w=st.opt_w,
-                         opt_theta=st.opt_theta, lr_virtual=lr_v, meta_grad=m.grad, meta_update=update,
-                         scope=m.meta_scope, impl=m.grad_impl)
-    if phase == "mwnet":
-        xm, ym = meta_batch()
-        lr_v = st.opt_w.param_groups[0]["lr"] * m.virtual_lr_scale
-        res = baselines.mwnet_step(st.model, st.method.vnet, x, y, xm, ym, opt_w=st.opt_w, opt_v=st.method.opt_v,
-                                   lr_virtual=lr_v)
-        return StepResult(res.loss, res.meta_loss, res.y_hat, res.y_hat, alpha=res.alpha)
-    if phase == "glc":  # the corrected loss on the noisy batch, CE on the trusted one, weighted by count
-        xm, ym = meta_batch()
-        n, k = len(y), len(ym)
-        logits = st.model(torch.cat([x, xm]))
-        loss = (baselines.glc_loss(logits[:n], y, st.method.c_hat.to(device)) * n
+        xm, ym = b.meta() if update else (None, None)
+        return mslc_step(st.model, st.corrector, b.x, b.y, y_prev.to(self.device), xm, ym, opt_w=st.opt_w,
+                         opt_theta=st.opt_theta, lr_virtual=virtual_lr(self.cfg, st), meta_grad=m.grad,
+                         meta_update=update, scope=m.meta_scope, impl=m.grad_impl)
+
+
+class CE(Method):
+    """Cross-entropy on the given labels throughout, no correction."""
+
+    name, label = "ce", "CE"
+    uses_warmup, writes_labels, tunable = False, False, ()
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        return ce_step(st.model, b.x, b.y, opt_w=st.opt_w)
+
+
+class FineTune(CE):
+    """CE, then the last meta.finetune_epochs epochs on the clean meta set."""
+
+    name, label = "finetune", "Fine-tuning"
+
+    @classmethod
+    def config_error(cls, cfg: Config) -> str | None:
+        if cfg.meta.finetune_epochs >= cfg.optim.epochs:
+            return f"meta.finetune_epochs ({cfg.meta.finetune_epochs}) must be < optim.epochs ({cfg.optim.epochs})"
+        return None
+
+    def phase(self, epoch: int) -> str:
+        return "finetune" if epoch > self.cfg.optim.epochs - self.cfg.meta.finetune_epochs else "ce"
+
+    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable) -> Iterable:
+        return self.meta_batches(st, data) if phase == "finetune" else stream
+
+    def meta_batches(self, st: TrainState, data: Data) -> Iterator:
+        """Clean meta batches, as many as a training epoch has steps (this rank's share)."""
+        n = data.manifest["splits"]["train"]["count"]
+        for _ in range(max(1, math.ceil(n / dist.world_size() / self.cfg.optim.batch_size))):
+            x, y = st.meta.next()
+            yield x, y, None
+
+
+class GCE(Method):
+    """Generalized cross-entropy (meta.gce_q) on the given labels throughout."""
+
+    name, label = "gce", "GCE"
+    uses_warmup, writes_labels, tunable = False, False, ()
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        logits = st.model(b.x)
+        p = F.softmax(logits.detach(), 1)
+        loss = real_step(st, baselines.gce_loss(logits, b.y, self.cfg.meta.gce_q))
+        return StepResult(loss, torch.tensor(float("nan")), p, F.one_hot(b.y, p.shape[1]).to(p.dtype))
+
+
+class GLC(Method):
+    """Gold Loss Correction: a corruption matrix from the clean set corrects the loss.
+
+    Ĉ is estimated once, from the warm-up model's predictions on the meta set; then the
+    corrected loss on noisy batches and CE on trusted (meta) ones, weighted by count.
+    """
+
+    name, label = "glc", "GLC"
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.c_hat: torch.Tensor | None = None  # (C, C)
+
+    def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
+        if phase != self.name or self.c_hat is not None:
+            return
+        st.model.eval()
+        with torch.no_grad():
+            probs = torch.cat([F.softmax(st.model(normalize(data.meta_x[i : i + 512], data, self.device)), 1).cpu()
+                               for i in range(0, len(data.meta_y), 512)])
+        st.model.train()
+        self.c_hat = torch.from_numpy(baselines.glc_estimate(probs, data.meta_y.cpu(), data.num_classes)).float()
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        xm, ym = b.meta()
+        n, k = len(b.y), len(ym)
+        logits = st.model(torch.cat([b.x, xm]))
+        loss = (baselines.glc_loss(logits[:n], b.y, self.c_hat.to(self.device)) * n
                 + F.cross_entropy(logits[n:], ym) * k) / (n + k)
         p = F.softmax(logits[:n].detach(), 1)
-        return StepResult(_real_step(st, loss), nan, p, p)
-    logits = st.model(x)
-    p = F.softmax(logits.detach(), 1)
-    if phase == "gce":
-        loss = _real_step(st, baselines.gce_loss(logits, y, m.gce_q))
-        return StepResult(loss, nan, p, F.one_hot(y, p.shape[1]).to(p.dtype))
-    if phase in ("bootstrap-soft", "bootstrap-hard"):
-        hard = phase.endswith("hard")
-        target = baselines.bootstrap_target(y, p, bootstrap_beta(cfg, hard), hard=hard)
-        return StepResult(_real_step(st, soft_cross_entropy(logits, target)), nan, p, target)
-    if phase == "joint-opt":
-        _, labels = st.bank.rows(idx)
-        prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=device)
-        loss = baselines.joint_opt_loss(logits, labels.to(device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
-        return StepResult(_real_step(st, loss), nan, p, p)  # the labels become the epoch's predictions
-    if phase == "u-correction":
-        w = st.method.w_noisy[idx.cpu()].to(device)
-        target = baselines.dynamic_bootstrap_target(y, p, w, hard=True)
-        return StepResult(_real_step(st, soft_cross_entropy(logits, target)), nan, p, target, alpha=1.0 - w)
-    raise ValueError(f"no step for phase {phase!r}")
+        return StepResult(real_step(st, loss), torch.tensor(float("nan")), p, p)
+
+    def state_dict(self) -> dict:
+        return {"c_hat": self.c_hat}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.c_hat = state.get("c_hat")
 
 
-def finetune_steps(cfg: Config, data) -> int:
-    """As many meta-set steps as a training epoch has (this rank's share)."""
-    n = data.manifest["splits"]["train"]["count"]
-    return max(1, math.ceil(n / dist.world_size() / cfg.optim.batch_size))
+class MWNet(Method):
+    """Meta-Weight-Net: per-sample loss weights from a meta-learned weight net.
+
+    The weight net (1 → hidden → 1 on the loss) learns through one virtual step, as MSLC's
+    corrector does; its Adam takes ``meta.alpha_lr``.
+    """
+
+    name, label = "mwnet", "MW-Net"
+    tunable = ("meta.warmup_epochs", "meta.alpha_lr", "meta.virtual_lr_scale")
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.vnet = LossMLP(cfg.meta.hidden).to(device)
+        self.opt_v = torch.optim.Adam(self.vnet.parameters(), lr=cfg.meta.alpha_lr, weight_decay=cfg.meta.weight_decay)
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        xm, ym = b.meta()
+        res = baselines.mwnet_step(st.model, self.vnet, b.x, b.y, xm, ym, opt_w=st.opt_w, opt_v=self.opt_v,
+                                   lr_virtual=virtual_lr(self.cfg, st))
+        return StepResult(res.loss, res.meta_loss, res.y_hat, res.y_hat, alpha=res.alpha)
+
+    def state_dict(self) -> dict:
+        return {"vnet": self.vnet.state_dict(), "opt_v": self.opt_v.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("vnet") is not None:
+            self.vnet.load_state_dict(state["vnet"])
+            self.opt_v.load_state_dict(state["opt_v"])
+
+
+class BootstrapSoft(Method):
+    """Soft bootstrapping: target β·given + (1 − β)·prediction (β 0.95)."""
+
+    name, label = "bootstrap-soft", "Bootstrap (soft)"
+    hard, default_beta = False, 0.95
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        logits = st.model(b.x)
+        p = F.softmax(logits.detach(), 1)
+        beta = self.cfg.meta.bootstrap_beta or self.default_beta
+        target = baselines.bootstrap_target(b.y, p, beta, hard=self.hard)
+        return StepResult(real_step(st, soft_cross_entropy(logits, target)), torch.tensor(float("nan")), p, target)
+
+
+class BootstrapHard(BootstrapSoft):
+    """Hard bootstrapping: target β·given + (1 − β)·one-hot of the prediction (β 0.8)."""
+
+    name, label = "bootstrap-hard", "Bootstrap (hard)"
+    hard, default_beta = True, 0.8
+
+
+class JointOpt(Method):
+    """Joint Optimization: labels replaced by the model's predictions, with prior and entropy terms.
+
+    Soft CE to the bank's labels (each epoch's predictions) plus ``meta.joint_alpha`` ×
+    the class-prior KL and ``meta.joint_beta`` × the prediction entropy.
+    """
+
+    name, label = "joint-opt", "Joint Optimization"
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        logits = st.model(b.x)
+        p = F.softmax(logits.detach(), 1)
+        _, labels = st.bank.rows(b.idx)
+        prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=self.device)
+        m = self.cfg.meta
+        loss = baselines.joint_opt_loss(logits, labels.to(self.device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
+        return StepResult(real_step(st, loss), torch.tensor(float("nan")), p, p)
+
+
+class UCorrection(Method):
+    """U-correction without mixup: a loss mixture model weights hard bootstrapping.
+
+    A two-component beta mixture on per-sample losses, refitted every epoch from the
+    bank, gives each sample's posterior of being noisy.
+    """
+
+    name, label = "u-correction", "U-correction (no mixup)"
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.w_noisy: torch.Tensor | None = None  # (N,) posterior of being noisy; refitted, not saved
+
+    def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
+        if phase != self.name:
+            return
+        t = st.bank.table()  # collective
+        p_given = t["y_hat"][np.arange(len(data.labels)), data.labels]
+        x = baselines.BetaMixture.scale(-np.log(np.clip(p_given, 1e-12, None)))
+        self.w_noisy = torch.from_numpy(baselines.BetaMixture().fit(x).posterior_noisy(x)).float()
+
+    def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
+        logits = st.model(b.x)
+        p = F.softmax(logits.detach(), 1)
+        w = self.w_noisy[b.idx.cpu()].to(self.device)
+        target = baselines.dynamic_bootstrap_target(b.y, p, w, hard=True)
+        return StepResult(real_step(st, soft_cross_entropy(logits, target)), torch.tensor(float("nan")), p, target,
+                          alpha=1.0 - w)
+
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    MSLC,
+    CE,
+    FineTune,
+    GCE,
+    GLC,
+    MWNet,
+    BootstrapSoft,
+    BootstrapHard,
+    JointOpt,
+    UCorrection,
+)}
+
+
+def build_method(cfg: Config, device: torch.device) -> Method:
+    """The registered method of ``meta.method``."""
+    return METHODS[cfg.meta.method](cfg, device)

@@ -7,7 +7,7 @@ import this module; it imports neither.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,8 +18,10 @@ from mslc.bank import LocalBank, ShardedBank, SoftLabelBank
 from mslc.corrector import Corrector
 from mslc.models import build_model
 from pipeline import checkpoint, shards, transforms
-from pipeline.config import Config
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # type hints only: the config module imports the methods, which import this one
+    from pipeline.config import Config
 
 
 @dataclass

@@ -75,18 +75,12 @@ def maybe_crash(cfg: Config, st: TrainState, run_dir: Path) -> None:
         os._exit(1)
 
 
-def finetune_batches(cfg: Config, st: TrainState, data: Data):
-    """The fine-tuning baseline's epoch: clean meta batches, as many as a training epoch has steps."""
-    for _ in range(methods.finetune_steps(cfg, data)):
-        x, y = st.meta.next()
-        yield x, y, None
-
-
-def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: torch.device, run_dir: Path) -> dict:
-    phase = methods.phase_of(cfg, epoch)
+def train_epoch(cfg: Config, st: TrainState, method: methods.Method, data: Data, epoch: int, device: torch.device,
+                run_dir: Path) -> dict:
+    """One epoch of ``method``; returns its phase, mean train and meta loss, samples and steps."""
+    phase = method.phase(epoch)
     st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
-    avg_from = cfg.meta.warmup_epochs - min(cfg.meta.warmup_avg, cfg.meta.warmup_epochs)
-    methods.start_epoch(cfg, st, data, phase, device)
+    method.start_epoch(st, data, phase)
     st.model.train()
     sums = {"loss": 0.0, "meta_loss": 0.0, "n": 0, "meta_n": 0, "steps": 0}
 
@@ -94,19 +88,12 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         xm, ym = st.meta.next()
         return normalize(xm, data, device), ym
 
-    batches = finetune_batches(cfg, st, data) if phase == "finetune" else train_batches(cfg, data, epoch)
-    for x, y, idx in batches:
+    for x, y, idx in method.batches(st, data, phase, train_batches(cfg, data, epoch)):
         if cfg.scale.crash_at_step:
             maybe_crash(cfg, st, run_dir)
-        x, y = normalize(x, data, device), y.to(device)
-        res = methods.step(cfg, st, data, "ce" if phase == "finetune" else phase, x, y, idx, device, meta_batch)
-        if idx is not None:
-            if phase in methods.WARMUP_METHODS:  # its ỹ: the label it trains on
-                st.bank.put(idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
-            else:
-                st.bank.put(idx, y_hat=res.y_hat)
-            if phase == "warmup" and epoch > avg_from:
-                st.bank.accumulate(idx, res.y_hat)
+        batch = methods.Batch(normalize(x, data, device), y.to(device), idx, meta_batch)
+        res = method.step(st, data, phase, batch)
+        method.write_bank(st.bank, phase, epoch, batch, res)
         if not torch.isnan(res.meta_loss):
             sums["meta_loss"] += float(res.meta_loss) * len(y)
             sums["meta_n"] += len(y)
@@ -121,8 +108,7 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
     meta_n = float(totals[3])
     if sums["n"] == 0:
         raise PipelineError(f"{data.shard_dir}: epoch {epoch} streamed no training batch")
-    if phase == "warmup" and epoch == cfg.meta.warmup_epochs:
-        st.bank.finish_warmup()
+    method.end_epoch(st.bank, phase, epoch)
     st.bank.end_epoch()
     st.sched.step()
     n = sums["n"]
@@ -201,7 +187,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg, device)
     st = build_state(cfg, data, device)
-    st.method = methods.build_method_state(cfg, device)
+    st.method = methods.build_method(cfg, device)
     lead = reporter.rank == 0
     saved = reporter.restore()
     if saved is not None:
@@ -215,7 +201,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
         t0 = time.time()
         lr = st.opt_w.param_groups[0]["lr"]
-        stats = train_epoch(cfg, st, data, epoch, device, run_dir)
+        stats = train_epoch(cfg, st, st.method, data, epoch, device, run_dir)
         nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
                   "val_acc": evaluate(st.model, data, "val", device, cfg_bad_samples=cfg.data.bad_samples)

@@ -1,5 +1,6 @@
 """The packages' import graph, read with ``ast`` from every import statement (those inside
-functions too: a lazy import is a dependency all the same): no cycles."""
+functions too: a lazy import is a dependency all the same): no cycles. Imports under
+``if TYPE_CHECKING:`` are left out: they never run, they only name types for a checker."""
 
 from __future__ import annotations
 
@@ -54,10 +55,20 @@ def import_graph() -> dict[str, set[str]]:
     for mod, path in files.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         deps = set()
-        for node in ast.walk(tree):
+        for node in runtime_nodes(tree):
             deps.update(imported(node, mod, path.name == "__init__.py", known))
         graph[mod] = deps - {mod}
     return graph
+
+
+def runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:``."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            yield from (n for child in node.orelse for n in [child, *runtime_nodes(child)])
+            continue
+        yield node
+        yield from runtime_nodes(node)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -95,6 +106,13 @@ def test_relative_and_from_imports_resolve_to_modules():
     assert imported(stmt[1], "p.q.r", False, known) == ["p.s"]
     assert imported(stmt[2], "p.s", False, known) == ["p.q.r"]
     assert imported(stmt[3], "p.q", True, known) == ["p.s", "p"]
+
+
+def test_type_checking_imports_are_not_edges():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import p.q\nelse:\n    import p.s\n"
+                     "def f():\n    import p\n")
+    names = [n.names[0].name for n in runtime_nodes(tree) if isinstance(n, ast.Import)]
+    assert names == ["p.s", "p"]
 
 
 def test_no_import_cycles():

@@ -4,15 +4,17 @@ methods that keep state of their own."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline import methods
 from pipeline.checkpoint import LocalReporter
 from pipeline.cli import load_config
-from pipeline.config import METHODS, apply_overrides
+from pipeline.config import apply_overrides
+from pipeline.methods import METHODS
 from pipeline.worker import run
 from tests.test_resume import _cfg
 
@@ -33,7 +35,8 @@ EXPECTED_PHASES = {
 def test_phases_per_method():
     for m in METHODS:
         cfg = load_config("smoke", [f"meta.method={m}", "optim.epochs=3", "meta.warmup_epochs=1"])
-        assert [methods.phase_of(cfg, e) for e in (1, 2, 3)] == EXPECTED_PHASES[m], m
+        method = METHODS[m](cfg, torch.device("cpu"))
+        assert [method.phase(e) for e in (1, 2, 3)] == EXPECTED_PHASES[m], m
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in ("mslc", "ce")])
@@ -68,3 +71,57 @@ def test_resume_equivalence_for_stateful_baselines(method, fake_shards, fake_dat
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert pq.read_table(full["corrected_labels"]).equals(pq.read_table(resumed["corrected_labels"]))
+
+
+def test_the_registry_names_each_method_once():
+    assert list(METHODS) == [cls.name for cls in METHODS.values()]
+    assert len({cls.label for cls in METHODS.values()}) == len(METHODS)
+    assert [m for m, cls in METHODS.items() if not cls.uses_warmup] == ["ce", "finetune", "gce"]
+    assert [m for m, cls in METHODS.items() if not cls.writes_labels] == ["ce", "finetune", "gce"]
+
+
+def test_config_validation_asks_the_method():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"meta.warmup_epochs \(3\) must be < optim.epochs \(3\)"):
+        load_config("smoke", ["meta.method=glc", "meta.warmup_epochs=3"])
+    load_config("smoke", ["meta.method=gce", "meta.warmup_epochs=3"])  # no warm-up: not its concern
+    with pytest.raises(ConfigError, match=r"meta.finetune_epochs \(3\) must be < optim.epochs"):
+        load_config("smoke", ["meta.method=finetune", "meta.finetune_epochs=3"])
+    with pytest.raises(ConfigError, match="meta.method must be one of"):
+        load_config("smoke", ["meta.method=nope"])
+
+
+def test_a_new_method_is_one_class_and_one_registry_line(monkeypatch, fake_shards, fake_data_cfg, tmp_path):
+    """Label smoothing, added as a contributor would: the config accepts it, --help lists it,
+    the loop trains it after the warm-up, and its targets are the exported labels."""
+    import torch.nn.functional as F
+
+    from mslc.meta_step import StepResult, soft_cross_entropy
+    from pipeline import cli
+    from pipeline.methods import Method, real_step
+
+    class LabelSmoothing(Method):
+        """CE to the given label smoothed by 0.1."""
+
+        name, label = "label-smoothing", "Label smoothing"
+
+        def train_step(self, st, data, b):
+            logits = st.model(b.x)
+            p = F.softmax(logits.detach(), 1)
+            target = 0.9 * F.one_hot(b.y, p.shape[1]).to(p.dtype) + 0.1 / p.shape[1]
+            return StepResult(real_step(st, soft_cross_entropy(logits, target)), torch.tensor(float("nan")), p, target)
+
+    monkeypatch.setitem(METHODS, "label-smoothing", LabelSmoothing)
+    assert re.search(r"\n  label-smoothing +CE to the given label smoothed by 0.1.\n", cli._key_table())
+    cfg = apply_overrides(_cfg(fake_data_cfg, tmp_path, "ls", 2), ["meta.method=label-smoothing"])
+    res = run(cfg, LocalReporter(tmp_path / "ls"), log=quiet)
+    assert [h["phase"] for h in json_epochs(res)] == ["warmup", "label-smoothing"]
+    probs = np.asarray(pq.read_table(res["corrected_labels"]).to_pydict()["corrected_prob"])
+    np.testing.assert_allclose(probs, 0.91, rtol=1e-6)  # its target's top entry, for every sample
+
+
+def json_epochs(result):
+    import json
+
+    return json.loads(open(result["metrics"]).read())["epochs"]

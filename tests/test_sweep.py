@@ -61,3 +61,12 @@ def test_two_trial_sweep_ranks_by_validation(tmp_path):
         assert m["config"]["meta"]["alpha_lr"] == pytest.approx(float(r["alpha_lr"]))
         assert m["config"]["meta"]["warmup_epochs"] == int(r["warmup_epochs"])
         assert os.listdir(os.path.join(r["run_dir"], "tensorboard"))
+
+
+def test_the_space_holds_the_keys_the_method_reads():
+    assert sweep.swept_names(load_config("smoke")) == ["warmup_epochs", "alpha_lr", "beta_lr", "virtual_lr_scale"]
+    assert sweep.swept_names(load_config("smoke", ["meta.method=mwnet"])) == [
+        "warmup_epochs", "alpha_lr", "virtual_lr_scale"]
+    assert sweep.swept_names(load_config("smoke", ["meta.method=glc"])) == ["warmup_epochs"]
+    with pytest.raises(Exception, match="meta.method=ce reads none of the swept keys"):
+        sweep.parse(["--config", "smoke", "meta.method=ce"])

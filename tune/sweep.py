@@ -26,11 +26,17 @@ from pathlib import Path
 
 from pipeline.cli import absolutize, load_config, run_cli
 from pipeline.config import Config, ConfigError, apply_overrides, replace
+from pipeline.methods import METHODS, TUNABLE
 
 METRIC = "val_acc"
 # search-space name → config key
-SWEPT = {"warmup_epochs": "meta.warmup_epochs", "alpha_lr": "meta.alpha_lr", "beta_lr": "meta.beta_lr",
-         "virtual_lr_scale": "meta.virtual_lr_scale"}
+SWEPT = {key.split(".", 1)[1]: key for key in TUNABLE}
+
+
+def swept_names(cfg: Config) -> list[str]:
+    """The search-space names the configured method reads (its ``tunable`` keys)."""
+    method = METHODS[cfg.meta.method]
+    return [name for name, key in SWEPT.items() if key in method.tunable]
 
 
 def warmup_choices(epochs: int) -> list[int]:
@@ -39,15 +45,16 @@ def warmup_choices(epochs: int) -> list[int]:
 
 
 def build_space(cfg: Config) -> dict:
-    """The Tune search space over :data:`SWEPT` for a base config."""
+    """The Tune search space over the keys of :data:`SWEPT` that the configured method reads."""
     from ray import tune
 
-    return {
+    space = {
         "warmup_epochs": tune.choice(warmup_choices(cfg.optim.epochs)),
         "alpha_lr": tune.loguniform(1e-4, 1e-2),  # η1
         "beta_lr": tune.loguniform(1e-4, 1e-2),  # η2
         "virtual_lr_scale": tune.choice([1.0, 3.0, 10.0]),
     }
+    return {name: space[name] for name in swept_names(cfg)}
 
 
 def trial_config(base: dict, params: dict, trial_name: str, runs_dir: str) -> Config:
@@ -122,7 +129,7 @@ def best_table(results) -> list[dict]:
         i = df[METRIC].idxmax()
         name = f"trial_{r.metrics['trial_id']}"
         rows.append({"trial": name,
-                     **{k: r.config[k] for k in SWEPT},
+                     **{k: r.config[k] for k in SWEPT if k in r.config},
                      "best_val_acc": float(df.loc[i, METRIC]), "epoch": int(df.loc[i, "epoch"]),
                      "test_acc_at_best_val": float(df.loc[i, "test_acc"]),
                      "epochs_run": int(df["epoch"].max()),
@@ -164,6 +171,8 @@ def parse(argv: list[str] | None):
     for k in SWEPT.values():
         if any(o.startswith(k + "=") for o in a.overrides):
             raise ConfigError(f"{k} is swept; do not also set it")
+    if not swept_names(cfg):
+        raise ConfigError(f"meta.method={cfg.meta.method} reads none of the swept keys ({', '.join(SWEPT.values())})")
     return cfg, a
 
 
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         out = Path(cfg.run.storage_path) / name
         print(write_table(rows, out))
-        print(f"best configuration (by {METRIC}): " + " ".join(f"{SWEPT[k]}={rows[0][k]}" for k in SWEPT))
+        print(f"best configuration (by {METRIC}): " + " ".join(f"{SWEPT[k]}={rows[0][k]}" for k in SWEPT if k in rows[0]))
         print(f"tables: {out / 'best_configs.csv'}  {out / 'best_configs.md'}")
         return 0
 
