@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch
 
 from common import publish  # benchmarks/common.py, beside this script
-from pipeline.checkpoint import LocalReporter
-from pipeline.cli import absolutize, load_config
-from pipeline.methods import METHODS
-from pipeline.prepare import ensure_shards
-from pipeline.worker import run
+from pipeline.prep.job import ensure_shards
+from pipeline.training.checkpoint import LocalReporter
+from pipeline.training.cli import absolutize, load_config
+from pipeline.training.methods import METHODS
+from pipeline.training.loop import run
 
 RESULTS = ROOT / "benchmarks" / "results"
 COLUMNS = ("method", "noise", "realized_rate", "seed", "best", "last5", "label_all", "label_clean", "label_noisy",

@@ -34,11 +34,11 @@ import pyarrow.parquet as pq
 import torch
 
 from common import publish  # benchmarks/common.py, beside this script
-from pipeline.checkpoint import LocalReporter
-from pipeline.cli import absolutize, load_config
-from pipeline.methods import METHODS as REGISTRY
-from pipeline.prepare import ensure_shards
-from pipeline.worker import run
+from pipeline.prep.job import ensure_shards
+from pipeline.training.checkpoint import LocalReporter
+from pipeline.training.cli import absolutize, load_config
+from pipeline.training.methods import METHODS as REGISTRY
+from pipeline.training.loop import run
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = [("sym", 0.2), ("sym", 0.4), ("sym", 0.6), ("sym", 0.8), ("asym", 0.2), ("asym", 0.4)]

@@ -54,28 +54,30 @@ def synthetic_tree(root: Path, n: int, seed: int = 0) -> None:
 
 
 def build_shards(work: Path, n: int) -> tuple[str, dict, float]:
-    from pipeline import prepare, shards
-    from pipeline.config import DataConfig
+    from pipeline import shardset
+    from pipeline.prep.job import prepare
+    from pipeline.prep.options import PrepareOptions
 
     tree = work / "tree"
     if not tree.exists():
         synthetic_tree(tree, n)
-    data = DataConfig(dataset="folder", raw_dir=str(tree), noise="none", noise_rate=0.0, n_meta=14, n_val=14,
+    data = PrepareOptions(dataset="folder", raw_dir=str(tree), noise="none", noise_rate=0.0, n_meta=14, n_val=14,
                       shard_size=200, prepare_workers=min(2, os.cpu_count() or 1))
-    out = prepare.prepare(data, work / "shards", log=lambda s: None)
-    m = shards.load_manifest(out)
+    out = prepare(data, work / "shards", log=lambda s: None)
+    m = shardset.load_manifest(out)
     sizes = [p.stat().st_size for p in tree.rglob("*.jpg")]
     return str(out), m, float(np.mean(sizes))
 
 
 def loader_rate(shard_dir: str, m: dict, workers: int, batch: int = 32) -> dict:
-    from pipeline import shards, transforms
+    from pipeline.shardset import expected_counts, shard_urls
+    from pipeline.training import streaming, transforms
 
     tf = transforms.build_transform("imagenet", train=True, image_size=224, stored_size=None)
-    ds = shards.stream(shards.shard_urls(shard_dir, m, "train"), num_classes=m["num_classes"], shuffle_seed=0,
-                       shuffle_buffer=500, expected=shards.expected_counts(shard_dir, m, "train"), channels=3,
-                       transform=tf)
-    it = iter(shards.loader(ds, batch_size=batch, workers=workers))
+    ds = streaming.stream(shard_urls(shard_dir, m, "train"), num_classes=m["num_classes"], shuffle_seed=0,
+                          shuffle_buffer=500, expected=expected_counts(shard_dir, m, "train"), channels=3,
+                          transform=tf)
+    it = iter(streaming.loader(ds, batch_size=batch, workers=workers))
     first = next(it)
     assert first[0].shape[1:] == (3, 224, 224)
     t0, n = time.perf_counter(), 0

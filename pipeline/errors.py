@@ -1,6 +1,16 @@
 """Errors the command line reports as one clear line and a non-zero exit."""
 
 
+class ConfigError(ValueError):
+    """A bad config value or key; the message names it."""
+
+
+def require(ok: bool, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(msg)
+
+
 class PipelineError(Exception):
     """Bad data or state on disk; the message names the file, sample or field."""
 

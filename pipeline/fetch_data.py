@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.datasets import HOW_TO_GET_FMNIST, download_fmnist, fmnist_files
+from pipeline.prep.fashion_mnist import HOW_TO_GET_FMNIST, download_fmnist, fmnist_files
 
 
 def apt_install() -> bool:

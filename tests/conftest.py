@@ -9,9 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from pipeline.config import DataConfig
-from pipeline.datasets import ImageArrays
-from pipeline.prepare import ensure_shards
+from pipeline.training.config import DataConfig
+from pipeline.prep.fashion_mnist import ImageArrays
+from pipeline.prep.job import ensure_shards
 
 
 def fake_images(n_train: int = 600, n_test: int = 200, num_classes: int = 10, seed: int = 0) -> ImageArrays:

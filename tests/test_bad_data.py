@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import prepare as prep
-from pipeline import shards
+from pipeline.prep import job as prep
+from pipeline import shardset
+from pipeline.training import streaming
 from pipeline.errors import PipelineError, ShardError
 from tests import fakes
 from tests.conftest import ROOT
@@ -72,14 +73,14 @@ def test_bad_input_stops_with_its_file_and_key_and_writes_nothing(c1m, tmp_path,
 def test_skip_bad_leaves_it_out_and_counts_it(c1m, tmp_path, case):
     key, reason, _ = case(c1m)
     out = prep.prepare(c1m_cfg(c1m.root, skip_bad=True), tmp_path / "out", log=quiet)
-    m = shards.load_manifest(out)
+    m = shardset.load_manifest(out)
     assert m["bad"]["skipped"] == 1 and m["bad"]["by_reason"] == {reason: 1}
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert len(skipped) == 1
-    keys = shards.read_labels_table(out, m)["key"].tolist()
+    keys = shardset.read_labels_table(out, m)["key"].tolist()
     if key is not None:
         assert key not in keys and len(keys) == 279
-    shards.verify(out, m, level="full")
+    shardset.verify(out, m, level="full")
 
 
 def test_prepare_command_line_exit_codes(c1m, tmp_path):
@@ -126,12 +127,12 @@ def _poison(out: Path, m: dict, index: int) -> None:
 
 def test_a_bad_sample_while_streaming_errors_or_is_skipped(c1m, tmp_path, capfd):
     out = prep.prepare(c1m_cfg(c1m.root), tmp_path / "out", log=quiet)
-    m = shards.load_manifest(out)
+    m = shardset.load_manifest(out)
     _poison(out, m, 7)
-    urls = shards.shard_urls(out, m, "train")
+    urls = shardset.shard_urls(out, m, "train")
     with pytest.raises(ShardError, match="sample 00000007: cannot decode image"):
-        list(shards.stream(urls, num_classes=14, shuffle_seed=None))
-    got = [i for _, _, i in shards.stream(urls, num_classes=14, shuffle_seed=None, bad_samples="skip")]
+        list(streaming.stream(urls, num_classes=14, shuffle_seed=None))
+    got = [i for _, _, i in streaming.stream(urls, num_classes=14, shuffle_seed=None, bad_samples="skip")]
     assert len(got) == 279 and 7 not in got
     assert "skipping a bad sample: shard" in capfd.readouterr().err
 
@@ -140,15 +141,15 @@ def _two_ranks_stream(rank, world, shard_dir):
     """Each rank runs train_batches; rank 1's part holds the bad sample."""
     import torch  # noqa: F401
 
-    from pipeline.config import Config, DataConfig, OptimConfig
-    from pipeline.state import Data
-    from pipeline.worker import train_batches
+    from pipeline.training.config import Config, DataConfig, OptimConfig
+    from pipeline.training.state import Data
+    from pipeline.training.loop import train_batches
 
-    m = shards.load_manifest(shard_dir)
+    m = shardset.load_manifest(shard_dir)
     cfg = Config(data=DataConfig(dataset="clothing1m", noise="none", noise_rate=0.0, shards=shard_dir,
                                  image_size=16, shuffle_buffer=8),
                  optim=OptimConfig(batch_size=8))
-    from pipeline.state import build_transforms
+    from pipeline.training.state import build_transforms
 
     train_tf, _, _ = build_transforms(cfg, m)
     data = Data(shard_dir, m, None, None, None, None, None, None, None, train_tf, None, 16)
@@ -163,7 +164,7 @@ def _two_ranks_stream(rank, world, shard_dir):
 
 def test_bad_data_on_one_rank_stops_every_rank(c1m, tmp_path):
     out = prep.prepare(c1m_cfg(c1m.root), tmp_path / "out", log=quiet)
-    _poison(out, shards.load_manifest(out), 201)  # odd: rank 1 of 2
+    _poison(out, shardset.load_manifest(out), 201)  # odd: rank 1 of 2
     res = run_ranks(_two_ranks_stream, 2, tmp_path / "ranks", str(out), timeout=300)
     assert res[0][0] == res[1][0] == "error"
     assert "sample 00000201: cannot decode image" in res[1][1]

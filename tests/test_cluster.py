@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from pipeline.cli import load_config
+from pipeline.training.cli import load_config
 from tests.conftest import ROOT
 
 CLUSTER = ROOT / "cluster"

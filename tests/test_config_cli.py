@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from pipeline.cli import load_config
-from pipeline.config import Config, ConfigError, all_keys, apply_overrides
-from pipeline.presets import PRESETS
+from pipeline.training.cli import load_config
+from pipeline.training.config import Config, ConfigError, all_keys, apply_overrides
+from pipeline.training.presets import PRESETS
 from tests.conftest import ROOT
 
 
@@ -106,9 +106,9 @@ def test_label_out_of_range_stops_the_run(fake_shards, fake_data_cfg, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import shards
+    from pipeline import shardset
 
-    path = fake_shards / shards.LABELS_FILE
+    path = fake_shards / shardset.LABELS_FILE
     t = pq.read_table(path).to_pydict()
     t["label"][3] = 10
     pq.write_table(pa.table(t), path)
@@ -120,7 +120,7 @@ def test_label_out_of_range_stops_the_run(fake_shards, fake_data_cfg, tmp_path):
 
 
 def test_relative_paths_in_a_ray_job_working_dir_resolve_against_mslc_home(tmp_path, monkeypatch):
-    from pipeline.cli import absolutize, in_ray_job_working_dir
+    from pipeline.training.cli import absolutize, in_ray_job_working_dir
 
     job_dir = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
     job_dir.mkdir(parents=True)

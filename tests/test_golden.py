@@ -35,11 +35,11 @@ SAMPLES = 2
 
 def smoke_epochs(tmp: Path) -> tuple[list[dict], dict]:
     """The smoke preset's per-epoch records and the sample counts the accuracies are over."""
-    from pipeline.checkpoint import LocalReporter
-    from pipeline.cli import absolutize, load_config
-    from pipeline.datasets import fmnist_files
-    from pipeline.prepare import ensure_shards
-    from pipeline.worker import run
+    from pipeline.training.checkpoint import LocalReporter
+    from pipeline.training.cli import absolutize, load_config
+    from pipeline.prep.fashion_mnist import fmnist_files
+    from pipeline.prep.job import ensure_shards
+    from pipeline.training.loop import run
 
     if fmnist_files(ROOT / "data" / "raw") is None:
         pytest.fail("Fashion-MNIST is missing: run `make data` (the Makefile's test target does)")

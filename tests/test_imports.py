@@ -120,3 +120,22 @@ def test_no_import_cycles():
     assert len(graph) > 20 and "pipeline.train" in graph
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+SHARED = ("pipeline.errors", "pipeline.storage", "pipeline.shardset")
+
+
+def test_preparation_and_training_meet_only_in_the_shard_format():
+    """Offline preparation never imports the training runtime; the shared modules (errors,
+    storage, the shard-directory contract) import neither side. Training may call
+    preparation (``train.py`` writes missing shards); the entry points may use both."""
+    graph = import_graph()
+    prep = {m for m in graph if m.startswith("pipeline.prep.")} | {"pipeline.prep"}
+    training = {m for m in graph if m.startswith("pipeline.training.")} | {"pipeline.training"}
+    assert prep and training
+    for m in prep:
+        assert not graph[m] & training, f"{m} imports the training runtime: {sorted(graph[m] & training)}"
+        assert graph[m] <= prep | set(SHARED) | {d for d in graph[m] if d.startswith("mslc")}, m
+    for m in SHARED:
+        assert not graph[m] & (prep | training), f"{m} is shared but imports {sorted(graph[m] & (prep | training))}"
+    assert not any(d.startswith("pipeline.training") for m in graph if m.startswith("mslc") for d in graph[m])

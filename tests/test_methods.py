@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.checkpoint import LocalReporter
-from pipeline.cli import load_config
-from pipeline.config import apply_overrides
-from pipeline.methods import METHODS
-from pipeline.worker import run
+from pipeline.training.checkpoint import LocalReporter
+from pipeline.training.cli import load_config
+from pipeline.training.config import apply_overrides
+from pipeline.training.methods import METHODS
+from pipeline.training.loop import run
 from tests.test_resume import _cfg
 
 
@@ -81,7 +81,7 @@ def test_the_registry_names_each_method_once():
 
 
 def test_config_validation_asks_the_method():
-    from pipeline.config import ConfigError
+    from pipeline.training.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"meta.warmup_epochs \(3\) must be < optim.epochs \(3\)"):
         load_config("smoke", ["meta.method=glc", "meta.warmup_epochs=3"])
@@ -98,8 +98,8 @@ def test_a_new_method_is_one_class_and_one_registry_line(monkeypatch, fake_shard
     import torch.nn.functional as F
 
     from mslc.meta_step import StepResult, soft_cross_entropy
-    from pipeline import cli
-    from pipeline.methods import Method, real_step
+    from pipeline.training import cli
+    from pipeline.training.methods import Method, real_step
 
     class LabelSmoothing(Method):
         """CE to the given label smoothed by 0.1."""

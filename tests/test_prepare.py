@@ -11,9 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import prepare as prep
-from pipeline import shards
-from pipeline.config import DataConfig
+from pipeline.prep import job as prep
+from pipeline.prep import writer
+from pipeline import shardset
+from pipeline.training import streaming
+from pipeline.training.config import DataConfig
 from pipeline.errors import PipelineError
 from tests import fakes
 
@@ -53,15 +55,15 @@ def split_samples(out: Path, m: dict, split: str) -> dict[str, dict[str, bytes]]
 
 def test_clothing1m_splits_labels_and_manifest(c1m, tmp_path):
     out = prep.prepare(c1m_cfg(c1m.root), tmp_path / "out", log=quiet)
-    m = shards.load_manifest(out)
-    shards.verify(out, m, level="full")
+    m = shardset.load_manifest(out)
+    shardset.verify(out, m, level="full")
     counts = {k: v["count"] for k, v in m["splits"].items()}
     assert counts == {"train": 280, "meta": 14, "val": 28, "test": 28}
     assert m["num_classes"] == 14 and m["classes"] == list(fakes.C1M_CLASSES)
     assert all(len(r["sha256"]) == 64 for v in m["splits"].values() for r in v["shards"])
     assert m["bad"]["skipped"] == 0 and m["removed_from_train"] == 0
     # train: noisy labels, true label exactly where the key has a clean one
-    t = pq.read_table(out / shards.LABELS_FILE).to_pydict()
+    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
     assert t["key"] == c1m.noisy_train and t["index"] == list(range(280))
     assert t["label"] == [c1m.noisy_label[k] for k in t["key"]]
     assert t["true_label"] == [c1m.clean_label.get(k) for k in t["key"]]
@@ -83,14 +85,14 @@ def test_clothing1m_splits_labels_and_manifest(c1m, tmp_path):
 def test_clothing1m_val_or_test_keys_in_the_noisy_list_leave_training(c1m, tmp_path):
     fakes.append_line(c1m.root / "noisy_train_key_list.txt", c1m.val[0])
     fakes.append_line(c1m.root / "noisy_label_kv.txt", f"{c1m.val[0]} 3")
-    m = shards.load_manifest(prep.prepare(c1m_cfg(c1m.root), tmp_path / "out", log=quiet))
+    m = shardset.load_manifest(prep.prepare(c1m_cfg(c1m.root), tmp_path / "out", log=quiet))
     assert m["splits"]["train"]["count"] == 280 and m["removed_from_train"] == 1
 
 
 def test_list_files_with_crlf_and_blank_lines_parse(c1m):
     raw = (c1m.root / "clean_val_key_list.txt").read_bytes()
     assert b"\r\n\r\n" in raw and raw.startswith(b"\r\n")
-    from pipeline.sources import read_clothing1m
+    from pipeline.prep.readers import read_clothing1m
 
     src = read_clothing1m(c1m.root)
     assert src.val.keys == c1m.val and not src.bad
@@ -101,14 +103,14 @@ def test_cifar10_archive(tmp_path):
     cfg = DataConfig(dataset="cifar10", raw_dir=str(archive.parent), n_meta=20, n_val=20, shard_size=100,
                      noise="sym", noise_rate=0.4)
     out = prep.prepare(cfg, tmp_path / "out", log=quiet)
-    m = shards.load_manifest(out)
+    m = shardset.load_manifest(out)
     assert {k: v["count"] for k, v in m["splits"].items()} == {"train": 260, "meta": 20, "val": 20, "test": 100}
     assert m["image"]["channels"] == 3 and m["image"]["height"] == 32 and m["classes"][:2] == ["c0", "c1"]
-    t = pq.read_table(out / shards.LABELS_FILE).to_pydict()
+    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
     src = np.asarray(t["source_index"])
     np.testing.assert_array_equal(t["true_label"], a["train_y"][src])
     assert 0.25 < m["noise"]["realized_rate"] < 0.5
-    x, y = shards.load_split_tensors(out, m, "test", channels=3)
+    x, y = streaming.load_split_tensors(out, m, "test", channels=3)
     np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), a["test_x"])
     np.testing.assert_array_equal(y.numpy(), a["test_y"])
 
@@ -117,8 +119,8 @@ def test_cifar100_asym_noise_stays_inside_the_super_class(tmp_path):
     archive, a = fakes.make_cifar_archive(tmp_path / "raw", "cifar100", n_per_batch=100)
     cfg = DataConfig(dataset="cifar100", raw_dir=str(archive), n_meta=0 or 100, n_val=0, shard_size=200,
                      noise="asym", noise_rate=0.5)
-    m = shards.load_manifest(prep.prepare(cfg, tmp_path / "out", log=quiet))
-    t = pq.read_table(tmp_path / "out" / shards.LABELS_FILE).to_pydict()
+    m = shardset.load_manifest(prep.prepare(cfg, tmp_path / "out", log=quiet))
+    t = pq.read_table(tmp_path / "out" / shardset.LABELS_FILE).to_pydict()
     given, true = np.asarray(t["label"]), np.asarray(t["true_label"])
     flipped = given != true
     assert 0.3 < flipped.mean() < 0.7
@@ -143,11 +145,11 @@ def test_folder_tree_with_clean_listing(tmp_path):
     cfg = DataConfig(dataset="folder", raw_dir=str(tmp_path / "imgs"), clean_list=str(tmp_path / "imgs/clean.csv"),
                      noise="none", n_meta=12, n_val=9, shard_size=32)
     out = prep.prepare(cfg, tmp_path / "out", log=quiet)
-    m = shards.load_manifest(out)
+    m = shardset.load_manifest(out)
     assert m["classes"] == ["cat", "dog", "frog"] and m["meta_is_clean"]
     counts = {k: v["count"] for k, v in m["splits"].items()}
     assert counts == {"train": 90 - 21, "meta": 12, "val": 9, "test": 0}
-    t = pq.read_table(out / shards.LABELS_FILE).to_pydict()
+    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
     assert t["label"] == [truth[k] for k in t["key"]]
     meta = split_samples(out, m, "meta")
     assert not set(meta) & set(t["key"]) and "png" in split_samples(out, m, "train")["cat/000.png"]
@@ -158,7 +160,7 @@ def test_folder_listing_with_integer_labels_and_no_clean_set(tmp_path):
     fakes.write_csv(tmp_path / "list.csv", "path,label", [(f"imgs/{p}", y) for p, y in truth.items()])
     cfg = DataConfig(dataset="folder", raw_dir=str(tmp_path / "list.csv"), noise="none", n_meta=6, n_val=3,
                      shard_size=32)
-    m = shards.load_manifest(prep.prepare(cfg, tmp_path / "out", log=quiet))
+    m = shardset.load_manifest(prep.prepare(cfg, tmp_path / "out", log=quiet))
     assert m["classes"] == ["0", "1", "2"] and not m["meta_is_clean"]
     assert m["splits"]["train"]["count"] == 81
 
@@ -167,8 +169,8 @@ def test_labels_file_replaces_training_labels(c1m, tmp_path):
     keys = c1m.noisy_train[:10]
     fakes.write_csv(tmp_path / "relabel.csv", "key,label", [(k, c1m.true[k]) for k in keys] + [("no/such.jpg", 1)])
     out = prep.prepare(c1m_cfg(c1m.root, labels_file=str(tmp_path / "relabel.csv")), tmp_path / "out", log=quiet)
-    m = shards.load_manifest(out)
-    t = pq.read_table(out / shards.LABELS_FILE).to_pydict()
+    m = shardset.load_manifest(out)
+    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
     assert t["label"][:10] == [c1m.true[k] for k in keys]
     assert t["label"][10:] == [c1m.noisy_label[k] for k in c1m.noisy_train[10:]]
     assert m["labels_file"]["applied"] == 10 and m["labels_file"]["not_in_training_split"] == 1
@@ -183,15 +185,15 @@ def test_labels_file_by_index_on_cifar(tmp_path):
     cfg = DataConfig(dataset="cifar10", raw_dir=str(archive), n_meta=20, n_val=20, noise="none",
                      labels_file=str(table))
     out = prep.prepare(cfg, tmp_path / "out", log=quiet)
-    t = pq.read_table(out / shards.LABELS_FILE).to_pydict()
+    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
     np.testing.assert_array_equal(t["label"], (a["train_y"][t["source_index"]] + 1) % 10)
-    assert shards.load_manifest(out)["noise"]["realized_rate"] == 1.0
+    assert shardset.load_manifest(out)["noise"]["realized_rate"] == 1.0
 
 
 def test_interrupted_prepare_resumes_and_keeps_finished_shards(c1m, tmp_path, monkeypatch):
     cfg = c1m_cfg(c1m.root, shard_size=40)
     whole = prep.prepare(cfg, tmp_path / "whole", log=quiet)
-    real, calls = prep.write_task, []
+    real, calls = writer.write_task, []
 
     def dies_on_third(job):
         calls.append(job[1].name)
@@ -199,25 +201,25 @@ def test_interrupted_prepare_resumes_and_keeps_finished_shards(c1m, tmp_path, mo
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(prep, "write_task", dies_on_third)
+    monkeypatch.setattr(writer, "write_task", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(cfg, tmp_path / "out", log=quiet)
     partial = prep.partial_dir(tmp_path / "out")
     assert not (tmp_path / "out").exists() and sorted(p.name for p in partial.glob("*.tar")) == sorted(calls[:2])
     first = {n: (partial / n).stat().st_mtime_ns for n in calls[:2]}
-    monkeypatch.setattr(prep, "write_task", real)
+    monkeypatch.setattr(writer, "write_task", real)
     logs = []
     out = prep.prepare(cfg, tmp_path / "out", log=logs.append)
     assert any("2 already complete" in line for line in logs)
     assert {n: (out / n).stat().st_mtime_ns for n in calls[:2]} == first
-    a, b = shards.load_manifest(whole), shards.load_manifest(out)
+    a, b = shardset.load_manifest(whole), shardset.load_manifest(out)
     assert a["splits"] == b["splits"] and a["labels"]["sha256"] == b["labels"]["sha256"]
     assert not partial.exists()
 
 
 def test_parallel_writing_gives_the_same_shards(c1m, tmp_path):
-    one = shards.load_manifest(prep.prepare(c1m_cfg(c1m.root, shard_size=50), tmp_path / "one", log=quiet))
-    two = shards.load_manifest(prep.prepare(c1m_cfg(c1m.root, shard_size=50, prepare_workers=2),
+    one = shardset.load_manifest(prep.prepare(c1m_cfg(c1m.root, shard_size=50), tmp_path / "one", log=quiet))
+    two = shardset.load_manifest(prep.prepare(c1m_cfg(c1m.root, shard_size=50, prepare_workers=2),
                                             tmp_path / "two", log=quiet))
     assert one["splits"] == two["splits"]
 
@@ -233,11 +235,11 @@ def test_an_existing_output_with_other_options_is_refused_and_kept(c1m, tmp_path
 
 def test_same_seed_same_shard_order_on_clothing_shards(c1m, tmp_path):
     out = prep.prepare(c1m_cfg(c1m.root, shard_size=40), tmp_path / "out", log=quiet)
-    m = shards.load_manifest(out)
-    urls = shards.shard_urls(out, m, "train")
+    m = shardset.load_manifest(out)
+    urls = shardset.shard_urls(out, m, "train")
 
     def order(seed):
-        return [int(i) for _, _, i in shards.stream(urls, num_classes=14, shuffle_seed=seed, shuffle_buffer=50)]
+        return [int(i) for _, _, i in streaming.stream(urls, num_classes=14, shuffle_seed=seed, shuffle_buffer=50)]
 
     assert order(4) == order(4) != order(5)
     assert sorted(order(4)) == list(range(280))

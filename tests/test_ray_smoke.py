@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mslc.models import SmallCNN
-from pipeline.datasets import fmnist_files
+from pipeline.prep.fashion_mnist import fmnist_files
 from tests.conftest import ROOT
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.checkpoint import LocalReporter
-from pipeline.cli import absolutize, load_config
-from pipeline.worker import run
+from pipeline.training.checkpoint import LocalReporter
+from pipeline.training.cli import absolutize, load_config
+from pipeline.training.loop import run
 
 
 def _cfg(data_cfg, storage, name, epochs):
@@ -38,7 +38,7 @@ def test_resumed_run_equals_uninterrupted_run(fake_shards, fake_data_cfg, tmp_pa
 
 
 def _two_rank_run(rank, world, data_cfg, storage):
-    from pipeline.config import DataConfig
+    from pipeline.training.config import DataConfig
 
     cfg = _cfg(DataConfig(**data_cfg), storage, "two", 2)
     res = run(cfg, LocalReporter(storage / "two"), log=lambda s: None)

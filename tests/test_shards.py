@@ -7,23 +7,25 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import shards
+from pipeline import shardset
+from pipeline.prep import writer
+from pipeline.training import streaming
 from pipeline.errors import ShardError
 from tests.conftest import fake_images
 
 
 def test_round_trip_gives_back_images_labels_and_indices(fake_shards, fake_data_cfg):
-    m = shards.load_manifest(fake_shards)
+    m = shardset.load_manifest(fake_shards)
     raw = fake_images()
     assert {k: v["count"] for k, v in m["splits"].items()} == {"train": 500, "meta": 50, "val": 50, "test": 200}
     assert m["num_classes"] == 10 and m["image"] == {"channels": 1, "height": 28, "width": 28,
                                                      "mean": [0.2], "std": [0.3]}
     assert 0.3 < m["noise"]["realized_rate"] < 0.42
-    shards.verify(fake_shards, m, level="full")
-    labels = shards.read_labels_table(fake_shards, m)
+    shardset.verify(fake_shards, m, level="full")
+    labels = shardset.read_labels_table(fake_shards, m)
     assert abs((labels["label"] != labels["true_label"]).mean() - m["noise"]["realized_rate"]) < 1e-12
-    src = np.asarray(pq.read_table(fake_shards / shards.LABELS_FILE)["source_index"])
-    ds = shards.stream(shards.shard_urls(fake_shards, m, "train"), num_classes=10, shuffle_seed=3, shuffle_buffer=64)
+    src = np.asarray(pq.read_table(fake_shards / shardset.LABELS_FILE)["source_index"])
+    ds = streaming.stream(shardset.shard_urls(fake_shards, m, "train"), num_classes=10, shuffle_seed=3, shuffle_buffer=64)
     seen = set()
     for img, label, index in ds:
         assert label == labels["label"][index]
@@ -32,17 +34,17 @@ def test_round_trip_gives_back_images_labels_and_indices(fake_shards, fake_data_
         seen.add(index)
     assert seen == set(range(500))
     # meta and val are clean and disjoint from train
-    meta_x, meta_y = shards.load_split_tensors(fake_shards, m, "meta")
+    meta_x, meta_y = streaming.load_split_tensors(fake_shards, m, "meta")
     assert len(meta_y) == 50 and np.bincount(meta_y.numpy()).tolist() == [5] * 10
 
 
 def test_ranks_get_disjoint_equal_parts_with_exact_counts(fake_shards):
-    m = shards.load_manifest(fake_shards)
-    urls = shards.shard_urls(fake_shards, m, "train")
+    m = shardset.load_manifest(fake_shards)
+    urls = shardset.shard_urls(fake_shards, m, "train")
     parts = []
     for rank in range(3):
-        exp = shards.expected_counts(fake_shards, m, "train", rank=rank, world=3)
-        got = [i for _, _, i in shards.stream(urls, num_classes=10, shuffle_seed=1, shuffle_buffer=32,
+        exp = shardset.expected_counts(fake_shards, m, "train", rank=rank, world=3)
+        got = [i for _, _, i in streaming.stream(urls, num_classes=10, shuffle_seed=1, shuffle_buffer=32,
                                                expected=exp, rank=rank, world=3)]
         assert sum(exp.values()) == len(got) and all(i % 3 == rank for i in got)
         parts.append(set(got))
@@ -50,14 +52,14 @@ def test_ranks_get_disjoint_equal_parts_with_exact_counts(fake_shards):
 
 
 def test_same_seed_same_order(fake_shards):
-    m = shards.load_manifest(fake_shards)
-    order = lambda s: [i for _, _, i in shards.stream(shards.shard_urls(fake_shards, m, "train"),  # noqa: E731
+    m = shardset.load_manifest(fake_shards)
+    order = lambda s: [i for _, _, i in streaming.stream(shardset.shard_urls(fake_shards, m, "train"),  # noqa: E731
                                                          num_classes=10, shuffle_seed=s, shuffle_buffer=64)]
     assert order(5) == order(5) != order(6)
 
 
 def test_rewriting_is_skipped_and_temp_dirs_do_not_linger(fake_shards, fake_data_cfg):
-    from pipeline.prepare import ensure_shards
+    from pipeline.prep.job import ensure_shards
 
     before = (fake_shards / "manifest.json").stat().st_mtime_ns
     assert ensure_shards(fake_data_cfg, raw=fake_images(), log=lambda s: None) == str(fake_shards)
@@ -66,7 +68,7 @@ def test_rewriting_is_skipped_and_temp_dirs_do_not_linger(fake_shards, fake_data
 
 
 def _first(shard_dir, split="train"):
-    m = shards.load_manifest(shard_dir)
+    m = shardset.load_manifest(shard_dir)
     return m, shard_dir / m["splits"][split]["shards"][0]["name"]
 
 
@@ -74,7 +76,7 @@ def test_missing_shard(fake_shards):
     m, path = _first(fake_shards)
     path.unlink()
     with pytest.raises(ShardError, match=f"{path}: listed in the manifest but missing"):
-        shards.verify(fake_shards, m, level="size")
+        shardset.verify(fake_shards, m, level="size")
 
 
 def test_sha256_mismatch(fake_shards):
@@ -83,7 +85,7 @@ def test_sha256_mismatch(fake_shards):
     data[700] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match=f"{path}: sha256 mismatch"):
-        shards.verify(fake_shards, m, level="full")
+        shardset.verify(fake_shards, m, level="full")
 
 
 def _truncate(path: Path, keep: int) -> None:
@@ -95,8 +97,8 @@ def test_truncated_shard_is_caught_by_size_and_while_streaming(fake_shards):
     m, path = _first(fake_shards)
     _truncate(path, path.stat().st_size // 2 + 100)
     with pytest.raises(ShardError, match=f"{path}: .* bytes, the manifest says"):
-        shards.verify(fake_shards, m, level="size")
-    ds = shards.stream([str(path)], num_classes=10, shuffle_seed=None)
+        shardset.verify(fake_shards, m, level="size")
+    ds = streaming.stream([str(path)], num_classes=10, shuffle_seed=None)
     with pytest.raises(ShardError, match=f"shard {path}: truncated or corrupt tar"):
         list(ds)
 
@@ -109,39 +111,39 @@ def test_shard_cut_at_a_member_boundary_is_caught_by_the_sample_count(fake_shard
         members = tar.getmembers()
     cut = members[30].offset  # a clean tar prefix: tarfile sees a shorter archive
     _truncate(path, cut)
-    ds = shards.stream([str(path)], num_classes=10, shuffle_seed=None,
-                       expected=shards.expected_counts(fake_shards, m, "train"))
+    ds = streaming.stream([str(path)], num_classes=10, shuffle_seed=None,
+                       expected=shardset.expected_counts(fake_shards, m, "train"))
     with pytest.raises(ShardError, match=f"shard {path}: yielded \\d+ samples, the manifest says 128"):
-        list(shards.loader(ds, batch_size=16, workers=0))
+        list(streaming.loader(ds, batch_size=16, workers=0))
 
 
 def test_label_out_of_range_names_the_shard_and_sample(tmp_path):
     path = tmp_path / "bad-00000.tar"
     img = np.zeros((2, 28, 28), np.uint8)
-    shards.write_split(tmp_path, "bad", img, np.array([3, 10]), true_labels=None, keys=["00000000", "00000001"],
+    writer.write_split(tmp_path, "bad", img, np.array([3, 10]), true_labels=None, keys=["00000000", "00000001"],
                        shard_size=10)
     with pytest.raises(ShardError, match=f"shard {path}, sample 00000001: label 10 is outside 0..9"):
-        list(shards.stream([str(path)], num_classes=10, shuffle_seed=None))
+        list(streaming.stream([str(path)], num_classes=10, shuffle_seed=None))
 
 
 def test_label_table_out_of_range_names_the_file_and_sample(fake_shards):
     import pyarrow as pa
 
-    m = shards.load_manifest(fake_shards)
-    path = fake_shards / shards.LABELS_FILE
+    m = shardset.load_manifest(fake_shards)
+    path = fake_shards / shardset.LABELS_FILE
     t = pq.read_table(path).to_pydict()
     t["label"][7] = 12
     pq.write_table(pa.table(t), path)
     with pytest.raises(ShardError, match=f"{path}: sample 7 \\(key {t['key'][7]}\\): label 12 is outside 0..9"):
-        shards.read_labels_table(fake_shards, m)
+        shardset.read_labels_table(fake_shards, m)
 
 
 def test_manifest_problems(tmp_path):
     with pytest.raises(ShardError, match="no manifest"):
-        shards.load_manifest(tmp_path)
+        shardset.load_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ShardError, match="not valid JSON"):
-        shards.load_manifest(tmp_path)
+        shardset.load_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ShardError, match="format"):
-        shards.load_manifest(tmp_path)
+        shardset.load_manifest(tmp_path)

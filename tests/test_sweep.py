@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pipeline.cli import load_config
+from pipeline.training.cli import load_config
 from tests.conftest import ROOT
 from tune import sweep
 

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from mslc.bank import LocalBank
-from pipeline.outputs import summarize
-from pipeline.state import Data
-from pipeline.worker import bank_metrics
+from pipeline.training.outputs import summarize
+from pipeline.training.state import Data
+from pipeline.training.evaluate import bank_metrics
 
 
 def test_label_metrics_skip_samples_without_a_true_label():

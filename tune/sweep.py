@@ -24,9 +24,10 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli import absolutize, load_config, run_cli
-from pipeline.config import Config, ConfigError, apply_overrides, replace
-from pipeline.methods import METHODS, TUNABLE
+from pipeline.training.cli import absolutize, load_config, run_cli
+from pipeline.errors import ConfigError
+from pipeline.training.config import Config, apply_overrides, replace
+from pipeline.training.methods import METHODS, TUNABLE
 
 METRIC = "val_acc"
 # search-space name → config key
@@ -68,7 +69,7 @@ def run_trial(params: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train import build_trainer
+    from pipeline.training.launch import build_trainer
 
     cfg = trial_config(params["base"], params, f"trial_{tune.get_context().get_trial_id()}", params["runs_dir"])
     build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return holder["cfg"]
 
     def body(cfg: Config) -> int:
-        from pipeline.train import check_data, start_ray
+        from pipeline.training.launch import check_data, start_ray
 
         a = holder["args"]
         name = a.name or f"sweep-{cfg.preset}"

@@ -6,26 +6,20 @@ callable in one plain process (benchmarks and tests).
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
 from mslc import dist
-from mslc.bank import SoftLabelBank
-from mslc.metrics import corrected_label_accuracy, group_mean
-from pipeline import checkpoint, methods, outputs, shards
-from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.state import Data, TrainState, build_data, build_state, normalize
-
-
-# ------------------------------------------------------------------ one epoch
+from pipeline.shardset import expected_counts, shard_urls
+from pipeline.training import checkpoint, methods, outputs, streaming
+from pipeline.training.config import Config
+from pipeline.training.evaluate import bank_metrics, evaluate, progress_line
+from pipeline.training.state import Data, TrainState, build_data, build_state, normalize
 
 
 def _next(it):
@@ -49,13 +43,13 @@ def train_batches(cfg: Config, data: Data, epoch: int):
     when one runs out), a last batch of one sample is not trained on, and bad data on
     one rank stops every rank with its error rather than leaving them waiting."""
     rank, world = dist.rank(), dist.world_size()
-    urls = shards.shard_urls(data.shard_dir, data.manifest, "train")
+    urls = shard_urls(data.shard_dir, data.manifest, "train")
     seed = cfg.run.seed * 1_000_003 + epoch
-    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                       expected=shards.expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
+    ds = streaming.stream(urls, num_classes=data.num_classes, shuffle_seed=seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                       expected=expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
                        rank=rank, world=world, channels=data.channels, transform=data.train_tf,
                        bad_samples=cfg.data.bad_samples)
-    it = iter(shards.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers))
+    it = iter(streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers))
     while True:
         batch, err = _next(it)
         if not _agree(err, 0 if batch is None or len(batch[1]) < 2 else 1):
@@ -115,60 +109,6 @@ def train_epoch(cfg: Config, st: TrainState, method: methods.Method, data: Data,
     return {"phase": phase, "train_loss": sums["loss"] / n,
             "meta_loss": sums["meta_loss"] / meta_n if meta_n else float("nan"),
             "samples": n * dist.world_size(), "steps": sums["steps"]}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Data, split: str, device: torch.device, batch_size: int = 512,
-             cfg_bad_samples: str = "error") -> float:
-    """Accuracy of ``model`` on a clean split streamed from its shards (NaN if empty)."""
-    urls = shards.shard_urls(data.shard_dir, data.manifest, split)
-    if not urls:
-        return float("nan")
-    model.eval()
-    ds = shards.stream(urls, num_classes=data.num_classes, shuffle_seed=None,
-                       expected=shards.expected_counts(data.shard_dir, data.manifest, split),
-                       channels=data.channels, transform=data.eval_tf, bad_samples=cfg_bad_samples)
-    correct = total = 0
-    for x, y, _ in shards.loader(ds, batch_size=batch_size, workers=0):
-        pred = model(normalize(x, data, device)).argmax(1).cpu()
-        correct += int((pred == y).sum())
-        total += len(y)
-    model.train()
-    return correct / total if total else float("nan")
-
-
-def bank_metrics(bank: SoftLabelBank, data: Data) -> tuple[dict, dict]:
-    """Per-epoch label metrics from the bank, and the table they came from."""
-    t = bank.table()
-    out: dict = {}
-    known, noisy = data.known, data.is_noisy
-    if known.any():
-        c = corrected_label_accuracy(t["y_tilde"][known], data.true[known], noisy[known])
-        p = corrected_label_accuracy(t["y_hat"][known], data.true[known], noisy[known])
-        out.update({f"corrected_{k}": v for k, v in c.items()})
-        out["prediction_label_acc"] = p["all"]
-        out["alpha_clean"] = group_mean(t["alpha"], known & ~noisy)
-        out["alpha_noisy"] = group_mean(t["alpha"], noisy)
-    out["alpha_mean"] = group_mean(t["alpha"], np.ones(len(t["alpha"]), bool))
-    out["beta_mean"] = group_mean(t["beta"], np.ones(len(t["beta"]), bool))
-    return out, t
-
-
-def progress_line(cfg: Config, r: dict) -> str:
-    def pct(v):
-        return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.2f}"
-
-    s = (f"epoch {r['epoch']:3d}/{cfg.optim.epochs} [{r['phase']:6s}] lr {r['lr']:.2e} loss {r['train_loss']:.4f} "
-         f"val {pct(r['val_acc'])}% test {pct(r['test_acc'])}%")
-    if "corrected_all" in r:
-        s += (f" corrected {pct(r['corrected_all'])}% (clean {pct(r['corrected_clean'])} / "
-              f"noisy {pct(r['corrected_noisy'])})")
-    if r["phase"] == "mslc" and "alpha_clean" in r:
-        s += f" alpha clean {r['alpha_clean']:.2f} noisy {r['alpha_noisy']:.2f}"
-    return s + f" {r['epoch_seconds']:.0f}s"
-
-
-# ------------------------------------------------------------------ the loop
 
 
 def setup_threads(cfg: Config, world_size: int) -> None:

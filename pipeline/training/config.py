@@ -7,54 +7,25 @@ as a plain dict (:meth:`Config.to_dict`) and comes back with :meth:`Config.from_
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mslc.bank import REFRESH_POLICIES
 from mslc.corrector import LOSS_MODES
 from mslc.meta_step import META_GRAD_IMPLS, META_GRADS, META_SCOPES
 from mslc.models import ARCHS
-from mslc.noise import NOISE_KINDS
-from pipeline.methods import METHODS as METHOD_REGISTRY  # the one registry of training methods
+from pipeline.errors import ConfigError, require
+from pipeline.prep.options import PrepareOptions
+from pipeline.training.methods import METHODS as METHOD_REGISTRY  # the one registry of training methods
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "clothing1m", "folder")
 TRANSFORMS = ("auto", "none", "cifar", "imagenet")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-class ConfigError(ValueError):
-    """A bad config value or key; the message names it."""
-
-
-def _require(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
 
 
 @dataclass
-class DataConfig:
-    """Where the data comes from, how it is corrupted and split, how it streams."""
+class DataConfig(PrepareOptions):
+    """The prepared shards (:class:`PrepareOptions`: source, noise, splits) and how they stream."""
 
-    dataset: str = "fashion-mnist"
-    raw_dir: str = "data/raw"  # the release files (see pipeline/prepare.py --help); folder: tree or listing
-    shard_root: str = "data/shards"  # shards go to shard_root/<spec name> ...
-    shards: str = ""  # ... unless this names the shard directory or URL (s3://, gs://) to read
-    labels_file: str = ""  # CSV/Parquet (key or index, label) replacing the given training labels
-    clean_list: str = ""  # folder: listing (path, label) of a clean subset; meta and val come from it
-    test_list: str = ""  # folder: listing (path, label) of a test set
-    skip_bad: bool = False  # prepare: skip (and count) bad samples instead of stopping
-    prepare_workers: int = 1  # processes writing shards
-    noise: str = "sym"
-    noise_rate: float = 0.4
-    noise_seed: int = 0
-    split_seed: int = 0
-    n_meta: int = 1000  # clean meta samples, class-balanced
-    n_val: int = 1000  # clean validation samples; for Clothing1M a cap on its clean val list (0 = all)
-    max_train: int = 0  # 0 = all; else a seeded class-balanced subset of the train pool
-    max_test: int = 0  # 0 = all
-    shard_size: int = 10000  # samples per shard
     verify: str = "full"  # full (sha256) | size | none, checked before training
     loader_workers: int = 0
     shuffle_buffer: int = 5000
@@ -63,42 +34,13 @@ class DataConfig:
     bad_samples: str = "error"  # a sample that fails to decode while streaming: error (all ranks stop) | skip
 
     def __post_init__(self) -> None:
-        _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
-        _require(self.noise in NOISE_KINDS, f"data.noise must be one of {NOISE_KINDS}, got {self.noise!r}")
-        _require(0.0 <= self.noise_rate <= 1.0, f"data.noise_rate must be in [0, 1], got {self.noise_rate}")
-        for name in ("n_meta", "n_val", "max_train", "max_test", "loader_workers", "shuffle_buffer", "image_size"):
-            _require(getattr(self, name) >= 0, f"data.{name} must be >= 0, got {getattr(self, name)}")
-        _require(self.n_meta > 0, "data.n_meta must be > 0: MSLC needs a clean meta set")
-        _require(self.shard_size > 0, f"data.shard_size must be > 0, got {self.shard_size}")
-        _require(self.verify in ("full", "size", "none"), f"data.verify must be full|size|none, got {self.verify!r}")
-        _require(self.transform in TRANSFORMS, f"data.transform must be one of {TRANSFORMS}, got {self.transform!r}")
-        _require(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
-        _require(self.bad_samples in ("error", "skip"), f"data.bad_samples must be error|skip, got {self.bad_samples!r}")
-        _require(self.prepare_workers >= 1, f"data.prepare_workers must be >= 1, got {self.prepare_workers}")
-        _require(not (self.clean_list or self.test_list) or self.dataset == "folder",
-                 "data.clean_list and data.test_list are for data.dataset=folder")
-
-    def spec_name(self) -> str:
-        """A directory name that changes whenever the written shards would."""
-        sub = f"-n{self.max_train}" if self.max_train else ""
-        sub += f"-t{self.max_test}" if self.max_test else ""
-        inputs = [self.labels_file, self.clean_list, self.test_list, "skip-bad" if self.skip_bad else ""]
-        if self.dataset in ("clothing1m", "folder"):
-            inputs.append(self.raw_dir)
-        if any(inputs):
-            sub += "-" + hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:8]
-        return (
-            f"{self.dataset}-{self.noise}{self.noise_rate:g}-ns{self.noise_seed}-ss{self.split_seed}"
-            f"-m{self.n_meta}-v{self.n_val}{sub}"
-        )
-
-    def shard_dir(self) -> str:
-        """``shards`` when set, else ``shard_root/<spec name>`` (a path, or a URL under a URL root)."""
-        if self.shards:
-            return self.shards
-        if "://" in self.shard_root:
-            return self.shard_root.rstrip("/") + "/" + self.spec_name()
-        return str(Path(self.shard_root) / self.spec_name())
+        super().__post_init__()
+        for name in ("loader_workers", "shuffle_buffer", "image_size"):
+            require(getattr(self, name) >= 0, f"data.{name} must be >= 0, got {getattr(self, name)}")
+        require(self.verify in ("full", "size", "none"), f"data.verify must be full|size|none, got {self.verify!r}")
+        require(self.transform in TRANSFORMS, f"data.transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        require(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
+        require(self.bad_samples in ("error", "skip"), f"data.bad_samples must be error|skip, got {self.bad_samples!r}")
 
     def resolved_transform(self) -> str:
         if self.transform != "auto":
@@ -112,8 +54,8 @@ class ModelConfig:
     pretrained: bool = False  # ImageNet weights (resnet50 only)
 
     def __post_init__(self) -> None:
-        _require(self.arch in ARCHS, f"model.arch must be one of {ARCHS}, got {self.arch!r}")
-        _require(not self.pretrained or self.arch == "resnet50", "model.pretrained needs model.arch=resnet50")
+        require(self.arch in ARCHS, f"model.arch must be one of {ARCHS}, got {self.arch!r}")
+        require(not self.pretrained or self.arch == "resnet50", "model.pretrained needs model.arch=resnet50")
 
 
 @dataclass
@@ -129,12 +71,12 @@ class OptimConfig:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
-        _require(self.batch_size >= 1, f"optim.batch_size must be >= 1, got {self.batch_size}")
-        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
-        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        _require(all(m >= 1 for m in self.milestones), "optim.milestones must be epochs >= 1")
+        require(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 1, f"optim.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        require(all(m >= 1 for m in self.milestones), "optim.milestones must be epochs >= 1")
 
 
 @dataclass
@@ -166,25 +108,25 @@ class MetaConfig:
     grad_impl: str = "jvp"  # jvp (forward mode, measured faster) or double-backward: the same exact θ-gradient
 
     def __post_init__(self) -> None:
-        _require(self.method in METHOD_REGISTRY,
+        require(self.method in METHOD_REGISTRY,
                  f"meta.method must be one of {tuple(METHOD_REGISTRY)}, got {self.method!r}")
-        _require(0 < self.gce_q <= 1, f"meta.gce_q must be in (0, 1], got {self.gce_q}")
-        _require(0 <= self.bootstrap_beta <= 1, f"meta.bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
-        _require(self.joint_alpha >= 0 and self.joint_beta >= 0, "meta.joint_alpha and meta.joint_beta must be >= 0")
-        _require(self.finetune_epochs >= 1, f"meta.finetune_epochs must be >= 1, got {self.finetune_epochs}")
-        _require(self.meta_every >= 1, f"meta.meta_every must be >= 1, got {self.meta_every}")
-        _require(self.fixed_beta == -1.0 or 0 <= self.fixed_beta <= 1, "meta.fixed_beta must be -1 or in [0, 1]")
-        _require(self.meta_scope in META_SCOPES, f"meta.meta_scope must be one of {META_SCOPES}")
-        _require(self.grad_impl in META_GRAD_IMPLS, f"meta.grad_impl must be one of {META_GRAD_IMPLS}")
-        _require(self.warmup_epochs >= 0, f"meta.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _require(self.warmup_avg >= 1, f"meta.warmup_avg must be >= 1, got {self.warmup_avg}")
-        _require(self.loss_mode in LOSS_MODES, f"meta.loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
-        _require(self.refresh in REFRESH_POLICIES, f"meta.refresh must be one of {REFRESH_POLICIES}")
+        require(0 < self.gce_q <= 1, f"meta.gce_q must be in (0, 1], got {self.gce_q}")
+        require(0 <= self.bootstrap_beta <= 1, f"meta.bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
+        require(self.joint_alpha >= 0 and self.joint_beta >= 0, "meta.joint_alpha and meta.joint_beta must be >= 0")
+        require(self.finetune_epochs >= 1, f"meta.finetune_epochs must be >= 1, got {self.finetune_epochs}")
+        require(self.meta_every >= 1, f"meta.meta_every must be >= 1, got {self.meta_every}")
+        require(self.fixed_beta == -1.0 or 0 <= self.fixed_beta <= 1, "meta.fixed_beta must be -1 or in [0, 1]")
+        require(self.meta_scope in META_SCOPES, f"meta.meta_scope must be one of {META_SCOPES}")
+        require(self.grad_impl in META_GRAD_IMPLS, f"meta.grad_impl must be one of {META_GRAD_IMPLS}")
+        require(self.warmup_epochs >= 0, f"meta.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        require(self.warmup_avg >= 1, f"meta.warmup_avg must be >= 1, got {self.warmup_avg}")
+        require(self.loss_mode in LOSS_MODES, f"meta.loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
+        require(self.refresh in REFRESH_POLICIES, f"meta.refresh must be one of {REFRESH_POLICIES}")
         for name in ("alpha_lr", "beta_lr", "virtual_lr_scale"):
-            _require(getattr(self, name) > 0, f"meta.{name} must be > 0, got {getattr(self, name)}")
-        _require(self.grad in META_GRADS, f"meta.grad must be one of {META_GRADS}, got {self.grad!r}")
-        _require(self.hidden >= 1 and self.meta_batch_size >= 1, "meta.hidden and meta.meta_batch_size must be >= 1")
-        _require(
+            require(getattr(self, name) > 0, f"meta.{name} must be > 0, got {getattr(self, name)}")
+        require(self.grad in META_GRADS, f"meta.grad must be one of {META_GRADS}, got {self.grad!r}")
+        require(self.hidden >= 1 and self.meta_batch_size >= 1, "meta.hidden and meta.meta_batch_size must be >= 1")
+        require(
             self.bank_dtype in ("float32", "float16", "bfloat16"),
             f"meta.bank_dtype must be float32|float16|bfloat16, got {self.bank_dtype!r}",
         )
@@ -200,11 +142,11 @@ class ScaleConfig:
     crash_at_step: int = 0  # > 0: the last rank dies once at this step (tests and demos of recovery)
 
     def __post_init__(self) -> None:
-        _require(self.workers >= 1, f"scale.workers must be >= 1, got {self.workers}")
-        _require(self.use_gpu in ("auto", "true", "false"), "scale.use_gpu must be auto|true|false")
-        _require(self.cpus_per_worker > 0 and self.threads >= 0, "scale.cpus_per_worker > 0, scale.threads >= 0")
-        _require(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1: unlimited)")
-        _require(self.crash_at_step >= 0, f"scale.crash_at_step must be >= 0, got {self.crash_at_step}")
+        require(self.workers >= 1, f"scale.workers must be >= 1, got {self.workers}")
+        require(self.use_gpu in ("auto", "true", "false"), "scale.use_gpu must be auto|true|false")
+        require(self.cpus_per_worker > 0 and self.threads >= 0, "scale.cpus_per_worker > 0, scale.threads >= 0")
+        require(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1: unlimited)")
+        require(self.crash_at_step >= 0, f"scale.crash_at_step must be >= 0, got {self.crash_at_step}")
 
 
 @dataclass
@@ -216,7 +158,7 @@ class RunConfig:
     resume_from: str = ""  # a checkpoint directory to start from (any worker count)
 
     def __post_init__(self) -> None:
-        _require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")
+        require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")
 
 
 @dataclass
@@ -231,7 +173,7 @@ class Config:
 
     def __post_init__(self) -> None:
         why = METHOD_REGISTRY[self.meta.method].config_error(self)
-        _require(why is None, why or "")
+        require(why is None, why or "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

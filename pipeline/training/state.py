@@ -1,6 +1,6 @@
 """A worker's state: what it knows of the data, what it trains, and how both are built.
 
-Both the loop (:mod:`pipeline.worker`) and the training methods (:mod:`pipeline.methods`)
+Both the loop (:mod:`pipeline.training.loop`) and the training methods (:mod:`pipeline.training.methods`)
 import this module; it imports neither.
 """
 
@@ -17,11 +17,12 @@ from mslc import dist
 from mslc.bank import LocalBank, ShardedBank, SoftLabelBank
 from mslc.corrector import Corrector
 from mslc.models import build_model
-from pipeline import checkpoint, shards, transforms
+from pipeline import shardset
+from pipeline.training import checkpoint, streaming, transforms
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:  # type hints only: the config module imports the methods, which import this one
-    from pipeline.config import Config
+    from pipeline.training.config import Config
 
 
 @dataclass
@@ -147,15 +148,15 @@ def build_transforms(cfg: Config, manifest: dict) -> tuple[object, object, int]:
 def build_data(cfg: Config, device: torch.device) -> Data:
     """The manifest, label table and transforms of the shards, and the meta set on ``device``."""
     shard_dir = cfg.data.shard_dir()
-    manifest = shards.load_manifest(shard_dir)
-    table = shards.read_labels_table(shard_dir, manifest)
+    manifest = shardset.load_manifest(shard_dir)
+    table = shardset.read_labels_table(shard_dir, manifest)
     img = manifest["image"]
     mean = torch.tensor(img["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(img["std"]).view(1, -1, 1, 1)
     train_tf, eval_tf, size = build_transforms(cfg, manifest)
     data = Data(shard_dir, manifest, table["label"], table["true_label"], table["key"],
                 torch.empty(0), torch.empty(0), mean, std, train_tf, eval_tf, size)
-    mx, my = shards.load_split_tensors(shard_dir, manifest, "meta", transform=eval_tf, channels=data.channels)
+    mx, my = streaming.load_split_tensors(shard_dir, manifest, "meta", transform=eval_tf, channels=data.channels)
     data.meta_x, data.meta_y = mx.to(device), my.to(device)
     return data
 

@@ -2,7 +2,7 @@
 :data:`METHODS`, that config validation, ``--help``, the loop, the sweep and the
 benchmarks read. The losses and steps themselves are pure functions in
 :mod:`mslc.meta_step` and :mod:`mslc.baselines`; a class here only wires one to the
-worker's state (:mod:`pipeline.state`).
+worker's state (:mod:`pipeline.training.state`).
 
 All methods share the data, model, optimizer and LR schedule. Those with
 ``uses_warmup`` train plain CE on the given labels for ``meta.warmup_epochs`` epochs
@@ -31,10 +31,10 @@ from mslc import baselines, dist
 from mslc.bank import SoftLabelBank
 from mslc.corrector import LossMLP
 from mslc.meta_step import StepResult, ce_step, mslc_step, soft_cross_entropy
-from pipeline.state import Data, TrainState, normalize
+from pipeline.training.state import Data, TrainState, normalize
 
 if TYPE_CHECKING:  # type hints only: the config module imports this one for its registry
-    from pipeline.config import Config
+    from pipeline.training.config import Config
 
 WARMUP = "warmup"
 # The config keys tune/sweep.py can vary; each method lists those it reads.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig, replace
+from pipeline.training.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig, replace
 
 
 def fmnist_sym40() -> Config:

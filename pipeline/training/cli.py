@@ -8,10 +8,10 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline.config import Config, ConfigError, apply_overrides, merge
+from pipeline.training.config import Config, ConfigError, apply_overrides, merge
 from pipeline.errors import PipelineError
-from pipeline.methods import METHODS
-from pipeline.presets import DEFAULT_PRESET, PRESETS
+from pipeline.training.methods import METHODS
+from pipeline.training.presets import DEFAULT_PRESET, PRESETS
 
 PATH_KEYS = (("data", "raw_dir"), ("data", "shard_root"), ("data", "shards"), ("data", "labels_file"),
              ("data", "clean_list"), ("data", "test_list"), ("run", "storage_path"), ("run", "resume_from"))

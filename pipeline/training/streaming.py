@@ -1,0 +1,195 @@
+"""Streaming a shard directory while training: a WebDataset pipeline per split whose
+samples are decoded through a whitelist (PNG/JPEG images, integer ``.cls`` labels; nothing
+is unpickled), with per-shard count checks and bad samples reported by shard and key.
+Object-store URLs stream through fsspec (:mod:`pipeline.storage`)."""
+
+from __future__ import annotations
+
+import io
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from pipeline.errors import ShardError
+from pipeline.shardset import IMAGE_EXTS, expected_counts, shard_urls
+from pipeline.storage import open_read
+
+
+FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "memory", "file", "hf")
+
+
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    if mode != "rb":
+        raise ValueError(f"{url}: shards are opened read-only")
+    return open_read(url)
+
+
+def _register_url_handlers() -> None:
+    """Object-store URLs stream through fsspec (webdataset's own ``gs`` handler shells out to gsutil)."""
+    gopen = sys.modules["webdataset.gopen"]
+    for scheme in FSSPEC_SCHEMES:
+        gopen.gopen_schemes[scheme] = _gopen_fsspec
+
+
+_register_url_handlers()
+
+
+def _reraise_with_shard(exn: Exception) -> bool:
+    url = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), None)
+    where = f"shard {url}" if url else "a shard"
+    raise ShardError(f"{where}: truncated or corrupt tar ({exn.args[0] if exn.args else exn})") from exn
+
+
+def decode_image(data: bytes, *, where: str, channels: int = 0) -> np.ndarray:
+    """Image bytes → ``(H, W)`` (grayscale) or ``(H, W, 3)`` uint8; ``channels`` 1 or 3 forces the mode."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            mode = {1: "L", 3: "RGB"}.get(channels) or ("L" if im.mode in ("L", "1", "P", "I;16") else "RGB")
+            return np.asarray(im.convert(mode))
+    except Exception as e:
+        raise ShardError(f"{where}: cannot decode image ({e})") from None
+
+
+def decode_label(data: bytes, *, where: str, num_classes: int) -> int:
+    try:
+        v = int(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ShardError(f"{where}: label is not an integer ({data[:20]!r})") from None
+    if not 0 <= v < num_classes:
+        raise ShardError(f"{where}: label {v} is outside 0..{num_classes - 1}")
+    return v
+
+
+class Decoder:
+    """Whitelisted decode of one raw WebDataset sample → ``(image (C, H, W) uint8, label, index)``.
+
+    ``index`` is the key as an integer: the bank row for train shards, the position
+    otherwise. ``transform`` (uint8 CHW → uint8 CHW, e.g. random crop) runs last.
+    """
+
+    def __init__(self, num_classes: int, *, channels: int = 0, transform: Callable | None = None) -> None:
+        self.num_classes, self.channels, self.transform = num_classes, channels, transform
+
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int]:
+        key, url = sample["__key__"], sample.get("__url__", "?")
+        where = f"shard {url}, sample {key}"
+        img_field = next((e for e in IMAGE_EXTS if e in sample), None)
+        if img_field is None or "label.cls" not in sample:
+            raise ShardError(f"{where}: missing field {'image' if img_field is None else 'label.cls'}")
+        img = decode_image(sample[img_field], where=where, channels=self.channels)
+        label = decode_label(sample["label.cls"], where=where, num_classes=self.num_classes)
+        x = torch.from_numpy(img.copy())
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, label, sample_index(sample)
+
+
+def sample_index(sample: dict) -> int:
+    try:
+        return int(sample["__key__"])
+    except ValueError:
+        raise ShardError(f"shard {sample.get('__url__', '?')}, sample {sample['__key__']}: "
+                         "key is not a sample index") from None
+
+
+def count_check(expected: dict[str, int]):
+    """A pipeline stage: passes samples through, then checks each shard it read gave
+    the number of samples expected of it (catches a tar cut at a member boundary)."""
+
+    def stage(samples):
+        seen: dict[str, int] = {}
+        for s in samples:
+            seen[s["__url__"]] = seen.get(s["__url__"], 0) + 1
+            yield s
+        for url, n in seen.items():
+            if n != expected.get(url, n):
+                raise ShardError(f"shard {url}: yielded {n} samples, the manifest says {expected[url]}")
+
+    return stage
+
+
+def decode_stage(decoder: Decoder, bad_samples: str):
+    """Decode every sample; with ``bad_samples='skip'`` one that fails is reported on
+    stderr and left out (its bank row keeps its previous soft label this epoch)."""
+
+    def stage(samples):
+        for s in samples:
+            try:
+                yield decoder(s)
+            except ShardError as e:
+                if bad_samples != "skip":
+                    raise
+                print(f"warning: skipping a bad sample: {e}", file=sys.stderr, flush=True)
+
+    return stage
+
+
+def stream(
+    urls: list[str],
+    *,
+    num_classes: int,
+    shuffle_seed: int | None,
+    shuffle_buffer: int = 0,
+    expected: dict[str, int] | None = None,
+    rank: int = 0,
+    world: int = 1,
+    channels: int = 0,
+    transform: Callable | None = None,
+    bad_samples: str = "error",
+) -> wds.WebDataset:
+    """A WebDataset pipeline yielding ``(image (C, H, W) uint8, label, index)``.
+
+    ``urls`` are local paths or URLs (``s3://``, ``gs://`` … through fsspec; ``pipe:``,
+    ``http(s)://`` through webdataset). With ``world > 1`` only samples whose index is
+    ``rank`` modulo ``world`` are kept (before decoding), so ranks see disjoint,
+    equal-sized parts. ``expected`` (per-url counts) turns on the count check. With
+    ``shuffle_seed`` set, the shard order is permuted and the undecoded samples pass
+    a shuffle buffer, both seeded from it. ``transform`` runs on each decoded image.
+    """
+    urls = list(urls)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(urls)
+    ds = wds.WebDataset(
+        urls,
+        shardshuffle=False,
+        nodesplitter=None,
+        workersplitter=wds.split_by_worker,
+        handler=_reraise_with_shard,
+        empty_check=False,
+    )
+    if world > 1:
+        ds = ds.select(lambda s: sample_index(s) % world == rank)
+    if expected is not None:
+        ds = ds.compose(count_check(expected))
+    if shuffle_seed is not None and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
+    return ds.compose(decode_stage(Decoder(num_classes, channels=channels, transform=transform), bad_samples))
+
+
+def loader(ds, *, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, num_workers=workers, persistent_workers=False
+    )
+
+
+def load_split_tensors(shard_dir: str | Path, manifest: dict, split: str, *, transform: Callable | None = None,
+                       channels: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole (small) split in memory: ``(images (N, C, H, W) uint8, labels (N,) int64)`` in index order."""
+    ds = stream(shard_urls(shard_dir, manifest, split), num_classes=manifest["num_classes"], shuffle_seed=None,
+                expected=expected_counts(shard_dir, manifest, split), channels=channels, transform=transform)
+    xs, ys, idxs = [], [], []
+    for x, y, idx in loader(ds, batch_size=512, workers=0):
+        xs.append(x)
+        ys.append(y)
+        idxs.append(idx)
+    if not xs:
+        raise ShardError(f"{shard_dir}: split {split!r} is empty")
+    order = torch.cat(idxs).argsort()
+    return torch.cat(xs)[order], torch.cat(ys)[order]
