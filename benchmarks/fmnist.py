@@ -45,7 +45,7 @@ def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: 
                                           f"run.storage_path={storage}", "run.tensorboard=false", *overrides]))
     ensure_shards(cfg.data)
     t0 = time.time()
-    res = run(cfg, LocalReporter(Path(cfg.run.storage_path) / name), device,
+    res = run(cfg, LocalReporter(Path(cfg.run.storage_path) / name, keep=cfg.run.keep_checkpoints), device,
               log=lambda s: print(f"  {s}", flush=True))
     wall = time.time() - t0
     s, final = res["summary"], res["summary"]["final"]

@@ -7,7 +7,7 @@ formula, the bilevel meta step, the soft-label bank, metrics and models.
 
 from mslc.bank import LocalBank, SoftLabelBank
 from mslc.corrector import Corrector, LossMLP, soft_labels
-from mslc.meta_step import StepResult, ce_step, lookahead_meta_loss, mslc_step
+from mslc.meta_step import StepResult, ce_step, lookahead_meta_loss, mslc_step, real_step
 from mslc.noise import NoisyLabels, corrupt, make_transition
 from mslc.splits import Split, balanced_split
 
@@ -25,5 +25,6 @@ __all__ = [
     "lookahead_meta_loss",
     "make_transition",
     "mslc_step",
+    "real_step",
     "soft_labels",
 ]

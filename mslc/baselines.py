@@ -24,7 +24,7 @@ from torch import nn
 
 from mslc import dist
 from mslc.corrector import LossMLP
-from mslc.meta_step import StepResult, meta_loss_at, trainable_params
+from mslc.meta_step import StepResult, meta_loss_at, real_step, trainable_params
 
 _EPS = 1e-12
 
@@ -188,7 +188,6 @@ def mwnet_step(
 
     Returns a :class:`StepResult` whose ``alpha`` holds the normalized sample weights.
     """
-    sync = sync_grads or (lambda m: dist.average_gradients_(m.parameters()))
     logits = model(x)
     losses = F.cross_entropy(logits, y, reduction="none")
     params = trainable_params(model)
@@ -204,11 +203,7 @@ def mwnet_step(
     opt_v.step()
     with torch.no_grad():
         w = mwnet_weights(vnet, losses)
-    loss = (w * losses).mean()
-    opt_w.zero_grad(set_to_none=True)
-    loss.backward()
-    sync(model)
-    opt_w.step()
+    loss = real_step(model, (w * losses).mean(), opt_w=opt_w, sync_grads=sync_grads)
     y_hat = F.softmax(logits.detach(), dim=1)
-    return StepResult(loss.detach(), meta_loss.detach(), y_hat,
+    return StepResult(loss, meta_loss.detach(), y_hat,
                       F.one_hot(y, logits.shape[1]).to(y_hat.dtype), alpha=w.detach(), beta=None)

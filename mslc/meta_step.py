@@ -19,6 +19,10 @@ from torch.func import functional_call
 from mslc import dist
 from mslc.corrector import Corrector
 
+META_SCOPES = ("all", "last")  # what the virtual step moves: every parameter, or the classifier layer
+META_GRADS = ("exact", "local")  # the θ-gradient across workers: of the global meta loss, or averaged per rank
+META_GRAD_IMPLS = ("double-backward", "jvp")  # two computations of the same exact θ-gradient
+
 
 @dataclass
 class StepResult:
@@ -41,6 +45,23 @@ class StepResult:
     beta: torch.Tensor | None = None
 
 
+def real_step(
+    model: nn.Module,
+    loss: torch.Tensor,
+    *,
+    opt_w: torch.optim.Optimizer,
+    sync_grads: Callable[[nn.Module], None] | None = None,
+) -> torch.Tensor:
+    """The classifier's update: zero-grad, back-propagate ``loss``, average the gradients
+    over ranks (``sync_grads``, default :mod:`mslc.dist`), step ``opt_w``. Returns the loss
+    detached. Every step that moves the classifier ends here."""
+    opt_w.zero_grad(set_to_none=True)
+    loss.backward()
+    (sync_grads or (lambda m: dist.average_gradients_(m.parameters())))(model)
+    opt_w.step()
+    return loss.detach()
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``−Σ_c target_c · log softmax(logits)_c`` (paper Eq. 4)."""
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -48,9 +69,6 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-META_SCOPES = ("all", "last")
 
 
 def last_layer_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,9 +135,6 @@ def lookahead_meta_loss(
     params, grads = training_grads(model, corrector, logits, y, y_prev)
     fast = {n: p - lr_virtual * g for (n, p), g in zip(params.items(), grads)}
     return meta_loss_at(model, fast, x_meta, y_meta)
-
-
-META_GRADS = ("exact", "local")
 
 
 def meta_gradient(
@@ -197,9 +212,6 @@ def theta_gradients(dot: torch.Tensor, corrector: Corrector, *, retain_graph: bo
     return out
 
 
-META_GRAD_IMPLS = ("double-backward", "jvp")
-
-
 def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *, lr_virtual, mode, scope):
     params = virtual_params(model, scope)
     soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
@@ -245,7 +257,6 @@ def mslc_step(
     gradient is averaged by ``sync_grads`` (default: :mod:`mslc.dist`), so θ and w stay
     identical on every rank.
     """
-    sync = sync_grads or (lambda m: dist.average_gradients_(m.parameters()))
     logits = model(x)  # the one real forward: batch-norm statistics move once
     meta_loss = torch.tensor(float("nan"))
     if meta_update:
@@ -259,12 +270,8 @@ def mslc_step(
     y_hat = F.softmax(logits.detach(), dim=1)
     with torch.no_grad():
         soft, alpha, beta = corrector(y_hat, y, y_prev)
-    loss = soft_cross_entropy(logits, soft)
-    opt_w.zero_grad(set_to_none=True)
-    loss.backward()
-    sync(model)
-    opt_w.step()
-    return StepResult(loss.detach(), meta_loss, y_hat, soft, alpha, beta)
+    loss = real_step(model, soft_cross_entropy(logits, soft), opt_w=opt_w, sync_grads=sync_grads)
+    return StepResult(loss, meta_loss, y_hat, soft, alpha, beta)
 
 
 def ce_step(
@@ -276,13 +283,8 @@ def ce_step(
     sync_grads: Callable[[nn.Module], None] | None = None,
 ) -> StepResult:
     """A plain cross-entropy step on the given labels ``y`` (n,) (warm-up and the CE baseline)."""
-    sync = sync_grads or (lambda m: dist.average_gradients_(m.parameters()))
     logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    opt_w.zero_grad(set_to_none=True)
-    loss.backward()
-    sync(model)
-    opt_w.step()
+    loss = real_step(model, F.cross_entropy(logits, y), opt_w=opt_w, sync_grads=sync_grads)
     y_hat = F.softmax(logits.detach(), dim=1)
     onehot = F.one_hot(y, logits.shape[1]).to(y_hat.dtype)
-    return StepResult(loss.detach(), torch.tensor(float("nan")), y_hat, onehot)
+    return StepResult(loss, torch.tensor(float("nan")), y_hat, onehot)

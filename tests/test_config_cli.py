@@ -134,3 +134,15 @@ def test_relative_paths_in_a_ray_job_working_dir_resolve_against_mslc_home(tmp_p
     monkeypatch.chdir(tmp_path)
     assert not in_ray_job_working_dir()
     assert absolutize(load_config("smoke")).run.storage_path == str(tmp_path / "runs")
+
+
+def test_fixed_beta_is_learned_unless_a_constant_is_given(tmp_path):
+    assert load_config("smoke").meta.fixed_beta is None
+    assert load_config("smoke", ["meta.fixed_beta=0.4"]).meta.fixed_beta == 0.4
+    assert load_config("smoke", ["meta.fixed_beta=0.4", "meta.fixed_beta=learned"]).meta.fixed_beta is None
+    f = tmp_path / "c.json"
+    f.write_text('{"preset": "smoke", "meta": {"fixed_beta": null}}')
+    assert load_config(str(f)).meta.fixed_beta is None
+    for bad in ("-1", "1.5"):
+        with pytest.raises(ConfigError, match="meta.fixed_beta must be 'learned'"):
+            load_config("smoke", [f"meta.fixed_beta={bad}"])

@@ -97,9 +97,9 @@ def test_a_new_method_is_one_class_and_one_registry_line(monkeypatch, fake_shard
     the loop trains it after the warm-up, and its targets are the exported labels."""
     import torch.nn.functional as F
 
-    from mslc.meta_step import StepResult, soft_cross_entropy
+    from mslc.meta_step import StepResult, real_step, soft_cross_entropy
     from pipeline.training import cli
-    from pipeline.training.methods import Method, real_step
+    from pipeline.training.methods import Method
 
     class LabelSmoothing(Method):
         """CE to the given label smoothed by 0.1."""
@@ -110,7 +110,8 @@ def test_a_new_method_is_one_class_and_one_registry_line(monkeypatch, fake_shard
             logits = st.model(b.x)
             p = F.softmax(logits.detach(), 1)
             target = 0.9 * F.one_hot(b.y, p.shape[1]).to(p.dtype) + 0.1 / p.shape[1]
-            return StepResult(real_step(st, soft_cross_entropy(logits, target)), torch.tensor(float("nan")), p, target)
+            loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
+            return StepResult(loss, torch.tensor(float("nan")), p, target)
 
     monkeypatch.setitem(METHODS, "label-smoothing", LabelSmoothing)
     assert re.search(r"\n  label-smoothing +CE to the given label smoothed by 0.1.\n", cli._key_table())

@@ -243,3 +243,16 @@ def test_same_seed_same_shard_order_on_clothing_shards(c1m, tmp_path):
 
     assert order(4) == order(4) != order(5)
     assert sorted(order(4)) == list(range(280))
+
+
+def test_one_label_listing_rule_first_label_wins_conflicts_reported_and_left_out():
+    from pipeline.prep.listings import Bad, first_labels
+
+    bad: list = []
+    rows = [(1, "a", 0), (2, "b", 1), (3, "a", 0), (4, "b", 2), (5, "c", 3), (6, "b", 1)]
+    out = first_labels(iter(rows), file="f.csv", bad=bad, show=lambda i: f"c{i}")
+    assert out == {"a": 0, "c": 3}
+    assert [str(b) for b in bad] == ["f.csv:4: b: labelled c1 on line 2 and c2 here"]
+    assert [b.kind for b in bad] == ["conflicting_labels"]
+    with pytest.raises(ValueError, match="bad-record kind"):
+        Bad("f.csv", "k", "why", 1, "a guess")

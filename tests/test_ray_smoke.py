@@ -42,7 +42,7 @@ def smoke_run(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run(
         [sys.executable, "pipeline/train.py", "--config", "smoke", f"data.shard_root={tmp / 'shards'}",
-         f"run.storage_path={tmp / 'runs'}", "run.name=smoke-e2e"],
+         f"run.storage_path={tmp / 'runs'}", "run.name=smoke-e2e", "run.keep_checkpoints=0"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -169,3 +169,8 @@ def test_clothing1m_preset_on_a_fake_release_tree_with_two_workers(tmp_path):
     assert all(a is not None for a in t["alpha"])
     sd = torch.load(run_dir / "model.pt", weights_only=True)
     assert sd["head.3.weight"].shape == (14, 128)
+    # checkpoint retention under Ray: the latest 2 epochs (the default), and the best on validation
+    kept = sorted(p.name for p in run_dir.glob("checkpoint_epoch_*"))
+    assert kept == ["checkpoint_epoch_0002", "checkpoint_epoch_0003"]
+    best = torch.load(run_dir / "checkpoint_best" / "state.pt", weights_only=True)
+    assert best["epoch"] == m["summary"]["selected_epoch"]

@@ -67,3 +67,15 @@ def json_epochs(result):
     import json
 
     return json.loads(open(result["metrics"]).read())["epochs"]
+
+
+def test_checkpoints_keep_the_latest_and_the_best_on_validation(fake_shards, fake_data_cfg, tmp_path):
+    quiet = lambda s: None  # noqa: E731
+    res = run(_cfg(fake_data_cfg, tmp_path, "keep", 4), LocalReporter(tmp_path / "keep", keep=2), log=quiet)
+    root = tmp_path / "keep" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["best", "epoch_0003", "epoch_0004"]
+    best = torch.load(root / "best" / "state.pt", weights_only=True)
+    assert best["epoch"] == res["summary"]["selected_epoch"]
+    everything = run(_cfg(fake_data_cfg, tmp_path, "all", 2), LocalReporter(tmp_path / "all", keep=0), log=quiet)
+    assert sorted(p.name for p in (tmp_path / "all" / "checkpoints").glob("epoch_*")) == ["epoch_0001", "epoch_0002"]
+    assert everything["summary"]["final"]["epoch"] == 2

@@ -35,21 +35,21 @@ def stop_on_bad(bad: list[Bad], what: str) -> None:
                         "fix them, or rerun with --skip-bad (data.skip_bad=true) to leave them out")
 
 
-def check_image(path: str) -> str:
-    """'' if the file exists and decodes completely, else why not."""
+def check_image(path: str) -> tuple[str, str]:
+    """``('', '')`` if the file exists and decodes completely, else ``(bad kind, reason)``."""
     from PIL import Image
 
     if not os.path.isfile(path):
-        return "image file missing"
+        return "missing_image", "image file missing"
     try:
         with Image.open(path) as im:
             im.load()
     except Exception as e:
-        return f"corrupt image ({type(e).__name__}: {e})"
-    return ""
+        return "corrupt_image", f"corrupt image ({type(e).__name__}: {e})"
+    return "", ""
 
 
-def check_images(paths: list[str]) -> list[str]:
+def check_images(paths: list[str]) -> list[tuple[str, str]]:
     return [check_image(p) for p in paths]
 
 
@@ -63,14 +63,14 @@ def scan_files(source: Source, *, workers: int, cache: Path | None, log) -> list
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
     if cache is not None and cache.is_file():
         saved = json.loads(cache.read_text())
-        if saved.get("paths_sha256") == digest:
+        if saved.get("paths_sha256") == digest and all("kind" in b for b in saved["bad"]):
             log(f"image check: reusing the results for {len(paths)} files from {cache}")
             return [Bad(**b) for b in saved["bad"]]
     log(f"checking that {len(paths)} images exist and decode ({workers} process(es)) ...")
     chunks = [paths[i : i + SCAN_CHUNK] for i in range(0, len(paths), SCAN_CHUNK)]
     bad = []
     for chunk, reasons in zip(chunks, pool_map(check_images, chunks, workers)):
-        bad += [Bad(p, "", r) for p, r in zip(chunk, reasons) if r]
+        bad += [Bad(p, "", why, None, kind) for p, (kind, why) in zip(chunk, reasons) if kind]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps({"paths_sha256": digest, "bad": [b.to_dict() for b in bad]}))

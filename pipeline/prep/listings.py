@@ -8,27 +8,39 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.errors import PipelineError
+
+K = TypeVar("K", str, int)  # a listing's key: a file key or a row index
+BAD_KINDS = ("missing_image", "corrupt_image", "conflicting_labels", "label_out_of_range", "no_label",
+             "unparsable_line")
 
 
 @dataclass(frozen=True)
 class Bad:
-    """One problem in the input: where it is and what is wrong."""
+    """One problem in the input: where it is, what is wrong, and its kind (one of
+    :data:`BAD_KINDS`, set by the code that finds it; the manifest counts them)."""
 
     file: str
     key: str
     reason: str
-    line: int | None = None
+    line: int | None
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in BAD_KINDS:
+            raise ValueError(f"bad-record kind must be one of {BAD_KINDS}, got {self.kind!r}")
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         return f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "line": self.line, "key": self.key, "reason": self.reason}
+        return {"file": self.file, "line": self.line, "key": self.key, "reason": self.reason, "kind": self.kind}
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
@@ -45,40 +57,57 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, s.strip()) for n, s in enumerate(text.splitlines(), 1) if s.strip()]
 
 
-def parse_label(text: str, num_classes: int) -> tuple[int | None, str]:
+def parse_label(text: str, num_classes: int) -> tuple[int | None, str, str]:
+    """``(class id, '', '')`` for an integer in ``0..num_classes-1``, else ``(None, kind, reason)``."""
     try:
         v = int(text)
     except ValueError:
-        return None, f"label {text!r} is not an integer"
+        return None, "unparsable_line", f"label {text!r} is not an integer"
     if not 0 <= v < num_classes:
-        return None, f"label {v} is outside 0..{num_classes - 1}"
-    return v, ""
+        return None, "label_out_of_range", f"label {v} is outside 0..{num_classes - 1}"
+    return v, "", ""
 
 
-def read_key_labels(path: Path, num_classes: int, bad: list[Bad]) -> dict[str, int]:
-    """A ``KEY LABEL`` per line file → {key: label}. Bad lines, out-of-range labels and
-    keys given two different labels go to ``bad`` (a conflicting key is dropped)."""
-    out: dict[str, int] = {}
-    first_line: dict[str, int] = {}
-    conflicted: set[str] = set()
-    for n, line in read_lines(path):
-        parts = line.split()
-        if len(parts) != 2:
-            bad.append(Bad(path.name, parts[0] if parts else "", f"expected 'KEY LABEL', got {line!r}", n))
-            continue
-        key, raw = parts
-        label, why = parse_label(raw, num_classes)
-        if label is None:
-            bad.append(Bad(path.name, key, why, n))
-            continue
+def first_labels(rows: Iterable[tuple[int, K, int]], *, file: str, bad: list[Bad], show=str) -> dict[K, int]:
+    """The one label-listing rule: ``(line, key, label)`` rows → ``{key: label}``.
+
+    A key listed again with the same label keeps its first line; a key given two
+    different labels is reported (naming both lines, labels shown with ``show``) and
+    left out. ``rows`` may report its own unparsable rows to ``bad`` as it is consumed,
+    so the reports stay in line order.
+    """
+    out: dict[K, int] = {}
+    first: dict[K, int] = {}
+    conflicted: set[K] = set()
+    for n, key, label in rows:
         if key in out and out[key] != label:
-            bad.append(Bad(path.name, key, f"labelled {out[key]} on line {first_line[key]} and {label} here", n))
+            bad.append(Bad(file, str(key), f"labelled {show(out[key])} on line {first[key]} and {show(label)} here",
+                           n, "conflicting_labels"))
             conflicted.add(key)
         elif key not in out:
-            out[key], first_line[key] = label, n
+            out[key], first[key] = label, n
     for key in conflicted:
         del out[key]
     return out
+
+
+def read_key_labels(path: Path, num_classes: int, bad: list[Bad]) -> dict[str, int]:
+    """A ``KEY LABEL`` per line file (Clothing1M's) → {key: label}, by :func:`first_labels`."""
+
+    def rows():
+        for n, line in read_lines(path):
+            parts = line.split()
+            if len(parts) != 2:
+                bad.append(Bad(path.name, parts[0] if parts else "", f"expected 'KEY LABEL', got {line!r}", n,
+                               "unparsable_line"))
+                continue
+            label, kind, why = parse_label(parts[1], num_classes)
+            if label is None:
+                bad.append(Bad(path.name, parts[0], why, n, kind))
+            else:
+                yield n, parts[0], label
+
+    return first_labels(rows(), file=path.name, bad=bad)
 
 
 def read_key_list(path: Path) -> list[tuple[int, str]]:
@@ -145,36 +174,30 @@ def read_label_override(path: Path, classes: tuple[str, ...], bad: list[Bad]
     """``--labels FILE``: CSV or Parquet with a ``label`` column and a ``key`` or
     ``index`` column (``index`` is the sample's row in the raw training set).
 
-    Returns ``(column, {key or index: label})``; labels may be class ids or names.
-    Bad rows (unparsable, out of range, one key with two labels) go to ``bad``.
+    Returns ``(column, {key or index: label})`` by :func:`first_labels`; labels may be
+    class ids or names. Bad rows (unparsable, out of range, one key with two labels) go to ``bad``.
     """
     t, lines = read_table(path, ("label",))
     column = "key" if "key" in t else "index" if "index" in t else None
     if column is None:
         raise PipelineError(f"{path}: needs a 'key' or an 'index' column beside 'label' (columns: {', '.join(t)})")
     names = {name: i for i, name in enumerate(classes)}
-    out: dict[str | int, int] = {}
-    first: dict[str | int, int] = {}
-    conflicted = set()
-    for n, k, v in zip(lines, t[column], t["label"]):
-        key: str | int = str(k)
-        if column == "index":
-            try:
-                key = int(k)
-            except (TypeError, ValueError):
-                bad.append(Bad(path.name, str(k), "index is not an integer", n))
-                continue
-        label, why = parse_label(str(v), len(classes))
-        if label is None and str(v) in names:
-            label = names[str(v)]
-        if label is None:
-            bad.append(Bad(path.name, str(key), why, n))
-            continue
-        if key in out and out[key] != label:
-            bad.append(Bad(path.name, str(key), f"labelled {out[key]} on line {first[key]} and {label} here", n))
-            conflicted.add(key)
-        elif key not in out:
-            out[key], first[key] = label, n
-    for key in conflicted:
-        del out[key]
-    return column, out
+
+    def rows():
+        for n, k, v in zip(lines, t[column], t["label"]):
+            key: str | int = str(k)
+            if column == "index":
+                try:
+                    key = int(k)
+                except (TypeError, ValueError):
+                    bad.append(Bad(path.name, str(k), "index is not an integer", n, "unparsable_line"))
+                    continue
+            label, kind, why = parse_label(str(v), len(classes))
+            if label is None and str(v) in names:
+                label = names[str(v)]
+            if label is None:
+                bad.append(Bad(path.name, str(key), why, n, kind))
+            else:
+                yield n, key, label
+
+    return column, first_labels(rows(), file=path.name, bad=bad)

@@ -30,7 +30,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.prep.fashion_mnist import ImageArrays, load_fashion_mnist
-from pipeline.prep.listings import Bad, class_ids, read_key_labels, read_key_list, read_lines, read_table
+from pipeline.prep.listings import Bad, class_ids, first_labels, read_key_labels, read_key_list, read_lines, read_table
 from pipeline.prep.options import PrepareOptions
 
 
@@ -260,7 +260,7 @@ def read_clothing1m(root: Path) -> Source:
         for n, key in read_key_list(root / list_name):
             if key not in labels:
                 if (kv_name, key) not in reported:
-                    bad.append(Bad(list_name, key, f"no label in {kv_name}", n))
+                    bad.append(Bad(list_name, key, f"no label in {kv_name}", n, "no_label"))
                 continue
             keys.append(key)
             lab.append(labels[key])
@@ -286,20 +286,17 @@ def read_listing(path: Path, classes: tuple[str, ...] | None, bad: list[Bad]
     """A (path, label) listing; paths are relative to the listing's directory."""
     t, lines = read_table(path, ("path", "label"))
     classes, ids = class_ids(t["label"], classes)
-    chosen: dict[str, int] = {}
-    first: dict[str, int] = {}
-    conflicted: set[str] = set()
-    for n, p, v in zip(lines, t["path"], t["label"]):
-        key, name = str(p), str(v)
-        if name not in ids:
-            bad.append(Bad(path.name, key, f"label {name!r} is not one of the {len(classes)} classes", n))
-            continue
-        if key in chosen and chosen[key] != ids[name]:
-            bad.append(Bad(path.name, key, f"labelled {classes[chosen[key]]!r} on line {first[key]} and {name!r} here", n))
-            conflicted.add(key)
-        elif key not in chosen:
-            chosen[key], first[key] = ids[name], n
-    keys = [k for k in chosen if k not in conflicted]
+
+    def rows():
+        for n, p, v in zip(lines, t["path"], t["label"]):
+            if str(v) not in ids:
+                bad.append(Bad(path.name, str(p), f"label {str(v)!r} is not one of the {len(classes)} classes", n,
+                               "label_out_of_range"))
+            else:
+                yield n, str(p), ids[str(v)]
+
+    chosen = first_labels(rows(), file=path.name, bad=bad, show=lambda i: repr(classes[i]))
+    keys = list(chosen)
     labels = [chosen[k] for k in keys]
     paths = [str(Path(k) if Path(k).is_absolute() else path.parent / k) for k in keys]
     y = np.asarray(labels, dtype=np.int64)

@@ -232,16 +232,8 @@ def write_all(tasks: dict[str, list[ShardTask]], partial: Path, *, workers: int,
 
 
 def bad_summary(bad: list[Bad]) -> dict:
-    def kind(b: Bad) -> str:
-        r = b.reason
-        for needle, name in (("missing", "missing_image"), ("corrupt", "corrupt_image"),
-                             ("labelled", "conflicting_labels"), ("outside", "label_out_of_range"),
-                             ("not one of", "label_out_of_range"), ("no label", "no_label")):
-            if needle in r:
-                return name
-        return "unparsable_line"
-
-    return {"skipped": len(bad), "by_reason": dict(Counter(kind(b) for b in bad)), "file": "skipped.jsonl"}
+    """The manifest's record of skipped input: how many, by kind, and the file listing them."""
+    return {"skipped": len(bad), "by_reason": dict(Counter(b.kind for b in bad)), "file": "skipped.jsonl"}
 
 
 def build_manifest(data: PrepareOptions, plan: Plan, records: dict, labels: dict, bad: list[Bad], fp: str) -> dict:

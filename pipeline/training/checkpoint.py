@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,34 +44,48 @@ def load_state(directory: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+BEST_DIR = "checkpoint_best"
+
+
 class LocalReporter:
     """No Ray (one process, or plain ``torch.distributed`` ranks): rank 0 writes
-    checkpoints to ``run_dir/checkpoints/epoch_XXXX/``."""
+    checkpoints to ``run_dir/checkpoints/epoch_XXXX/``, keeps the latest ``keep`` (0: all),
+    and a copy of the best-validation epoch in ``run_dir/checkpoints/best/``."""
 
-    def __init__(self, run_dir: str | Path, *, resume_from: str | Path | None = None) -> None:
+    def __init__(self, run_dir: str | Path, *, resume_from: str | Path | None = None, keep: int = 2) -> None:
         from mslc import dist
 
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.run_dir = Path(run_dir)
         self.resume_from = resume_from
+        self.keep = keep
 
     def restore(self) -> dict | None:
         return load_state(self.resume_from) if self.resume_from else None
 
-    def report(self, metrics: dict, state: dict | None, epoch: int) -> None:
+    def report(self, metrics: dict, state: dict | None, epoch: int, *, best: bool = False) -> None:
         if state is not None and self.rank == 0:
-            save_state(state, self.run_dir / "checkpoints" / f"epoch_{epoch:04d}")
+            root = self.run_dir / "checkpoints"
+            save_state(state, root / f"epoch_{epoch:04d}")
+            if best:
+                save_state(state, root / "best")
+            if self.keep:
+                for old in sorted(root.glob("epoch_*"))[: -self.keep]:
+                    shutil.rmtree(old)
         from mslc import dist
 
         dist.barrier()
 
 
 class RayReporter:
-    """Under Ray Train: every rank reports each epoch; rank 0 attaches the checkpoint."""
+    """Under Ray Train: every rank reports each epoch; rank 0 attaches the checkpoint
+    (Ray keeps the latest ``run.keep_checkpoints``) and writes the best-validation epoch's
+    state to ``run_dir/checkpoint_best/``."""
 
-    def __init__(self, *, resume_from: str | Path | None = None) -> None:
+    def __init__(self, run_dir: str | Path, *, resume_from: str | Path | None = None) -> None:
         import ray.train
 
+        self.run_dir = Path(run_dir)
         self.resume_from = resume_from
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
@@ -85,12 +100,14 @@ class RayReporter:
         with ckpt.as_directory() as d:
             return load_state(d)
 
-    def report(self, metrics: dict, state: dict | None, epoch: int) -> None:
+    def report(self, metrics: dict, state: dict | None, epoch: int, *, best: bool = False) -> None:
         import ray.train
 
         with tempfile.TemporaryDirectory() as tmp:
             if state is not None and self.rank == 0:
                 save_state(state, Path(tmp))
+                if best:
+                    save_state(state, self.run_dir / BEST_DIR)
                 ray.train.report(
                     metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                     checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",

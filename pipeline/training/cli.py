@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline.training.config import Config, ConfigError, apply_overrides, merge
+from pipeline.training.config import LEARNED, Config, ConfigError, apply_overrides, merge
 from pipeline.errors import PipelineError
 from pipeline.training.methods import METHODS
 from pipeline.training.presets import DEFAULT_PRESET, PRESETS
@@ -48,7 +48,7 @@ def _key_table() -> str:
     for section, values in default.items():
         if isinstance(values, dict):
             for k, v in values.items():
-                lines.append(f"  {section}.{k} = {v}")
+                lines.append(f"  {section}.{k} = {LEARNED if v is None else v}")
     return "\n".join(lines)
 
 

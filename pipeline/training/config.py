@@ -104,7 +104,7 @@ class MetaConfig:
     finetune_epochs: int = 1  # finetune: the last epochs train on the clean meta set only
     meta_every: int = 1  # approximation: update θ every k-th step only (1 = every step, exact)
     meta_scope: str = "all"  # approximation: "last" moves only the classifier layer in the virtual step
-    fixed_beta: float = -1.0  # ablation: a constant β in [0, 1] instead of β_net (-1: learned)
+    fixed_beta: float | None = None  # ablation: a constant β in [0, 1] instead of β_net; None ("learned"): β_net
     grad_impl: str = "jvp"  # jvp (forward mode, measured faster) or double-backward: the same exact θ-gradient
 
     def __post_init__(self) -> None:
@@ -115,7 +115,8 @@ class MetaConfig:
         require(self.joint_alpha >= 0 and self.joint_beta >= 0, "meta.joint_alpha and meta.joint_beta must be >= 0")
         require(self.finetune_epochs >= 1, f"meta.finetune_epochs must be >= 1, got {self.finetune_epochs}")
         require(self.meta_every >= 1, f"meta.meta_every must be >= 1, got {self.meta_every}")
-        require(self.fixed_beta == -1.0 or 0 <= self.fixed_beta <= 1, "meta.fixed_beta must be -1 or in [0, 1]")
+        require(self.fixed_beta is None or (isinstance(self.fixed_beta, (int, float)) and 0 <= self.fixed_beta <= 1),
+                f"meta.fixed_beta must be 'learned' (β_net) or a constant in [0, 1], got {self.fixed_beta!r}")
         require(self.meta_scope in META_SCOPES, f"meta.meta_scope must be one of {META_SCOPES}")
         require(self.grad_impl in META_GRAD_IMPLS, f"meta.grad_impl must be one of {META_GRAD_IMPLS}")
         require(self.warmup_epochs >= 0, f"meta.warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -156,9 +157,12 @@ class RunConfig:
     seed: int = 0
     tensorboard: bool = True
     resume_from: str = ""  # a checkpoint directory to start from (any worker count)
+    keep_checkpoints: int = 2  # the latest K epoch checkpoints are kept (0: all)
+    keep_best: bool = True  # and a copy of the best epoch on clean validation (checkpoint_best)
 
     def __post_init__(self) -> None:
         require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")
+        require(self.keep_checkpoints >= 0, f"run.keep_checkpoints must be >= 0 (0: all), got {self.keep_checkpoints}")
 
 
 @dataclass
@@ -211,8 +215,21 @@ def all_keys() -> list[str]:
     return out
 
 
-def _parse_value(raw: str, current, key: str):
-    """Parse ``raw`` to the type of the key's current value."""
+LEARNED = "learned"  # the command-line spelling of None for an optional constant (meta.fixed_beta)
+
+
+def _declared_type(parts: list[str]):
+    """The annotation of ``section.key`` in the schema."""
+    return typing.get_type_hints(typing.get_type_hints(Config)[parts[0]])[parts[1]]
+
+
+def _parse_value(raw: str, current, key: str, declared=None):
+    """Parse ``raw`` to the type of the key's current value (``float | None`` keys take
+    a number or ``learned``)."""
+    if declared == (float | None):
+        if raw.strip().lower() in (LEARNED, "none", "null"):
+            return None
+        current = 0.0
     try:
         if isinstance(current, bool):
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -244,7 +261,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             node = node[p]
         if parts[-1] not in node or isinstance(node[parts[-1]], dict):
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(all_keys())}")
-        node[parts[-1]] = _parse_value(raw, node[parts[-1]], key)
+        node[parts[-1]] = _parse_value(raw, node[parts[-1]], key, _declared_type(parts))
     return Config.from_dict(d)
 
 

@@ -38,7 +38,7 @@ def check_data(cfg: Config) -> None:
 
 def build_trainer(cfg: Config, *, callbacks: list | None = None):
     import ray
-    from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.training.loop import train_loop_per_worker
@@ -57,6 +57,7 @@ def build_trainer(cfg: Config, *, callbacks: list | None = None):
         run_config=RayRunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path,
             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints or None),  # Ray keeps the latest
             callbacks=callbacks or None,
         ),
     )

@@ -6,6 +6,7 @@ callable in one plain process (benchmarks and tests).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -111,6 +112,13 @@ def train_epoch(cfg: Config, st: TrainState, method: methods.Method, data: Data,
             "samples": n * dist.world_size(), "steps": sums["steps"]}
 
 
+def is_best(history: list[dict]) -> bool:
+    """Whether the last epoch has the best clean-validation accuracy so far (ties: the
+    earliest stays best, as in :func:`pipeline.training.outputs.summarize`)."""
+    vals = [-1.0 if h["val_acc"] is None or math.isnan(h["val_acc"]) else h["val_acc"] for h in history]
+    return all(vals[-1] > v for v in vals[:-1])
+
+
 def setup_threads(cfg: Config, world_size: int) -> None:
     n = cfg.scale.threads or max(1, (os.cpu_count() or 1) // world_size)
     torch.set_num_threads(n)
@@ -160,7 +168,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
                 tb.epoch(record, alpha=table["alpha"], beta=table["beta"], is_noisy=data.is_noisy, known=known)
                 if known.any():
                     tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
-        reporter.report(record, st.state_dict(), epoch)
+        reporter.report(record, st.state_dict(), epoch, best=cfg.run.keep_best and is_best(st.history))
     result = {"run_dir": str(run_dir), "summary": outputs.summarize(st.history)}
     t = st.bank.table()  # collective: every rank takes part in gathering the bank
     if lead:
@@ -189,4 +197,5 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     device = ray.train.torch.get_device()
-    run(cfg, checkpoint.RayReporter(resume_from=cfg.run.resume_from or None), device, log=console)
+    run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    run(cfg, checkpoint.RayReporter(run_dir, resume_from=cfg.run.resume_from or None), device, log=console)

@@ -12,6 +12,8 @@ the bank's ỹ, so the corrected-label table and metrics mean the same for all: 
 ỹ, Bootstrap's and U-correction's targets, Joint Optimization's optimized labels,
 GLC's and MW-Net's current predictions. The others leave ỹ at the given labels.
 
+Every step that moves the classifier ends in :func:`mslc.meta_step.real_step`.
+
 Adding a method: a subclass with ``name``, ``label``, its flags and :meth:`Method.train_step`
 (plus whichever other hooks it needs), and one line in :data:`METHODS`.
 """
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from mslc import baselines, dist
 from mslc.bank import SoftLabelBank
 from mslc.corrector import LossMLP
-from mslc.meta_step import StepResult, ce_step, mslc_step, soft_cross_entropy
+from mslc.meta_step import StepResult, ce_step, mslc_step, real_step, soft_cross_entropy
 from pipeline.training.state import Data, TrainState, normalize
 
 if TYPE_CHECKING:  # type hints only: the config module imports this one for its registry
@@ -55,17 +57,6 @@ class Batch:
     y: torch.Tensor
     idx: torch.Tensor | None
     meta: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-
-
-def real_step(st: TrainState, loss: torch.Tensor) -> torch.Tensor:
-    """Back-propagate ``loss``, average the gradients over ranks, step the classifier;
-    returns the loss detached. The one zero-grad / backward / sync / step of every step
-    that is not a pure :mod:`mslc` step."""
-    st.opt_w.zero_grad(set_to_none=True)
-    loss.backward()
-    dist.average_gradients_(st.model.parameters())
-    st.opt_w.step()
-    return loss.detach()
 
 
 def virtual_lr(cfg: Config, st: TrainState) -> float:
@@ -211,7 +202,7 @@ class GCE(Method):
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         logits = st.model(b.x)
         p = F.softmax(logits.detach(), 1)
-        loss = real_step(st, baselines.gce_loss(logits, b.y, self.cfg.meta.gce_q))
+        loss = real_step(st.model, baselines.gce_loss(logits, b.y, self.cfg.meta.gce_q), opt_w=st.opt_w)
         return StepResult(loss, torch.tensor(float("nan")), p, F.one_hot(b.y, p.shape[1]).to(p.dtype))
 
 
@@ -245,7 +236,7 @@ class GLC(Method):
         loss = (baselines.glc_loss(logits[:n], b.y, self.c_hat.to(self.device)) * n
                 + F.cross_entropy(logits[n:], ym) * k) / (n + k)
         p = F.softmax(logits[:n].detach(), 1)
-        return StepResult(real_step(st, loss), torch.tensor(float("nan")), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), torch.tensor(float("nan")), p, p)
 
     def state_dict(self) -> dict:
         return {"c_hat": self.c_hat}
@@ -295,7 +286,8 @@ class BootstrapSoft(Method):
         p = F.softmax(logits.detach(), 1)
         beta = self.cfg.meta.bootstrap_beta or self.default_beta
         target = baselines.bootstrap_target(b.y, p, beta, hard=self.hard)
-        return StepResult(real_step(st, soft_cross_entropy(logits, target)), torch.tensor(float("nan")), p, target)
+        loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
+        return StepResult(loss, torch.tensor(float("nan")), p, target)
 
 
 class BootstrapHard(BootstrapSoft):
@@ -321,7 +313,7 @@ class JointOpt(Method):
         prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=self.device)
         m = self.cfg.meta
         loss = baselines.joint_opt_loss(logits, labels.to(self.device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
-        return StepResult(real_step(st, loss), torch.tensor(float("nan")), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), torch.tensor(float("nan")), p, p)
 
 
 class UCorrection(Method):
@@ -350,8 +342,8 @@ class UCorrection(Method):
         p = F.softmax(logits.detach(), 1)
         w = self.w_noisy[b.idx.cpu()].to(self.device)
         target = baselines.dynamic_bootstrap_target(b.y, p, w, hard=True)
-        return StepResult(real_step(st, soft_cross_entropy(logits, target)), torch.tensor(float("nan")), p, target,
-                          alpha=1.0 - w)
+        loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
+        return StepResult(loss, torch.tensor(float("nan")), p, target, alpha=1.0 - w)
 
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (

@@ -172,7 +172,7 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
     opt_w = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt_w, milestones=o.milestones, gamma=o.gamma)
     m = cfg.meta
-    corrector = Corrector(m.hidden, m.loss_mode, fixed_beta=None if m.fixed_beta < 0 else m.fixed_beta).to(device)
+    corrector = Corrector(m.hidden, m.loss_mode, fixed_beta=m.fixed_beta).to(device)
     opt_theta = torch.optim.Adam(
         [{"params": corrector.alpha_net.parameters(), "lr": m.alpha_lr},
          {"params": corrector.beta_net.parameters(), "lr": m.beta_lr}],
