@@ -1,4 +1,4 @@
-"""Raw data sets as in-memory arrays, before noise and sharding.
+"""Fashion-MNIST's idx release as in-memory arrays, before noise and sharding.
 
 Fashion-MNIST is looked for, in order, under ``RAW/FashionMNIST/raw/`` (as
 torchvision lays it out, gunzipped or not) and in ``/usr/share/datasets/fashion-mnist/``
