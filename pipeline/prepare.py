@@ -35,7 +35,6 @@ from pipeline.prep.options import DATASETS, PrepareOptions
 from pipeline.training.cli import parse_args, run_cli
 from pipeline.training.presets import PRESETS
 
-
 KIND_PRESETS = {"fashion-mnist": "fmnist-sym40", "cifar10": "cifar10-sym40", "cifar100": "cifar100-sym40",
                 "clothing1m": "clothing1m", "folder": "folder"}
 

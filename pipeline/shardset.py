@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 from pipeline.errors import ShardError
 from pipeline.storage import exists, file_size, is_url, join, open_read, sha256_file
 
-
 FORMAT = "mslc-shards/1"
 
 

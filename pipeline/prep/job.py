@@ -19,7 +19,6 @@ from pipeline.prep.readers import Items, Source, read_source
 from pipeline.prep.writer import finish, plan_fingerprint, pool_map, shard_tasks, write_all
 from pipeline.storage import atomic_write_text, exists, is_url, join
 
-
 SCAN_CHUNK = 512
 
 

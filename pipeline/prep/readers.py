@@ -33,7 +33,6 @@ from pipeline.prep.fashion_mnist import ImageArrays, load_fashion_mnist
 from pipeline.prep.listings import Bad, class_ids, first_labels, read_key_labels, read_key_list, read_lines, read_table
 from pipeline.prep.options import PrepareOptions
 
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 

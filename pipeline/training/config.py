@@ -21,7 +21,6 @@ from pipeline.training.methods import METHODS as METHOD_REGISTRY  # the one regi
 TRANSFORMS = ("auto", "none", "cifar", "imagenet")
 
 
-
 @dataclass
 class DataConfig(PrepareOptions):
     """The prepared shards (:class:`PrepareOptions`: source, noise, splits) and how they stream."""

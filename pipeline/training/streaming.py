@@ -20,7 +20,6 @@ from pipeline.errors import ShardError
 from pipeline.shardset import IMAGE_EXTS, expected_counts, shard_urls
 from pipeline.storage import open_read
 
-
 FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "memory", "file", "hf")
 
 
