@@ -251,8 +251,7 @@ def build_manifest(data: PrepareOptions, plan: Plan, records: dict, labels: dict
 def finish(data: PrepareOptions, plan: Plan, records: dict, bad: list[Bad], fp: str, partial: Path, out: Path) -> None:
     """Labels table, skipped list and manifest (last), then the rename into place."""
     train = plan.splits["train"]
-    labels = write_labels_table(partial / LABELS_FILE, train.labels,
-                                       train.true, train.keys, train.source_index)
+    labels = write_labels_table(partial / LABELS_FILE, train.labels, train.true, train.keys, train.source_index)
     atomic_write_text(partial / "skipped.jsonl", "".join(json.dumps(b.to_dict()) + "\n" for b in bad))
     for p in list(partial.iterdir()):
         if p.suffix == ".json" and p.name != "manifest.json":

@@ -108,7 +108,7 @@ class MetaConfig:
 
     def __post_init__(self) -> None:
         require(self.method in METHOD_REGISTRY,
-                 f"meta.method must be one of {tuple(METHOD_REGISTRY)}, got {self.method!r}")
+                f"meta.method must be one of {tuple(METHOD_REGISTRY)}, got {self.method!r}")
         require(0 < self.gce_q <= 1, f"meta.gce_q must be in (0, 1], got {self.gce_q}")
         require(0 <= self.bootstrap_beta <= 1, f"meta.bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
         require(self.joint_alpha >= 0 and self.joint_beta >= 0, "meta.joint_alpha and meta.joint_beta must be >= 0")

@@ -26,8 +26,8 @@ def evaluate(model: nn.Module, data: Data, split: str, device: torch.device, bat
         return float("nan")
     model.eval()
     ds = streaming.stream(urls, num_classes=data.num_classes, shuffle_seed=None,
-                       expected=expected_counts(data.shard_dir, data.manifest, split),
-                       channels=data.channels, transform=data.eval_tf, bad_samples=cfg_bad_samples)
+                          expected=expected_counts(data.shard_dir, data.manifest, split),
+                          channels=data.channels, transform=data.eval_tf, bad_samples=cfg_bad_samples)
     correct = total = 0
     for x, y, _ in streaming.loader(ds, batch_size=batch_size, workers=0):
         pred = model(normalize(x, data, device)).argmax(1).cpu()

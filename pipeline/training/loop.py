@@ -46,10 +46,11 @@ def train_batches(cfg: Config, data: Data, epoch: int):
     rank, world = dist.rank(), dist.world_size()
     urls = shard_urls(data.shard_dir, data.manifest, "train")
     seed = cfg.run.seed * 1_000_003 + epoch
-    ds = streaming.stream(urls, num_classes=data.num_classes, shuffle_seed=seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                       expected=expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
-                       rank=rank, world=world, channels=data.channels, transform=data.train_tf,
-                       bad_samples=cfg.data.bad_samples)
+    ds = streaming.stream(urls, num_classes=data.num_classes, shuffle_seed=seed,
+                          shuffle_buffer=cfg.data.shuffle_buffer,
+                          expected=expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
+                          rank=rank, world=world, channels=data.channels, transform=data.train_tf,
+                          bad_samples=cfg.data.bad_samples)
     it = iter(streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers))
     while True:
         batch, err = _next(it)
@@ -70,9 +71,10 @@ def maybe_crash(cfg: Config, st: TrainState, run_dir: Path) -> None:
         os._exit(1)
 
 
-def train_epoch(cfg: Config, st: TrainState, method: methods.Method, data: Data, epoch: int, device: torch.device,
-                run_dir: Path) -> dict:
-    """One epoch of ``method``; returns its phase, mean train and meta loss, samples and steps."""
+def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: torch.device, run_dir: Path) -> dict:
+    """One epoch of the run's method (``st.method``); returns its phase, mean train and
+    meta loss, samples and steps."""
+    method: methods.Method = st.method
     phase = method.phase(epoch)
     st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
     method.start_epoch(st, data, phase)
@@ -135,7 +137,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg, device)
     st = build_state(cfg, data, device)
-    st.method = methods.build_method(cfg, device)
+    st.method = methods.build_method(cfg, device)  # last: MW-Net's weight net draws from the seeded RNG after the model
     lead = reporter.rank == 0
     saved = reporter.restore()
     if saved is not None:
@@ -149,7 +151,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
         t0 = time.time()
         lr = st.opt_w.param_groups[0]["lr"]
-        stats = train_epoch(cfg, st, st.method, data, epoch, device, run_dir)
+        stats = train_epoch(cfg, st, data, epoch, device, run_dir)
         nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
                   "val_acc": evaluate(st.model, data, "val", device, cfg_bad_samples=cfg.data.bad_samples)
