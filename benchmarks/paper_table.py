@@ -65,7 +65,8 @@ def one_run(name: str, noise: str, rate: float, overrides: list[str], seed: int,
         f"run.storage_path={storage}", "run.tensorboard=false", *overrides]))
     ensure_shards(cfg.data, log=lambda s: None)
     t0 = time.time()
-    res = run(cfg, LocalReporter(Path(cfg.run.storage_path) / run_name, keep=cfg.run.keep_checkpoints), device, log=lambda s: None)
+    reporter = LocalReporter(Path(cfg.run.storage_path) / run_name, keep=cfg.run.keep_checkpoints)
+    res = run(cfg, reporter, device, log=lambda s: None)
     m = json.loads(Path(res["metrics"]).read_text())
     s, final = res["summary"], res["summary"]["final"]
     return {"method": name, "noise": f"{noise}-{int(100 * rate)}", "seed": seed,

@@ -1,7 +1,8 @@
 """The training runtime: config and presets, the worker state, one object per training
 method in one registry, the loop, evaluation, checkpoints, outputs, and the Ray entry.
 
-* :mod:`~pipeline.training.config` (schema, overrides) ← :mod:`~pipeline.training.presets` ← :mod:`~pipeline.training.cli`.
+* :mod:`~pipeline.training.config` (schema, overrides) ← :mod:`~pipeline.training.presets`
+  ← :mod:`~pipeline.training.cli` (preset or file, ``key=value``, ``--help``).
 * :mod:`~pipeline.training.state`: the worker's data handles, model/optimizer state, meta sampler, normalisation.
 * :mod:`~pipeline.training.methods`: :class:`~pipeline.training.methods.Method` and the registry ``METHODS``.
 * :mod:`~pipeline.training.streaming`, :mod:`~pipeline.training.transforms`: shards → batches.

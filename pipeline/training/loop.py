@@ -137,7 +137,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg, device)
     st = build_state(cfg, data, device)
-    st.method = methods.build_method(cfg, device)  # last: MW-Net's weight net draws from the seeded RNG after the model
+    st.method = methods.build_method(cfg, device)  # last: MW-Net's weight net draws from the RNG after the model
     lead = reporter.rank == 0
     saved = reporter.restore()
     if saved is not None:
