@@ -146,3 +146,5 @@ def test_fixed_beta_is_learned_unless_a_constant_is_given(tmp_path):
     for bad in ("-1", "1.5"):
         with pytest.raises(ConfigError, match="meta.fixed_beta must be 'learned'"):
             load_config("smoke", [f"meta.fixed_beta={bad}"])
+    with pytest.raises(ConfigError, match="meta.fixed_beta: cannot parse 'abc' as a number or 'learned'"):
+        load_config("smoke", ["meta.fixed_beta=abc"])

@@ -39,6 +39,16 @@ def save_state(state: dict, directory: Path) -> Path:
     return final
 
 
+def copy_state(src: Path, directory: Path) -> Path:
+    """Copy ``src/state.pt`` to ``directory/state.pt`` atomically (no second serialization)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / STATE_FILE
+    tmp = directory / f"state.tmp-{os.getpid()}.pt"
+    shutil.copyfile(Path(src) / STATE_FILE, tmp)
+    os.replace(tmp, final)
+    return final
+
+
 def load_state(directory: str | Path) -> dict:
     path = Path(directory) / STATE_FILE
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -68,7 +78,7 @@ class LocalReporter:
             root = self.run_dir / "checkpoints"
             save_state(state, root / f"epoch_{epoch:04d}")
             if best:
-                save_state(state, root / "best")
+                copy_state(root / f"epoch_{epoch:04d}", root / "best")
             if self.keep:
                 for old in sorted(root.glob("epoch_*"))[: -self.keep]:
                     shutil.rmtree(old)
@@ -107,7 +117,7 @@ class RayReporter:
             if state is not None and self.rank == 0:
                 save_state(state, Path(tmp))
                 if best:
-                    save_state(state, self.run_dir / BEST_DIR)
+                    copy_state(Path(tmp), self.run_dir / BEST_DIR)
                 ray.train.report(
                     metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                     checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",

@@ -228,7 +228,10 @@ def _parse_value(raw: str, current, key: str, declared=None):
     if declared == (float | None):
         if raw.strip().lower() in (LEARNED, "none", "null"):
             return None
-        current = 0.0
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"config key {key}: cannot parse {raw!r} as a number or {LEARNED!r}") from None
     try:
         if isinstance(current, bool):
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):

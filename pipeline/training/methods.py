@@ -59,6 +59,17 @@ class Batch:
     meta: Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
+def forward(st: TrainState, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (n, C) with their graph, predictions (n, C) detached)`` of the classifier on ``x``."""
+    logits = st.model(x)
+    return logits, F.softmax(logits.detach(), 1)
+
+
+def no_meta_loss() -> torch.Tensor:
+    """The ``meta_loss`` of a step that has no meta step (NaN: left out of the epoch's mean)."""
+    return torch.tensor(float("nan"))
+
+
 def virtual_lr(cfg: Config, st: TrainState) -> float:
     """The look-ahead step's lr: the classifier's current lr × ``meta.virtual_lr_scale``."""
     return st.opt_w.param_groups[0]["lr"] * cfg.meta.virtual_lr_scale
@@ -200,10 +211,9 @@ class GCE(Method):
     uses_warmup, writes_labels, tunable = False, False, ()
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
-        logits = st.model(b.x)
-        p = F.softmax(logits.detach(), 1)
+        logits, p = forward(st, b.x)
         loss = real_step(st.model, baselines.gce_loss(logits, b.y, self.cfg.meta.gce_q), opt_w=st.opt_w)
-        return StepResult(loss, torch.tensor(float("nan")), p, F.one_hot(b.y, p.shape[1]).to(p.dtype))
+        return StepResult(loss, no_meta_loss(), p, F.one_hot(b.y, p.shape[1]).to(p.dtype))
 
 
 class GLC(Method):
@@ -236,7 +246,7 @@ class GLC(Method):
         loss = (baselines.glc_loss(logits[:n], b.y, self.c_hat.to(self.device)) * n
                 + F.cross_entropy(logits[n:], ym) * k) / (n + k)
         p = F.softmax(logits[:n].detach(), 1)
-        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), torch.tensor(float("nan")), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), no_meta_loss(), p, p)
 
     def state_dict(self) -> dict:
         return {"c_hat": self.c_hat}
@@ -282,12 +292,11 @@ class BootstrapSoft(Method):
     hard, default_beta = False, 0.95
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
-        logits = st.model(b.x)
-        p = F.softmax(logits.detach(), 1)
+        logits, p = forward(st, b.x)
         beta = self.cfg.meta.bootstrap_beta or self.default_beta
         target = baselines.bootstrap_target(b.y, p, beta, hard=self.hard)
         loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
-        return StepResult(loss, torch.tensor(float("nan")), p, target)
+        return StepResult(loss, no_meta_loss(), p, target)
 
 
 class BootstrapHard(BootstrapSoft):
@@ -307,13 +316,12 @@ class JointOpt(Method):
     name, label = "joint-opt", "Joint Optimization"
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
-        logits = st.model(b.x)
-        p = F.softmax(logits.detach(), 1)
+        logits, p = forward(st, b.x)
         _, labels = st.bank.rows(b.idx)
         prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=self.device)
         m = self.cfg.meta
         loss = baselines.joint_opt_loss(logits, labels.to(self.device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
-        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), torch.tensor(float("nan")), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), no_meta_loss(), p, p)
 
 
 class UCorrection(Method):
@@ -338,12 +346,11 @@ class UCorrection(Method):
         self.w_noisy = torch.from_numpy(baselines.BetaMixture().fit(x).posterior_noisy(x)).float()
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
-        logits = st.model(b.x)
-        p = F.softmax(logits.detach(), 1)
+        logits, p = forward(st, b.x)
         w = self.w_noisy[b.idx.cpu()].to(self.device)
         target = baselines.dynamic_bootstrap_target(b.y, p, w, hard=True)
         loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
-        return StepResult(loss, torch.tensor(float("nan")), p, target, alpha=1.0 - w)
+        return StepResult(loss, no_meta_loss(), p, target, alpha=1.0 - w)
 
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
