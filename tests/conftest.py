@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for a test's Ray driver: its own local cluster (``RAY_ADDRESS=local``),
+    never one a ``ray start`` on this machine left behind, live or dead."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local",
+            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
 
 from pipeline.training.config import DataConfig
 from pipeline.prep.fashion_mnist import ImageArrays

@@ -148,3 +148,19 @@ def test_fixed_beta_is_learned_unless_a_constant_is_given(tmp_path):
             load_config("smoke", [f"meta.fixed_beta={bad}"])
     with pytest.raises(ConfigError, match="meta.fixed_beta: cannot parse 'abc' as a number or 'learned'"):
         load_config("smoke", ["meta.fixed_beta=abc"])
+
+
+def test_a_dead_ray_head_is_told_apart_from_a_live_one():
+    """start_ray's guard: an address file naming a head nothing listens on is stale
+    (ray.init() would retry it for minutes); a listening head and no file are not."""
+    import socket
+
+    from pipeline.training.launch import stale_ray_address
+
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        host, port = live.getsockname()
+        assert not stale_ray_address(f"{host}:{port}")
+    assert stale_ray_address(f"{host}:{port}")  # closed now: refused at once
+    assert not stale_ray_address(None)

@@ -2,7 +2,6 @@
 produces every output a user takes away."""
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 
 from mslc.models import SmallCNN
 from pipeline.prep.fashion_mnist import fmnist_files
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ray_env
 
 
 def read_event_tags(path):
@@ -38,8 +37,7 @@ def smoke_run(tmp_path_factory):
     if fmnist_files(ROOT / "data" / "raw") is None:
         pytest.fail("Fashion-MNIST is missing: run `make data` (the Makefile's test target does)")
     tmp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    env.pop("RAY_ADDRESS", None)
+    env = ray_env()
     out = subprocess.run(
         [sys.executable, "pipeline/train.py", "--config", "smoke", f"data.shard_root={tmp / 'shards'}",
          f"run.storage_path={tmp / 'runs'}", "run.name=smoke-e2e", "run.keep_checkpoints=0"],
@@ -112,8 +110,7 @@ def test_tensorboard_events(smoke_run):
 def test_two_workers_survive_an_injected_crash(tmp_path):
     """2 Ray workers, the last one killed mid-epoch: Ray restarts the group, training
     resumes from the last checkpoint and the exported table covers every sample once."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    env.pop("RAY_ADDRESS", None)
+    env = ray_env()
     out = subprocess.run(
         [sys.executable, "pipeline/train.py", "--config", "smoke", f"data.shard_root={tmp_path / 'shards'}",
          f"run.storage_path={tmp_path / 'runs'}", "run.name=crash", "scale.workers=2", "scale.max_failures=2",
@@ -139,8 +136,7 @@ def test_clothing1m_preset_on_a_fake_release_tree_with_two_workers(tmp_path):
     from tests import fakes
 
     tree = fakes.make_clothing1m(tmp_path / "clothing1m")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    env.pop("RAY_ADDRESS", None)
+    env = ray_env()
     shard_dir = tmp_path / "c1m-shards"
     prep = subprocess.run(
         [sys.executable, "pipeline/prepare.py", "clothing1m", "--raw", str(tree.root), "--out", str(shard_dir),

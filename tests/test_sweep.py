@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from pipeline.training.cli import load_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ray_env
 from tune import sweep
 
 
@@ -37,8 +37,7 @@ def test_setting_a_swept_key_is_refused():
 
 
 def test_two_trial_sweep_ranks_by_validation(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
-    env.pop("RAY_ADDRESS", None)
+    env = ray_env()
     out = subprocess.run(
         [sys.executable, "tune/sweep.py", "--config", "smoke", "--samples", "2", "--name", "s",
          f"data.shard_root={tmp_path / 'shards'}", f"run.storage_path={tmp_path / 'runs'}",

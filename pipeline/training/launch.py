@@ -4,7 +4,10 @@ Train ``TorchTrainer`` that runs :func:`pipeline.training.loop.train_loop_per_wo
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -63,9 +66,34 @@ def build_trainer(cfg: Config, *, callbacks: list | None = None):
     )
 
 
-def start_ray() -> None:
-    """``ray.init()`` with no address. Workers import this project as installed (``make venv``
-    installs it editable; a Ray job's ``--working-dir`` puts it on the workers' path)."""
-    import ray
+def stale_ray_address(address: str | None, *, timeout: float = 2.0) -> bool:
+    """Whether ``address`` (``host:port`` from Ray's ``ray_current_cluster`` file) names a
+    head node nothing listens on: a ``ray start`` cluster that ended without ``ray stop``.
+    ``ray.init()`` would otherwise retry it for many minutes."""
+    if not address:
+        return False
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return False
+    except ValueError:
+        return False  # not host:port: leave it to Ray to report
+    except OSError:
+        return True
 
-    ray.init()
+
+def start_ray() -> None:
+    """``ray.init()`` with no address: a submitted job joins its cluster, a plain run joins
+    the cluster ``ray start`` left on this machine or starts a local one. When that
+    cluster's head is gone (its address file outlived it), say so and start a local one.
+    Workers import this project as installed (``make venv`` installs it editable; a Ray
+    job's ``--working-dir`` puts it on the workers' path)."""
+    import ray
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    address, recorded = None, read_ray_address()
+    if not os.environ.get("RAY_ADDRESS") and stale_ray_address(recorded):
+        print(f"warning: {get_ray_address_file(None)} names the Ray cluster {recorded}, but nothing answers "
+              "there (a `ray start` cluster stopped without `ray stop`); starting a local one", file=sys.stderr)
+        address = "local"
+    ray.init(address=address)
