@@ -34,6 +34,32 @@ def corrected_label_accuracy(
     }
 
 
+def detection_scores(flagged: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of ``flagged`` as a detector of wrong labels.
+
+    Parameters
+    ----------
+    flagged : (N,) bool
+        Samples the method calls mislabelled (its corrected label ≠ the given one).
+    is_noisy : (N,) bool
+        Samples whose given label is wrong.
+
+    Returns
+    -------
+    ``{'precision', 'recall', 'f1'}``: precision is NaN when nothing is flagged, recall
+    when nothing is wrong, F1 when either is NaN or both are 0.
+    """
+    flagged, noisy = np.asarray(flagged, dtype=bool), np.asarray(is_noisy, dtype=bool)
+    if flagged.shape != noisy.shape:
+        raise ValueError(f"flagged and is_noisy differ in shape: {flagged.shape} vs {noisy.shape}")
+    tp = float((flagged & noisy).sum())
+    precision = tp / flagged.sum() if flagged.any() else float("nan")
+    recall = tp / noisy.sum() if noisy.any() else float("nan")
+    f1 = (2 * precision * recall / (precision + recall)
+          if not (np.isnan(precision) or np.isnan(recall)) and precision + recall > 0 else float("nan"))
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted/given class."""
     m = np.zeros((num_classes, num_classes), dtype=np.int64)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_KINDS = ("none", "sym", "sym-exclusive", "pairflip", "asym")
+NOISE_KINDS = ("none", "sym", "sym-exclusive", "pairflip", "asym", "instance")
 
 #: CIFAR-10 semantic flips from the paper: truck→automobile, bird→airplane,
 #: deer→horse, cat→dog.
@@ -124,6 +124,8 @@ def make_transition(
         if mapping is None:
             raise ValueError("asymmetric noise needs a class mapping")
         return mapped(num_classes, rate, mapping)
+    if kind == "instance":
+        raise ValueError("instance-dependent noise has no class transition matrix: use instance_dependent()")
     raise ValueError(f"unknown noise kind {kind!r}; expected one of {', '.join(NOISE_KINDS)}")
 
 
@@ -197,3 +199,74 @@ def corrupt(labels: np.ndarray, transition: np.ndarray, *, seed: int) -> NoisyLa
     cdf[:, -1] = 1.0
     noisy = (u[:, None] >= cdf[y]).sum(1).astype(np.int64)
     return NoisyLabels(noisy=noisy, true=y, transition=t, realized=realized_matrix(y, noisy, c))
+
+
+def truncated_normal(n: int, mean: float, std: float, *, rng: np.random.Generator, low: float = 0.0,
+                     high: float = 1.0) -> np.ndarray:
+    """(n,) draws of N(mean, std²) truncated to [low, high] (by rejection)."""
+    out = rng.normal(mean, std, n)
+    bad = (out < low) | (out > high)
+    while bad.any():
+        out[bad] = rng.normal(mean, std, int(bad.sum()))
+        bad = (out < low) | (out > high)
+    return out
+
+
+def instance_dependent(features: np.ndarray, labels: np.ndarray, num_classes: int, rate: float, *, seed: int,
+                       norm_std: float = 0.1) -> NoisyLabels:
+    """Part-/instance-dependent noise (Xia et al., NeurIPS 2020, their generator).
+
+    Each sample gets a flip rate ``q_i`` ~ N(rate, norm_std²) truncated to [0, 1]; each
+    true class ``y`` a random projection ``W_y`` (d, C) ~ N(0, 1). Sample ``i`` keeps its
+    label with probability ``1 − q_i`` and otherwise takes class ``c ≠ y`` with
+    probability ``q_i · softmax_{c ≠ y}(x_i W_y)``: which wrong label a sample gets
+    depends on its own features. The expected wrong-label rate is about ``rate``.
+
+    Parameters
+    ----------
+    features : (N, d) float
+        Per-sample features (the generator's: standardized pixels, flattened).
+    labels : (N,) int
+        True labels in ``0..C-1``.
+    num_classes : int
+    rate : float in [0, 1]
+    seed : int
+        The same seed and inputs always give the same noisy labels.
+
+    Returns
+    -------
+    :class:`NoisyLabels` whose ``transition`` is the mean per-sample flip distribution of
+    each true class (C, C) (the identity row for an absent class).
+    """
+    _check_rate(rate)
+    x = np.asarray(features, dtype=np.float32)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"features must be (N, d) for N = {y.shape[0]} labels, got shape {x.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        bad = int(np.flatnonzero((y < 0) | (y >= num_classes))[0])
+        raise ValueError(f"label {int(y[bad])} of sample {bad} is outside 0..{num_classes - 1}")
+    if num_classes < 2:
+        raise ValueError("instance-dependent noise needs at least 2 classes")
+    rng = np.random.default_rng(seed)
+    q = truncated_normal(len(y), rate, norm_std, rng=rng)
+    probs = np.zeros((len(y), num_classes))
+    for c in range(num_classes):
+        rows = np.flatnonzero(y == c)
+        w = rng.standard_normal((x.shape[1], num_classes)).astype(np.float32)
+        if not rows.size:
+            continue
+        a = (x[rows] @ w).astype(np.float64)
+        a[:, c] = -np.inf
+        a = np.exp(a - a.max(1, keepdims=True))
+        probs[rows] = q[rows, None] * a / a.sum(1, keepdims=True)
+        probs[rows, c] = 1.0 - q[rows]
+    u = rng.random(len(y))
+    cdf = np.cumsum(probs, 1)
+    cdf[:, -1] = 1.0
+    noisy = (u[:, None] >= cdf).sum(1).astype(np.int64)
+    mean = np.eye(num_classes)
+    for c in range(num_classes):
+        if (y == c).any():
+            mean[c] = probs[y == c].mean(0)
+    return NoisyLabels(noisy=noisy, true=y, transition=mean, realized=realized_matrix(y, noisy, num_classes))

@@ -71,3 +71,48 @@ def test_fixed_beta_ablation_uses_the_constant_and_leaves_beta_net_without_gradi
     names = [n for n, p in corrector.named_parameters() if p.requires_grad]
     for n, g in zip(names, grads):
         assert (g.abs().sum() == 0) == n.startswith("beta_net"), n
+
+
+def test_while_alpha_is_at_least_a_half_the_given_label_stays_the_arg_max():
+    """Eq. 6's structural limit: ỹ_y ≥ α and every other class gets ≤ 1 − α, so with
+    α ≥ 0.5 arg-max ỹ is the given label whatever ŷ and ỹ_prev say (ties aside)."""
+    g = torch.Generator().manual_seed(3)
+    n, c = 2000, 6
+    y = torch.randint(0, c, (n,), generator=g)
+    wrong = (y + 1 + torch.randint(0, c - 1, (n,), generator=g)) % c  # predictions sure of another class
+    y_hat = 0.02 + 0.98 * F.one_hot(wrong, c).double()
+    y_hat = y_hat / y_hat.sum(1, keepdim=True)
+    alpha = 0.5 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64)
+    beta = torch.rand(n, generator=g, dtype=torch.float64)
+    soft = soft_labels(y, y_hat, y_hat, alpha, beta)
+    assert (soft[torch.arange(n), y] >= alpha - 1e-12).all()
+    assert (soft.argmax(1) == y).all()
+    below = soft_labels(y, y_hat, y_hat, torch.full((n,), 0.3, dtype=torch.float64), beta)
+    assert (below.argmax(1) == wrong).all()  # below a half it can move
+
+
+def test_class_aware_corrector_sees_the_given_class_and_the_prediction():
+    y, y_hat, y_prev, _, _ = _inputs()
+    c = Corrector(hidden=8, kind="class", num_classes=C)
+    soft, alpha, beta = c(y_hat, y, y_prev)
+    l_alpha = -torch.log(y_hat[torch.arange(N), y])
+    l_beta = -(y_prev * y_hat.log()).sum(1)
+    onehot = F.one_hot(y, C).float()
+    torch.testing.assert_close(alpha, c.alpha_net(l_alpha, onehot, y_hat))
+    torch.testing.assert_close(beta, c.beta_net(l_beta, onehot, y_hat))
+    torch.testing.assert_close(soft, soft_labels(y, y_hat, y_prev, alpha, beta))
+    # the same loss under another given class gives another α: the class is an input
+    other = (y + 1) % C
+    y_hat2 = y_hat.clone()
+    y_hat2[torch.arange(N), other], y_hat2[torch.arange(N), y] = y_hat[torch.arange(N), y], y_hat[torch.arange(N), other]
+    _, alpha2, _ = c(y_hat2, other, y_prev)
+    assert not torch.allclose(alpha, alpha2)
+
+
+def test_class_aware_corrector_needs_the_class_count():
+    import pytest
+
+    with pytest.raises(ValueError, match="num_classes"):
+        Corrector(kind="class")
+    with pytest.raises(ValueError, match="corrector kind"):
+        Corrector(kind="pairs", num_classes=3)

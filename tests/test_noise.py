@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from mslc.noise import (
-    CIFAR10_ASYM, CIFAR100_SUPERCLASSES, FMNIST_ASYM, corrupt, make_transition, superclass_next_map,
+    CIFAR10_ASYM, CIFAR100_SUPERCLASSES, FMNIST_ASYM, corrupt, instance_dependent, make_transition,
+    superclass_next_map, truncated_normal,
 )
 
 C = 10
@@ -67,3 +68,56 @@ def test_bad_inputs_raise_clear_errors():
         make_transition("gaussian", C, 0.1)
     with pytest.raises(ValueError, match="label 10 of sample 2"):
         corrupt(np.array([0, 1, 10]), make_transition("sym", C, 0.1), seed=0)
+
+
+def _clustered_features(n=6000, d=40, seed=0):
+    """Two sub-clusters per class: which wrong label a sample gets should follow its sub-cluster."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % C
+    sub = rng.integers(0, 2, n)
+    centers = rng.normal(0, 3, (C, 2, d))
+    return centers[y, sub] + rng.normal(0, 0.3, (n, d)), y, sub
+
+
+def test_instance_dependent_noise_rate_and_matrix():
+    x, y, _ = _clustered_features()
+    out = instance_dependent(x, y, C, 0.4, seed=5)
+    assert abs(out.rate - 0.4) < 0.02  # the flip rates are N(0.4, 0.1) truncated to [0, 1]
+    np.testing.assert_allclose(out.transition.sum(1), 1.0)
+    np.testing.assert_allclose(np.diag(out.transition), 0.6, atol=0.01)
+    np.testing.assert_allclose(out.realized, out.transition, atol=0.05)  # realized follows the expected matrix
+    same = instance_dependent(x, y, C, 0.4, seed=5)
+    np.testing.assert_array_equal(out.noisy, same.noisy)
+    assert (instance_dependent(x, y, C, 0.4, seed=6).noisy != out.noisy).any()
+
+
+def test_instance_dependent_noise_depends_on_the_instance():
+    """Unlike a class transition matrix, samples of one class from different parts of the
+    feature space are flipped to different classes."""
+    x, y, sub = _clustered_features()
+    out = instance_dependent(x, y, C, 0.4, seed=1)
+    differ = 0
+    for c in range(C):
+        targets = []
+        for s in (0, 1):
+            flipped = out.noisy[(y == c) & (sub == s) & out.is_noisy]
+            targets.append(np.bincount(flipped, minlength=C).argmax())
+        differ += targets[0] != targets[1]
+    assert differ >= C // 2
+
+
+def test_instance_dependent_noise_checks_its_inputs():
+    x, y, _ = _clustered_features(200)
+    with pytest.raises(ValueError, match="features must be"):
+        instance_dependent(x[:10], y, C, 0.4, seed=0)
+    with pytest.raises(ValueError, match="label 10 of sample 0"):
+        instance_dependent(x[:2], np.array([10, 1]), C, 0.4, seed=0)
+    with pytest.raises(ValueError, match="noise rate"):
+        instance_dependent(x, y, C, 1.4, seed=0)
+    with pytest.raises(ValueError, match="instance_dependent"):
+        make_transition("instance", C, 0.4)
+
+
+def test_truncated_normal_stays_in_range():
+    v = truncated_normal(20000, 0.9, 0.3, rng=np.random.default_rng(0))
+    assert v.min() >= 0 and v.max() <= 1 and 0.7 < v.mean() < 0.85

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from mslc.bank import LocalBank
@@ -21,6 +22,24 @@ def test_label_metrics_skip_samples_without_a_true_label():
     out, _ = bank_metrics(bank, data)
     assert out["corrected_all"] == 1.0 and out["corrected_clean"] == 1.0 and out["corrected_noisy"] == 1.0
     assert np.isnan(out["alpha_clean"]) and out["alpha_noisy"] == np.float32(0.1)
+    # detection on the known samples: sample 1 (wrong, flagged) is found, sample 0 (right) is not flagged
+    assert (out["detect_precision"], out["detect_recall"], out["detect_f1"]) == (1.0, 1.0, 1.0)
+
+
+def test_detection_scores_against_a_naive_count():
+    from mslc.metrics import detection_scores
+
+    rng = np.random.default_rng(0)
+    flagged, noisy = rng.random(500) < 0.3, rng.random(500) < 0.2
+    tp = sum(f and n for f, n in zip(flagged, noisy))
+    p, r = tp / sum(flagged), tp / sum(noisy)
+    got = detection_scores(flagged, noisy)
+    assert got["precision"] == pytest.approx(p) and got["recall"] == pytest.approx(r)
+    assert got["f1"] == pytest.approx(2 * p * r / (p + r))
+    none = detection_scores(np.zeros(4, bool), np.array([1, 0, 0, 0], bool))
+    assert np.isnan(none["precision"]) and none["recall"] == 0 and np.isnan(none["f1"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        detection_scores(np.zeros(3, bool), np.zeros(4, bool))
 
 
 def test_summary_selects_on_validation_never_on_test():

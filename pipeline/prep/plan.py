@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mslc.noise import CIFAR10_ASYM, FMNIST_ASYM, corrupt, make_transition, realized_matrix, superclass_next_map
+from mslc.noise import (CIFAR10_ASYM, FMNIST_ASYM, NoisyLabels, corrupt, instance_dependent, make_transition,
+                        realized_matrix, superclass_next_map)
 from mslc.splits import balanced_split
 from pipeline.errors import PipelineError
 from pipeline.prep.options import PrepareOptions
@@ -41,6 +42,27 @@ def noise_mapping(data: PrepareOptions, coarse: np.ndarray | None, pool: Items) 
     if data.dataset in maps:
         return maps[data.dataset]
     raise PipelineError(f"no asymmetric noise map for dataset {data.dataset!r}")
+
+
+def instance_features(images: np.ndarray) -> np.ndarray:
+    """(n, H, W[, 3]) uint8 → (n, d) float32: pixels in [0, 1], standardized per channel
+    over the split, flattened (the features Xia et al.'s generator projects)."""
+    x = images.astype(np.float32).reshape(len(images), -1, images.shape[-1] if images.ndim == 4 else 1) / 255.0
+    x = (x - x.mean((0, 1))) / np.maximum(x.std((0, 1)), 1e-6)
+    return x.reshape(len(images), -1)
+
+
+def synthetic_noise(data: PrepareOptions, train: Items, num_classes: int, mapping: dict[int, int] | None
+                    ) -> NoisyLabels:
+    """Corrupt the training split's true labels with ``data.noise`` at ``data.noise_rate``."""
+    if data.noise == "instance":
+        if train.images is None:
+            raise PipelineError(f"{data.dataset}: instance-dependent noise needs the images in memory "
+                                "(fashion-mnist, cifar10 or cifar100)")
+        return instance_dependent(instance_features(train.images), train.true, num_classes, data.noise_rate,
+                                  seed=data.noise_seed)
+    transition = make_transition(data.noise, num_classes, data.noise_rate, mapping=mapping)
+    return corrupt(train.true, transition, seed=data.noise_seed)
 
 
 def balanced(labels: np.ndarray, *, n_meta: int, n_val: int, seed: int, what: str):
@@ -90,10 +112,9 @@ def plan_splits(data: PrepareOptions, src: Source, coarse: np.ndarray | None, ov
             raise PipelineError(f"{data.dataset}: its labels are noisy as given; synthetic noise needs "
                                 "data.noise=none (or --noise none)")
         mapping = noise_mapping(data, coarse, src.pool)
-        transition = make_transition(data.noise, c, data.noise_rate, mapping=mapping)
-        noisy = corrupt(train.true, transition, seed=data.noise_seed)
+        noisy = synthetic_noise(data, train, c, mapping)
         train = replace(train, labels=noisy.noisy)
-        noise.update(mapping={str(k): v for k, v in (mapping or {}).items()}, transition=transition.tolist())
+        noise.update(mapping={str(k): v for k, v in (mapping or {}).items()}, transition=noisy.transition.tolist())
     info = {"removed_from_train": removed, "meta_is_clean": src.clean_is_clean}
     if override is not None:
         train, info["labels_file"] = apply_override(train, *override)

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 
 from mslc.bank import REFRESH_POLICIES
-from mslc.corrector import LOSS_MODES
+from mslc.corrector import CORRECTORS, LOSS_MODES
 from mslc.meta_step import META_GRAD_IMPLS, META_GRADS, META_SCOPES
 from mslc.models import ARCHS
 from pipeline.errors import ConfigError, require
@@ -84,6 +84,7 @@ class MetaConfig:
     other baselines (``mslc.baselines``) take the same data, model and schedule."""
 
     method: str = "mslc"
+    corrector: str = "loss"  # loss: the paper's α_net/β_net of a loss; class: they also see the class pair
     warmup_epochs: int = 4  # plain CE on the given labels first
     warmup_avg: int = 10  # ỹ starts as the mean softmax of the last q warm-up epochs
     loss_mode: str = "soft"  # soft: paper Eq. 4; hard: the authors' three hard terms
@@ -93,7 +94,8 @@ class MetaConfig:
     weight_decay: float = 1e-4
     hidden: int = 100
     meta_batch_size: int = 128
-    virtual_lr_scale: float = 1.0  # virtual-step lr = scale × current lr (authors: 10)
+    virtual_lr_scale: float = 1.0  # virtual-step lr = scale × the classifier's lr (authors: 10)
+    virtual_lr: str = "current"  # current: that lr as it decays (the paper); initial: optim.lr throughout
     grad: str = "exact"  # exact: gradient of the global meta loss across workers; local: per-rank, averaged
     bank_dtype: str = "float32"
     gce_q: float = 0.7  # GCE's q
@@ -117,6 +119,9 @@ class MetaConfig:
         require(self.fixed_beta is None or (isinstance(self.fixed_beta, (int, float)) and 0 <= self.fixed_beta <= 1),
                 f"meta.fixed_beta must be 'learned' (β_net) or a constant in [0, 1], got {self.fixed_beta!r}")
         require(self.meta_scope in META_SCOPES, f"meta.meta_scope must be one of {META_SCOPES}")
+        require(self.corrector in CORRECTORS, f"meta.corrector must be one of {CORRECTORS}, got {self.corrector!r}")
+        require(self.virtual_lr in ("current", "initial"),
+                f"meta.virtual_lr must be current|initial, got {self.virtual_lr!r}")
         require(self.grad_impl in META_GRAD_IMPLS, f"meta.grad_impl must be one of {META_GRAD_IMPLS}")
         require(self.warmup_epochs >= 0, f"meta.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         require(self.warmup_avg >= 1, f"meta.warmup_avg must be >= 1, got {self.warmup_avg}")

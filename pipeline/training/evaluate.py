@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mslc.bank import SoftLabelBank
-from mslc.metrics import corrected_label_accuracy, group_mean
+from mslc.metrics import corrected_label_accuracy, detection_scores, group_mean
 from pipeline.shardset import expected_counts, shard_urls
 from pipeline.training import streaming
 from pipeline.training.config import Config
@@ -47,11 +47,38 @@ def bank_metrics(bank: SoftLabelBank, data: Data) -> tuple[dict, dict]:
         p = corrected_label_accuracy(t["y_hat"][known], data.true[known], noisy[known])
         out.update({f"corrected_{k}": v for k, v in c.items()})
         out["prediction_label_acc"] = p["all"]
+        flagged = t["y_tilde"][known].argmax(1) != data.labels[known]
+        out.update({f"detect_{k}": v for k, v in detection_scores(flagged, noisy[known]).items()})
         out["alpha_clean"] = group_mean(t["alpha"], known & ~noisy)
         out["alpha_noisy"] = group_mean(t["alpha"], noisy)
+        out["alpha_pairs"] = alpha_by_flip(t["alpha"], data.labels, data.true)
     out["alpha_mean"] = group_mean(t["alpha"], np.ones(len(t["alpha"]), bool))
     out["beta_mean"] = group_mean(t["beta"], np.ones(len(t["beta"]), bool))
     return out, t
+
+
+def alpha_by_flip(alpha: np.ndarray, given: np.ndarray, true: np.ndarray, *, top: int = 10) -> dict:
+    """Mean α of the flipped samples of each of the ``top`` most frequent flips ``i->j``
+    (true ``i``, given ``j``) beside that of the clean samples given ``j``: whether the
+    corrector tells the two apart where it matters.
+
+    alpha : (N,) float, NaN where unset; given, true : (N,) int64, true -1 where unknown.
+    Returns ``{"i->j": {"flipped": mean α, "clean": mean α, "n": flips}}``.
+    """
+    known = true >= 0
+    flips = known & (given != true)
+    if not flips.any():
+        return {}
+    c = int(max(given.max(), true.max())) + 1
+    counts = np.bincount(true[flips] * c + given[flips], minlength=c * c)
+    out = {}
+    for code in np.argsort(-counts, kind="stable")[:top]:
+        if counts[code] == 0:
+            break
+        i, j = divmod(int(code), c)
+        out[f"{i}->{j}"] = {"flipped": group_mean(alpha, flips & (true == i) & (given == j)),
+                            "clean": group_mean(alpha, known & (true == j) & (given == j)), "n": int(counts[code])}
+    return out
 
 
 def progress_line(cfg: Config, r: dict) -> str:
@@ -63,6 +90,8 @@ def progress_line(cfg: Config, r: dict) -> str:
     if "corrected_all" in r:
         s += (f" corrected {pct(r['corrected_all'])}% (clean {pct(r['corrected_clean'])} / "
               f"noisy {pct(r['corrected_noisy'])})")
+    if "detect_f1" in r:
+        s += f" detect P/R/F1 {pct(r['detect_precision'])}/{pct(r['detect_recall'])}/{pct(r['detect_f1'])}"
     if r["phase"] == "mslc" and "alpha_clean" in r:
         s += f" alpha clean {r['alpha_clean']:.2f} noisy {r['alpha_noisy']:.2f}"
     return s + f" {r['epoch_seconds']:.0f}s"

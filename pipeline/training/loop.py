@@ -111,7 +111,7 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
     n = sums["n"]
     return {"phase": phase, "train_loss": sums["loss"] / n,
             "meta_loss": sums["meta_loss"] / meta_n if meta_n else float("nan"),
-            "samples": n * dist.world_size(), "steps": sums["steps"]}
+            "samples": n * dist.world_size(), "steps": sums["steps"], **method.epoch_stats()}
 
 
 def is_best(history: list[dict]) -> bool:
@@ -163,6 +163,8 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
         record["epoch_seconds"] = time.time() - t0
         st.epoch = epoch
         st.history.append(record)
+        if lead and outputs.labels_epoch(st.history) == epoch:
+            st.labels = {"epoch": epoch, **{k: torch.from_numpy(table[k].copy()) for k in ("y_tilde", "alpha", "beta")}}
         if lead:
             log(progress_line(cfg, record))
             outputs.write_metrics(run_dir, st.history, extra)
@@ -172,11 +174,14 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
                     tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
         reporter.report(record, st.state_dict(), epoch, best=cfg.run.keep_best and is_best(st.history))
     result = {"run_dir": str(run_dir), "summary": outputs.summarize(st.history)}
-    t = st.bank.table()  # collective: every rank takes part in gathering the bank
+    if dist.all_min(0 if lead and st.labels is None else 1) == 0:  # a checkpoint from before labels were kept
+        st.labels = {"epoch": st.epoch, **{k: torch.from_numpy(v) for k, v in st.bank.table().items()}}
     if lead:
+        t = {k: v.numpy() if torch.is_tensor(v) else v for k, v in st.labels.items()}
+        log(f"exported labels: epoch {t['epoch']} (the best clean-validation accuracy after the warm-up)")
         result["corrected_labels"] = str(outputs.write_corrected_labels(
             run_dir / "corrected_labels.parquet", keys=data.keys, given=data.labels, soft=t["y_tilde"],
-            alpha=t["alpha"], beta=t["beta"], true=data.true))
+            alpha=t["alpha"], beta=t["beta"], true=data.true, epoch=t["epoch"]))
         result["metrics"] = str(outputs.write_metrics(run_dir, st.history, extra))
         torch.save(st.model.state_dict(), run_dir / "model.pt")
         result["model"] = str(run_dir / "model.pt")

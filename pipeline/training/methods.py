@@ -71,8 +71,11 @@ def no_meta_loss() -> torch.Tensor:
 
 
 def virtual_lr(cfg: Config, st: TrainState) -> float:
-    """The look-ahead step's lr: the classifier's current lr × ``meta.virtual_lr_scale``."""
-    return st.opt_w.param_groups[0]["lr"] * cfg.meta.virtual_lr_scale
+    """The look-ahead step's lr: ``meta.virtual_lr_scale`` × the classifier's lr, as it
+    decays (``meta.virtual_lr=current``, the paper) or as it started (``initial``: the
+    meta signal does not shrink with the schedule)."""
+    lr = cfg.optim.lr if cfg.meta.virtual_lr == "initial" else st.opt_w.param_groups[0]["lr"]
+    return lr * cfg.meta.virtual_lr_scale
 
 
 class Method:
@@ -139,6 +142,10 @@ class Method:
         if phase == WARMUP and epoch == self.cfg.meta.warmup_epochs:
             bank.finish_warmup()
 
+    def epoch_stats(self) -> dict:
+        """The method's own per-epoch figures for the epoch's record (read once, at its end)."""
+        return {}
+
     def state_dict(self) -> dict:
         """The method's own state for checkpoints (beside the model, optimizers and bank)."""
         return {}
@@ -159,14 +166,39 @@ class MSLC(Method):
     name, label = "mslc", "MSLC"
     tunable = TUNABLE
 
+    def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
+        self.pulls = torch.zeros(3, device=self.device)  # Σ ‖∇θ_α meta‖, Σ wd·‖θ_α‖, meta updates
+
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         m = self.cfg.meta
         _, y_prev = st.bank.rows(b.idx)
         update = st.steps_done % m.meta_every == 0
         xm, ym = b.meta() if update else (None, None)
-        return mslc_step(st.model, st.corrector, b.x, b.y, y_prev.to(self.device), xm, ym, opt_w=st.opt_w,
-                         opt_theta=st.opt_theta, lr_virtual=virtual_lr(self.cfg, st), meta_grad=m.grad,
-                         meta_update=update, scope=m.meta_scope, impl=m.grad_impl)
+        res = mslc_step(st.model, st.corrector, b.x, b.y, y_prev.to(self.device), xm, ym, opt_w=st.opt_w,
+                        opt_theta=st.opt_theta, lr_virtual=virtual_lr(self.cfg, st), meta_grad=m.grad,
+                        meta_update=update, scope=m.meta_scope, impl=m.grad_impl)
+        if update:
+            self.pulls += theta_pulls(st.corrector.alpha_net, m.weight_decay)
+        return res
+
+    def epoch_stats(self) -> dict:
+        """``alpha_grad_norm`` (the meta-gradient's size on α_net's parameters) beside
+        ``alpha_decay_pull`` (weight decay's, ``wd·‖θ_α‖``), means over the epoch's meta
+        updates: when the second is the larger, θ drifts back toward its initial α ≈ 0.5."""
+        pulls = getattr(self, "pulls", None)
+        if pulls is None or pulls[2] == 0:
+            return {}
+        g, w, n = pulls.tolist()
+        return {"alpha_grad_norm": g / n, "alpha_decay_pull": w / n}
+
+
+def theta_pulls(net: torch.nn.Module, weight_decay: float) -> torch.Tensor:
+    """``[‖∇‖, weight_decay·‖θ‖, 1]`` of ``net``'s parameters (after a meta step set ``.grad``);
+    a tensor, so the hot path does not wait on the device."""
+    params = [p for p in net.parameters() if p.grad is not None]
+    grad = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in params])))
+    return torch.stack([grad, weight_decay * norm, torch.ones_like(norm)])
 
 
 class CE(Method):

@@ -27,24 +27,47 @@ def _clean(v):
     return v
 
 
+def _val(h: dict) -> float:
+    v = h.get("val_acc")
+    return -1.0 if v is None or math.isnan(v) else v
+
+
+def labels_epoch(history: list[dict]) -> int:
+    """The epoch whose soft labels a run exports: of the epochs after the warm-up (all, if
+    the run had none after it), the one with the best clean-validation accuracy, the
+    earliest on ties; the last such epoch when there is no validation split. Neither the
+    test set nor any true label takes part."""
+    pool = [h for h in history if h.get("phase") != "warmup"] or history
+    if all(_val(h) < 0 for h in pool):
+        return pool[-1]["epoch"]
+    return pool[int(np.argmax([_val(h) for h in pool]))]["epoch"]
+
+
+LABEL_KEYS = ("corrected_all", "corrected_clean", "corrected_noisy", "detect_precision", "detect_recall", "detect_f1")
+
+
 def summarize(history: list[dict]) -> dict:
-    """Model selection on clean validation (never the test set), and the mean of the last 5 epochs.
+    """Model selection on clean validation (never the test set), the mean of the last 5
+    epochs, and which epoch's labels are exported.
 
     ``best`` is the test accuracy at the epoch with the highest validation accuracy
     (the earliest such epoch on ties); ``last5`` the mean test accuracy of the last
-    ``min(5, epochs)`` epochs.
+    ``min(5, epochs)`` epochs; ``labels`` the exported labels' epoch (:func:`labels_epoch`)
+    and their label metrics where true labels are known.
     """
     if not history:
         return {}
-    vals = [h["val_acc"] if h["val_acc"] is not None and not math.isnan(h["val_acc"]) else -1.0 for h in history]
-    best_i = int(np.argmax(vals))
+    best_i = int(np.argmax([_val(h) for h in history]))
     last = history[-LAST_K:]
+    chosen = history[[h["epoch"] for h in history].index(labels_epoch(history))]
     return {
         "selected_epoch": history[best_i]["epoch"],
         "selected_val_acc": history[best_i]["val_acc"],
         "best_test_acc": history[best_i]["test_acc"],
         "last5_test_acc": float(np.mean([h["test_acc"] for h in last])),
         "last5_epochs": [h["epoch"] for h in last],
+        "labels": {"epoch": chosen["epoch"], "selected_by": "val_acc after the warm-up",
+                   **{k: chosen[k] for k in LABEL_KEYS if k in chosen}},
         "final": history[-1],
     }
 
@@ -70,12 +93,14 @@ def write_corrected_labels(
     alpha: np.ndarray,
     beta: np.ndarray,
     true: np.ndarray | None,
+    epoch: int | None = None,
 ) -> Path:
     """One row per training sample: index, key, given_label, corrected_label (argmax ỹ),
     corrected_prob, alpha, beta, and true_label / is_noisy (null where unknown).
 
     ``soft`` (N, C) rows sum to 1; ``alpha``, ``beta`` (N,) NaN where never computed;
-    ``true`` (N,) int with -1 for unknown, or None. Written to a temp file, then renamed.
+    ``true`` (N,) int with -1 for unknown, or None; ``epoch``: the epoch the labels are
+    from, kept in the file's metadata (``labels_epoch``). Written to a temp file, then renamed.
     """
     n = len(given)
     corrected = soft.argmax(1)
@@ -94,6 +119,8 @@ def write_corrected_labels(
             "is_noisy": pa.array(given != true, mask=~known) if true is not None else pa.nulls(n, pa.bool_()),
         }
     )
+    if epoch is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"labels_epoch": str(epoch).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
@@ -140,7 +167,11 @@ class TensorBoardLog:
         e = record["epoch"]
         for k, v in record.items():
             if isinstance(v, (int, float)) and k != "epoch" and v is not None and not math.isnan(v):
-                self.writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("corrected_", "alpha_")) else k, v, e)
+                self.writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("corrected_", "alpha_", "detect_")) else k, v, e)
+        for pair, v in (record.get("alpha_pairs") or {}).items():
+            for group in ("flipped", "clean"):
+                if not math.isnan(v[group]):
+                    self.writer.add_scalar(f"alpha_pair/{pair}/{group}", v[group], e)
         for name, arr in (("alpha", alpha), ("beta", beta)):
             vals = arr[~np.isnan(arr)]
             if vals.size:

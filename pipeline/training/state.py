@@ -104,6 +104,7 @@ class TrainState:
     epoch: int = 0
     steps_done: int = 0
     history: list[dict] = field(default_factory=list)
+    labels: dict | None = None  # rank 0: the soft labels to export, {epoch, y_tilde, alpha, beta} as tensors
 
     def state_dict(self) -> dict:
         return {
@@ -111,6 +112,7 @@ class TrainState:
             "corrector": self.corrector.state_dict(), "opt_theta": self.opt_theta.state_dict(),
             "bank": self.bank.state_dict(), "epoch": self.epoch, "steps_done": self.steps_done,
             "history": self.history, "rng": checkpoint.rng_state(), "method": self.method.state_dict(),
+            "labels": self.labels,
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -122,6 +124,7 @@ class TrainState:
         self.bank.load_state_dict(s["bank"])
         self.epoch, self.steps_done, self.history = s["epoch"], s["steps_done"], list(s["history"])
         self.method.load_state_dict(s.get("method", {}))
+        self.labels = s.get("labels")
         checkpoint.set_rng_state(s["rng"])
 
 
@@ -172,7 +175,8 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
     opt_w = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt_w, milestones=o.milestones, gamma=o.gamma)
     m = cfg.meta
-    corrector = Corrector(m.hidden, m.loss_mode, fixed_beta=m.fixed_beta).to(device)
+    corrector = Corrector(m.hidden, m.loss_mode, fixed_beta=m.fixed_beta, kind=m.corrector,
+                          num_classes=data.num_classes).to(device)
     opt_theta = torch.optim.Adam(
         [{"params": corrector.alpha_net.parameters(), "lr": m.alpha_lr},
          {"params": corrector.beta_net.parameters(), "lr": m.beta_lr}],
