@@ -28,32 +28,8 @@ def blobs():
 
 @pytest.mark.parametrize("refresh", ["epoch", "step"])
 def test_mslc_recovers_planted_flips(blobs, refresh):
-    x, noisy, xm, ym = blobs
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, C))
-    corrector = Corrector(hidden=32)
-    opt_w = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-2, weight_decay=1e-4)
-    y = torch.tensor(noisy.noisy)
-    bank = LocalBank(noisy.noisy, C, refresh=refresh)
-    gen = torch.Generator().manual_seed(0)
-    for epoch in range(1, 9):
-        for idx in torch.randperm(len(y), generator=gen).split(50):
-            if epoch <= 2:  # warm-up: plain CE, averaging predictions
-                res = ce_step(model, x[idx], y[idx], opt_w=opt_w)
-                bank.put(idx, y_hat=res.y_hat)
-                bank.accumulate(idx, res.y_hat)
-                continue
-            _, prev = bank.rows(idx)
-            m = torch.randint(0, len(ym), (50,), generator=gen)
-            res = mslc_step(model, corrector, x[idx], y[idx], prev, xm[m], ym[m], opt_w=opt_w, opt_theta=opt_t,
-                            lr_virtual=0.05)
-            bank.put(idx, y_hat=res.y_hat, y_tilde=res.soft, alpha=res.alpha, beta=res.beta)
-        if epoch == 2:
-            bank.finish_warmup()
-        bank.end_epoch()
-    t = bank.table()
-    acc = corrected_label_accuracy(t["y_tilde"], noisy.true, noisy.is_noisy)
+    noisy = blobs[1]
+    acc, t = _train_mslc(blobs, "loss", epochs=8, refresh=refresh, theta_wd=1e-4)
     assert acc["noisy"] > 0.85, acc  # the given label of these is always wrong
     assert acc["clean"] > 0.95, acc
     assert group_mean(t["alpha"], ~noisy.is_noisy) > group_mean(t["alpha"], noisy.is_noisy) + 0.2
@@ -72,15 +48,16 @@ def confusable_blobs():
             torch.tensor(x[1000:1100], dtype=torch.float32), torch.tensor(y[1000:1100]))
 
 
-def _train_mslc(data, kind, epochs=10):
+def _train_mslc(data, kind, *, epochs=10, refresh="epoch", theta_wd=0.0):
+    """2 epochs of CE warm-up, then MSLC steps; returns (label accuracy, the bank's table)."""
     x, noisy, xm, ym = data
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, C))
     corrector = Corrector(hidden=32, kind=kind, num_classes=C)
     opt_w = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-2)
+    opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-2, weight_decay=theta_wd)
     y = torch.tensor(noisy.noisy)
-    bank = LocalBank(noisy.noisy, C)
+    bank = LocalBank(noisy.noisy, C, refresh=refresh)
     gen = torch.Generator().manual_seed(0)
     for epoch in range(1, epochs + 1):
         for idx in torch.randperm(len(y), generator=gen).split(50):

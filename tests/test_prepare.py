@@ -128,6 +128,32 @@ def test_cifar100_asym_noise_stays_inside_the_super_class(tmp_path):
     assert m["noise"]["mapping"]["4"] == 0 and m["noise"]["mapping"]["0"] == 1
 
 
+def test_cifar10_instance_dependent_noise_is_planned_and_recorded(tmp_path):
+    archive, a = fakes.make_cifar_archive(tmp_path / "raw")
+    cfg = DataConfig(dataset="cifar10", raw_dir=str(archive.parent), n_meta=20, n_val=20, shard_size=100,
+                     noise="instance", noise_rate=0.4)
+    out = prep.prepare(cfg, tmp_path / "out", log=quiet)
+    m = shardset.load_manifest(out)
+    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
+    given, true = np.asarray(t["label"]), np.asarray(t["true_label"])
+    assert m["noise"]["kind"] == "instance" and 0.25 < m["noise"]["realized_rate"] < 0.55
+    assert m["noise"]["realized_rate"] == pytest.approx((given != true).mean())
+    np.testing.assert_allclose(np.asarray(m["noise"]["transition"]).sum(1), 1.0)
+    again = prep.prepare(cfg, tmp_path / "again", log=quiet)  # seeded: the same labels
+    assert pq.read_table(again / shardset.LABELS_FILE).to_pydict()["label"] == t["label"]
+
+
+def test_instance_noise_without_images_in_memory_is_refused_by_name():
+    from pipeline.prep.plan import synthetic_noise
+    from pipeline.prep.readers import Items
+
+    files = Items(keys=["a", "b"], labels=np.array([0, 1]), true=np.array([0, 1]), source_index=np.arange(2),
+                  paths=["a.jpg", "b.jpg"])
+    opts = DataConfig(dataset="cifar10", noise="instance", noise_rate=0.4)
+    with pytest.raises(PipelineError, match="instance-dependent noise needs the images in memory"):
+        synthetic_noise(opts, files, 2, None)
+
+
 def test_truncated_cifar_archive_is_named(tmp_path):
     archive, _ = fakes.make_cifar_archive(tmp_path / "raw")
     data = archive.read_bytes()
