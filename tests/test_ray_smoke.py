@@ -91,6 +91,15 @@ def test_corrected_label_table(smoke_run):
     assert all(p is not None and 0.1 <= p <= 1.0 for p in t["corrected_prob"])
     assert all(a is not None for a in t["alpha"])  # every sample was visited by an MSLC step
     assert t["is_noisy"] == [g != y for g, y in zip(t["given_label"], t["true_label"])]
+    # the exported labels are those of the best validation epoch after the warm-up, and say so
+    m = json.loads((run_dir / "metrics.json").read_text())
+    after = [e for e in m["epochs"] if e["phase"] != "warmup"]
+    chosen = max(after, key=lambda e: e["val_acc"])
+    meta = pq.read_schema(run_dir / "corrected_labels.parquet").metadata
+    assert int(meta[b"labels_epoch"]) == m["summary"]["labels"]["epoch"] == chosen["epoch"]
+    assert m["summary"]["labels"]["corrected_all"] == chosen["corrected_all"]
+    assert np.mean(np.asarray(t["corrected_label"]) == np.asarray(t["true_label"])) == pytest.approx(
+        chosen["corrected_all"])
 
 
 def test_tensorboard_events(smoke_run):
@@ -99,7 +108,7 @@ def test_tensorboard_events(smoke_run):
     assert len(files) == 1
     tags = read_event_tags(files[0])
     for tag in ("train_loss", "test_acc", "val_acc", "corrected/all", "corrected/clean", "corrected/noisy",
-                "alpha/clean", "alpha/noisy"):
+                "alpha/clean", "alpha/noisy", "detect/precision", "detect/recall", "detect/f1"):
         assert ("scalar", 3) in tags[tag], tag
     for tag in ("hist/alpha", "hist/beta", "hist/alpha_clean", "hist/alpha_noisy"):
         assert ("histo", 3) in tags[tag], tag
