@@ -48,3 +48,21 @@ def test_summary_selects_on_validation_never_on_test():
     s = summarize(hist)
     assert s["selected_epoch"] == 2 and s["best_test_acc"] == 0.6  # earliest of the tied best validation
     assert s["last5_epochs"] == [2, 3, 4, 5, 6] and abs(s["last5_test_acc"] - 0.61) < 1e-12
+
+
+def test_exported_labels_come_from_the_latest_epoch_validation_cannot_tell_from_the_best():
+    from pipeline.training.outputs import labels_epoch
+
+    def hist(vals, n=1000, warm=2):
+        return [{"epoch": i + 1, "phase": "warmup" if i < warm else "mslc", "val_acc": v, "val_samples": n}
+                for i, v in enumerate(vals)]
+
+    # best 0.90 at epoch 4; one s.e. at n = 1000 is 0.0095: epoch 6 (0.891) is within, epoch 7 (0.88) is not
+    assert labels_epoch(hist([0.99, 0.5, 0.85, 0.90, 0.86, 0.891, 0.88])) == 6  # warm-up epochs never count
+    assert labels_epoch(hist([0.5, 0.5, 0.85, 0.90, 0.86, 0.891, 0.88], n=10**9)) == 4  # a huge split: the best
+    assert labels_epoch(hist([0.5, 0.5, float("nan"), None])) == 4  # no validation: the last epoch
+    assert labels_epoch(hist([0.5, 0.7], warm=5)) == 2  # nothing after the warm-up: all epochs count
+    s = summarize([{**h, "test_acc": 0.5, "corrected_all": 0.1 * h["epoch"]}
+                   for h in hist([0.5, 0.5, 0.85, 0.90, 0.86, 0.891, 0.88])])
+    assert s["labels"]["epoch"] == 6 and s["labels"]["corrected_all"] == pytest.approx(0.6)
+    assert s["selected_epoch"] == 4  # model selection is unchanged: the best validation epoch

@@ -154,6 +154,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
         stats = train_epoch(cfg, st, data, epoch, device, run_dir)
         nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
+                  "val_samples": data.manifest["splits"].get("val", {}).get("count", 0),
                   "val_acc": evaluate(st.model, data, "val", device, cfg_bad_samples=cfg.data.bad_samples)
                   if lead else nan,
                   "test_acc": evaluate(st.model, data, "test", device, cfg_bad_samples=cfg.data.bad_samples)
@@ -178,7 +179,8 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
         st.labels = {"epoch": st.epoch, **{k: torch.from_numpy(v) for k, v in st.bank.table().items()}}
     if lead:
         t = {k: v.numpy() if torch.is_tensor(v) else v for k, v in st.labels.items()}
-        log(f"exported labels: epoch {t['epoch']} (the best clean-validation accuracy after the warm-up)")
+        log(f"exported labels: epoch {t['epoch']} (the latest within one standard error of the best clean-validation "
+            "accuracy after the warm-up)")
         result["corrected_labels"] = str(outputs.write_corrected_labels(
             run_dir / "corrected_labels.parquet", keys=data.keys, given=data.labels, soft=t["y_tilde"],
             alpha=t["alpha"], beta=t["beta"], true=data.true, epoch=t["epoch"]))

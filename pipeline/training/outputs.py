@@ -33,14 +33,20 @@ def _val(h: dict) -> float:
 
 
 def labels_epoch(history: list[dict]) -> int:
-    """The epoch whose soft labels a run exports: of the epochs after the warm-up (all, if
-    the run had none after it), the one with the best clean-validation accuracy, the
-    earliest on ties; the last such epoch when there is no validation split. Neither the
-    test set nor any true label takes part."""
+    """The epoch whose soft labels a run exports, chosen without the test set or any true
+    label: of the epochs after the warm-up (all, if none is after it), the latest whose
+    clean-validation accuracy is within one standard error (``√(p(1−p)/n)``, ``n`` the
+    record's ``val_samples``) of the best. Labels keep gathering corrections while the
+    model improves, so among epochs validation cannot tell apart the latest is taken;
+    without a validation split, the last epoch."""
     pool = [h for h in history if h.get("phase") != "warmup"] or history
-    if all(_val(h) < 0 for h in pool):
+    vals = [_val(h) for h in pool]
+    best = max(vals)
+    if best < 0:
         return pool[-1]["epoch"]
-    return pool[int(np.argmax([_val(h) for h in pool]))]["epoch"]
+    n = pool[vals.index(best)].get("val_samples") or 0
+    se = math.sqrt(best * (1.0 - best) / n) if n else 0.0
+    return [h for h, v in zip(pool, vals) if v >= best - se][-1]["epoch"]
 
 
 LABEL_KEYS = ("corrected_all", "corrected_clean", "corrected_noisy", "detect_precision", "detect_recall", "detect_f1")
@@ -66,7 +72,7 @@ def summarize(history: list[dict]) -> dict:
         "best_test_acc": history[best_i]["test_acc"],
         "last5_test_acc": float(np.mean([h["test_acc"] for h in last])),
         "last5_epochs": [h["epoch"] for h in last],
-        "labels": {"epoch": chosen["epoch"], "selected_by": "val_acc after the warm-up",
+        "labels": {"epoch": chosen["epoch"], "selected_by": "latest epoch within 1 s.e. of the best val_acc",
                    **{k: chosen[k] for k in LABEL_KEYS if k in chosen}},
         "final": history[-1],
     }
