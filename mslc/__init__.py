@@ -6,12 +6,13 @@ formula, the bilevel meta step, the soft-label bank, metrics and models.
 """
 
 from mslc.bank import LocalBank, SoftLabelBank
-from mslc.corrector import Corrector, LossMLP, soft_labels
+from mslc.corrector import ClassMLP, Corrector, LossMLP, soft_labels
 from mslc.meta_step import StepResult, ce_step, lookahead_meta_loss, mslc_step, real_step
-from mslc.noise import NoisyLabels, corrupt, make_transition
+from mslc.noise import NoisyLabels, corrupt, instance_dependent, make_transition
 from mslc.splits import Split, balanced_split
 
 __all__ = [
+    "ClassMLP",
     "Corrector",
     "LocalBank",
     "LossMLP",
@@ -22,6 +23,7 @@ __all__ = [
     "balanced_split",
     "ce_step",
     "corrupt",
+    "instance_dependent",
     "lookahead_meta_loss",
     "make_transition",
     "mslc_step",

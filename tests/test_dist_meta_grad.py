@@ -12,10 +12,10 @@ from tests.dist_helpers import run_ranks
 N, M, D, C = 8, 6, 5, 3  # per rank
 
 
-def problem():
+def problem(kind="loss"):
     g = torch.Generator().manual_seed(0)
     model = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, C)).double()
-    corrector = Corrector(hidden=8).double()
+    corrector = Corrector(hidden=8, kind=kind, num_classes=C).double()
     with torch.no_grad():
         for p in list(model.parameters()) + list(corrector.parameters()):
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
@@ -37,8 +37,8 @@ def step(model, corrector, batch, mode, impl="double-backward"):
             [p.detach().clone() for p in corrector.parameters()])
 
 
-def rank_fn(rank, world, mode, impl="double-backward"):
-    model, corrector, (x, y, y_prev, xm, ym) = problem()
+def rank_fn(rank, world, mode, impl="double-backward", kind="loss"):
+    model, corrector, (x, y, y_prev, xm, ym) = problem(kind)
     n, m = slice(rank * N, (rank + 1) * N), slice(rank * M, (rank + 1) * M)
     return step(model, corrector, (x[n], y[n], y_prev[n], xm[m], ym[m]), mode, impl)
 
@@ -68,3 +68,13 @@ def test_forward_mode_exact_meta_gradient_matches_one_process(tmp_path):
     jvp = run_ranks(rank_fn, 2, tmp_path / "jvp", "exact", "jvp")
     for r in range(2):
         assert close(jvp[r][0], ref[0]) and close(jvp[r][1], ref[1]) and close(jvp[r][2], ref[2])
+
+
+def test_class_aware_corrector_gets_the_exact_meta_gradient_at_two_ranks(tmp_path):
+    """The class-aware corrector has the same interface: both θ-gradient computations stay exact."""
+    model, corrector, batch = problem("class")
+    ref = step(copy.deepcopy(model), copy.deepcopy(corrector), batch, "exact")
+    for impl in ("double-backward", "jvp"):
+        got = run_ranks(rank_fn, 2, tmp_path / impl, "exact", impl, "class")
+        for r in range(2):
+            assert close(got[r][0], ref[0]) and close(got[r][1], ref[1]) and close(got[r][2], ref[2]), impl
