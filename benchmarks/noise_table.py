@@ -1,6 +1,6 @@
 """MSLC and the baselines on four kinds of label noise, with seeds: the labels each hands back.
 
-    python benchmarks/noise_table.py [--seeds 0 1 2] [--full] [--device cpu|cuda] [--quick]
+    python benchmarks/noise_table.py [--seeds 0 1 2] [--full] [--device cpu|cuda] [--quick] [key=value ...]
 
 Methods: CE (no correction), GLC, MW-Net, MSLC with the paper's loss-only corrector and
 MSLC with the class-aware corrector (``meta.corrector=class``), each at the project's
@@ -11,7 +11,8 @@ Default (the 2-core CPU budget, about two hours for three seeds): each run train
 seeded 10,000-image subset of the training split (meta 1,000, clean validation 1,000,
 test 2,000), with the default preset's schedule (14 epochs, 4 of CE warm-up, lr 0.05
 ×0.1 at epochs 10 and 12). ``--full`` trains on every image (GPU machines);
-``--quick`` is a smoke test of this script.
+``--quick`` is a smoke test of this script. ``key=value`` overrides apply to every run
+(after the budget, before each method's own).
 
 Per run: ``best`` is the test accuracy at the epoch with the best clean-validation
 accuracy, ``last5`` the mean test accuracy of the last 5 epochs; ``label_*`` the
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--storage", default="", help="where runs go (default: a new directory under runs/)")
     ap.add_argument("--out", default=str(RESULTS / "noise_table"), help="output path without extension")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     a = ap.parse_args(argv)
-    budget = FULL if a.full else QUICK if a.quick else BUDGET
+    budget = [*(FULL if a.full else QUICK if a.quick else BUDGET), *a.overrides]
     noises = [(k, r) for k, r in NOISES if f"{k}-{int(100 * r)}" in a.noises]
     storage = Path(a.storage or ROOT / "runs" / f"noise-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     device, rows, t0 = torch.device(a.device), [], time.time()
