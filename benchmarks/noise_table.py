@@ -96,7 +96,9 @@ def cells(rows: list[dict], method: str, noise: str, key: str) -> list[float]:
 def mean_std(vals: list[float]) -> str:
     if not vals:
         return "–"
-    return f"{100 * np.mean(vals):.2f} ± {100 * np.std(vals, ddof=1 if len(vals) > 1 else 0):.2f}"
+    if len(vals) == 1:  # one seed: no spread to show
+        return f"{100 * vals[0]:.2f}"
+    return f"{100 * np.mean(vals):.2f} ± {100 * np.std(vals, ddof=1):.2f}"
 
 
 def mean_ranks(rows: list[dict], methods: list[str], noises: list[str], keys=("last5", "label_all")) -> dict:
