@@ -82,7 +82,6 @@ class ClassMLP(nn.Module):
 
     def __init__(self, num_classes: int, hidden: int = 100) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.fc1 = nn.Linear(1 + 2 * num_classes, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
@@ -128,13 +127,12 @@ class Corrector(nn.Module):
                 y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha (n,), beta (n,))`` from the two losses (n,), the one-hot given labels (n, C)
         and the predictions (n, C)."""
-        if self.kind == "loss":
-            alpha = self.alpha_net(loss_alpha)
-            beta = self.beta_net(loss_beta) if self.fixed_beta is None else None
-        else:
-            alpha = self.alpha_net(loss_alpha, onehot, y_hat)
-            beta = self.beta_net(loss_beta, onehot, y_hat) if self.fixed_beta is None else None
-        return alpha, torch.full_like(alpha, self.fixed_beta) if beta is None else beta
+        def net(mlp: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+            return mlp(loss) if self.kind == "loss" else mlp(loss, onehot, y_hat)
+
+        alpha = net(self.alpha_net, loss_alpha)
+        beta = net(self.beta_net, loss_beta) if self.fixed_beta is None else torch.full_like(alpha, self.fixed_beta)
+        return alpha, beta
 
     def forward(
         self, y_hat: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor

@@ -250,7 +250,7 @@ def instance_dependent(features: np.ndarray, labels: np.ndarray, num_classes: in
         raise ValueError("instance-dependent noise needs at least 2 classes")
     rng = np.random.default_rng(seed)
     q = truncated_normal(len(y), rate, norm_std, rng=rng)
-    probs = np.zeros((len(y), num_classes))
+    probs, mean = np.zeros((len(y), num_classes)), np.eye(num_classes)
     for c in range(num_classes):
         rows = np.flatnonzero(y == c)
         w = rng.standard_normal((x.shape[1], num_classes)).astype(np.float32)
@@ -261,12 +261,9 @@ def instance_dependent(features: np.ndarray, labels: np.ndarray, num_classes: in
         a = np.exp(a - a.max(1, keepdims=True))
         probs[rows] = q[rows, None] * a / a.sum(1, keepdims=True)
         probs[rows, c] = 1.0 - q[rows]
+        mean[c] = probs[rows].mean(0)
     u = rng.random(len(y))
     cdf = np.cumsum(probs, 1)
     cdf[:, -1] = 1.0
     noisy = (u[:, None] >= cdf).sum(1).astype(np.int64)
-    mean = np.eye(num_classes)
-    for c in range(num_classes):
-        if (y == c).any():
-            mean[c] = probs[y == c].mean(0)
     return NoisyLabels(noisy=noisy, true=y, transition=mean, realized=realized_matrix(y, noisy, num_classes))

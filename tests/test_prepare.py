@@ -98,15 +98,19 @@ def test_list_files_with_crlf_and_blank_lines_parse(c1m):
     assert src.val.keys == c1m.val and not src.bad
 
 
-def test_cifar10_archive(tmp_path):
+def _prepared_cifar10(tmp_path, noise):
+    """``(config, shard dir, manifest, label table, fake arrays)`` of the CIFAR-10 fake prepared with 40% ``noise``."""
     archive, a = fakes.make_cifar_archive(tmp_path / "raw")
     cfg = DataConfig(dataset="cifar10", raw_dir=str(archive.parent), n_meta=20, n_val=20, shard_size=100,
-                     noise="sym", noise_rate=0.4)
+                     noise=noise, noise_rate=0.4)
     out = prep.prepare(cfg, tmp_path / "out", log=quiet)
-    m = shardset.load_manifest(out)
+    return cfg, out, shardset.load_manifest(out), pq.read_table(out / shardset.LABELS_FILE).to_pydict(), a
+
+
+def test_cifar10_archive(tmp_path):
+    _, out, m, t, a = _prepared_cifar10(tmp_path, "sym")
     assert {k: v["count"] for k, v in m["splits"].items()} == {"train": 260, "meta": 20, "val": 20, "test": 100}
     assert m["image"]["channels"] == 3 and m["image"]["height"] == 32 and m["classes"][:2] == ["c0", "c1"]
-    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
     src = np.asarray(t["source_index"])
     np.testing.assert_array_equal(t["true_label"], a["train_y"][src])
     assert 0.25 < m["noise"]["realized_rate"] < 0.5
@@ -129,12 +133,7 @@ def test_cifar100_asym_noise_stays_inside_the_super_class(tmp_path):
 
 
 def test_cifar10_instance_dependent_noise_is_planned_and_recorded(tmp_path):
-    archive, a = fakes.make_cifar_archive(tmp_path / "raw")
-    cfg = DataConfig(dataset="cifar10", raw_dir=str(archive.parent), n_meta=20, n_val=20, shard_size=100,
-                     noise="instance", noise_rate=0.4)
-    out = prep.prepare(cfg, tmp_path / "out", log=quiet)
-    m = shardset.load_manifest(out)
-    t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
+    cfg, _, m, t, _ = _prepared_cifar10(tmp_path, "instance")
     given, true = np.asarray(t["label"]), np.asarray(t["true_label"])
     assert m["noise"]["kind"] == "instance" and 0.25 < m["noise"]["realized_rate"] < 0.55
     assert m["noise"]["realized_rate"] == pytest.approx((given != true).mean())
