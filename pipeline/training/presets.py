@@ -7,14 +7,23 @@ import dataclasses
 from pipeline.training.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig, replace
 
 
+def recommended_meta(**options) -> MetaConfig:
+    """The corrector the user-facing presets run: class-aware (α and β also see the given
+    class and the prediction), no weight decay on θ, the virtual step at the initial lr
+    (issue 11's diagnosis, chosen on clean validation in ``benchmarks/noise_table.py``).
+    ``meta.corrector=loss`` is the paper's corrector; add ``meta.weight_decay=1e-4
+    meta.virtual_lr=current`` for the paper's settings too."""
+    return MetaConfig(corrector="class", weight_decay=0.0, virtual_lr="initial", **options)
+
+
 def fmnist_sym40() -> Config:
     """The default: Fashion-MNIST, 40% symmetric noise, small CNN, 14 epochs (4 CE warm-up)."""
-    return Config(preset="fmnist-sym40")
+    return Config(preset="fmnist-sym40", meta=recommended_meta())
 
 
 def fmnist_asym40() -> Config:
     """Fashion-MNIST with 40% semantic flips (mslc.noise.FMNIST_ASYM)."""
-    return Config(preset="fmnist-asym40", data=DataConfig(noise="asym", noise_rate=0.4))
+    return Config(preset="fmnist-asym40", data=DataConfig(noise="asym", noise_rate=0.4), meta=recommended_meta())
 
 
 def smoke() -> Config:
@@ -54,7 +63,7 @@ def clothing1m() -> Config:
         ),
         model=ModelConfig(arch="resnet50", pretrained=True),
         optim=OptimConfig(epochs=10, batch_size=32, lr=8e-4, weight_decay=1e-3, milestones=[6]),
-        meta=MetaConfig(warmup_epochs=1, meta_batch_size=32),
+        meta=recommended_meta(warmup_epochs=1, meta_batch_size=32),
         run=RunConfig(),
     )
 
