@@ -6,10 +6,11 @@ Methods: CE (no correction), GLC, MW-Net (its paper's settings), and MSLC three 
 paper's loss-only corrector at the paper's settings (θ's Adam weight decay 1e-4, the
 virtual step's lr decaying with the classifier's), the same corrector with the two fixes
 of issue 11 (no weight decay on θ, the virtual step at the initial lr throughout), and
-the class-aware corrector (``meta.corrector=class``) with those fixes. Every setting that
-differs between rows is pinned in ``METHODS``, and the schedule in ``SCHEDULE``, so the
-table does not move when a preset's defaults do. Noise: Fashion-MNIST at 40% symmetric, asymmetric (``mslc.noise.FMNIST_ASYM``),
-pair-flip and instance-dependent (Xia et al. 2020) noise.
+the class-aware corrector (``meta.corrector=class``) with those fixes. Every run starts
+from ``common.PAPER_SETTINGS``, each row adds its own (``METHODS``) and the schedule is
+pinned (``SCHEDULE``), so the table does not move when a preset's defaults do. Noise:
+Fashion-MNIST at 40% symmetric, asymmetric (``mslc.noise.FMNIST_ASYM``), pair-flip and
+instance-dependent (Xia et al. 2020) noise.
 
 Default (the 2-core CPU budget, about two hours for three seeds): each run trains on a
 seeded 10,000-image subset of the training split (meta 1,000, clean validation 1,000,
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 import torch
 
-from common import publish  # benchmarks/common.py, beside this script
+from common import PAPER_SETTINGS, publish  # benchmarks/common.py, beside this script
 from pipeline.prep.job import ensure_shards
 from pipeline.training.checkpoint import LocalReporter
 from pipeline.training.cli import absolutize, load_config
@@ -51,14 +52,13 @@ from pipeline.training.loop import run
 
 RESULTS = ROOT / "benchmarks" / "results"
 NOISES = [("sym", 0.4), ("asym", 0.4), ("pairflip", 0.4), ("instance", 0.4)]
-PAPER = ["meta.weight_decay=1e-4", "meta.virtual_lr=current"]  # θ's Adam weight decay; the virtual lr decays
 FIXES = ["meta.weight_decay=0", "meta.virtual_lr=initial"]  # what the diagnosis of issue 11 changes
-METHODS = {  # every setting that differs between rows is pinned here, so preset defaults can move
+METHODS = {  # each row's settings beyond common.PAPER_SETTINGS, which every run starts from
     "CE": ["meta.method=ce"],
     "GLC": ["meta.method=glc"],
-    "MW-Net": ["meta.method=mwnet", *PAPER],
-    "MSLC (paper settings)": ["meta.method=mslc", "meta.corrector=loss", *PAPER],
-    "MSLC (paper corrector + fixes)": ["meta.method=mslc", "meta.corrector=loss", *FIXES],
+    "MW-Net": ["meta.method=mwnet"],
+    "MSLC (paper settings)": ["meta.method=mslc"],
+    "MSLC (paper corrector + fixes)": ["meta.method=mslc", *FIXES],
     "MSLC (class-aware + fixes)": ["meta.method=mslc", "meta.corrector=class", *FIXES],
 }
 SCHEDULE = ["optim.epochs=14", "meta.warmup_epochs=4", "optim.milestones=[10,12]", "meta.warmup_avg=10"]
@@ -76,7 +76,7 @@ def one_run(method: str, noise: str, rate: float, overrides: list[str], seed: in
     tag = method.replace(" ", "_").replace("(", "").replace(")", "")
     name = f"noise-{noise}{int(100 * rate)}-{tag}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = absolutize(load_config("fmnist-sym40", [
-        f"data.noise={noise}", f"data.noise_rate={rate}", f"run.seed={seed}", f"run.name={name}",
+        *PAPER_SETTINGS, f"data.noise={noise}", f"data.noise_rate={rate}", f"run.seed={seed}", f"run.name={name}",
         f"run.storage_path={storage}", "run.tensorboard=false", "run.keep_checkpoints=1", *overrides]))
     ensure_shards(cfg.data, log=lambda s: None)
     t0 = time.time()
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
               f"`python benchmarks/noise_table.py {' '.join(sys.argv[1:] if argv is None else argv)}` — seeds "
               f"{a.seeds}, device {a.device}, torch {torch.__version__}, {time.time() - t0:.0f} s in all. "
               f"Overrides of every run: `{' '.join(budget) or '(none)'}`.", "",
-              "Mean ± std over the seeds, in %. val: the best clean-validation accuracy (what defaults are chosen on); best: test accuracy at the best clean-validation epoch; last5: "
+              "Mean ± std over the seeds, in %. val: the best clean-validation accuracy (what defaults are "
+              "chosen on); best: test accuracy at the best clean-validation epoch; last5: "
               "mean test accuracy of the last 5 epochs; label all / clean / noisy: accuracy of the exported labels "
               "on all / originally clean / originally noisy samples (CE: the given labels); precision / recall / "
               "f1: exported label ≠ given label as a detector of wrong labels; label peak: the best corrected-label "

@@ -12,7 +12,7 @@ GPU machines: all 58,000 training and 10,000 test images, 30 epochs, 8 warm-up,
 milestones 22 and 26. ``--quick`` is a smoke test of the script (two settings, three
 methods, tiny). Asymmetric noise flips T-shirt→Shirt, Pullover→Coat, Sandal→Sneaker,
 Ankle boot→Sandal (``mslc.noise.FMNIST_ASYM``). Every run pins the paper's corrector and
-settings (``PAPER``: loss-only α/β, θ's weight decay 1e-4, the virtual lr decaying), not
+settings (``common.PAPER_SETTINGS``: loss-only α/β, θ's weight decay 1e-4, the virtual lr decaying), not
 the class-aware one the user-facing presets run.
 
 "best" is the test accuracy at the epoch with the best clean-validation accuracy,
@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from common import publish  # benchmarks/common.py, beside this script
+from common import PAPER_SETTINGS, publish  # benchmarks/common.py, beside this script
 from pipeline.prep.job import ensure_shards
 from pipeline.training.checkpoint import LocalReporter
 from pipeline.training.cli import absolutize, load_config
@@ -51,8 +51,6 @@ APPROX = {
     "MSLC, last-layer meta-grad": ["meta.method=mslc", "meta.meta_scope=last"],
     "MSLC, last layer + every 5": ["meta.method=mslc", "meta.meta_scope=last", "meta.meta_every=5"],
 }
-# The paper's corrector at the paper's settings, whatever the preset recommends to users.
-PAPER = ["meta.corrector=loss", "meta.weight_decay=1e-4", "meta.virtual_lr=current"]
 BETAS = [0.0, 0.2, 0.4, 0.6, 0.8]
 BUDGET = ["data.max_train=4000", "data.max_test=2000", "optim.epochs=8", "meta.warmup_epochs=3",
           "optim.milestones=[6,7]"]
@@ -65,7 +63,7 @@ def one_run(name: str, noise: str, rate: float, overrides: list[str], seed: int,
             device: torch.device) -> dict:
     run_name = f"paper-{noise}{int(100 * rate)}-{name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}-s{seed}"
     cfg = absolutize(load_config("fmnist-sym40", [
-        *PAPER, f"data.noise={noise}", f"data.noise_rate={rate}", f"run.seed={seed}", f"run.name={run_name}",
+        *PAPER_SETTINGS, f"data.noise={noise}", f"data.noise_rate={rate}", f"run.seed={seed}", f"run.name={run_name}",
         f"run.storage_path={storage}", "run.tensorboard=false", *overrides]))
     ensure_shards(cfg.data, log=lambda s: None)
     t0 = time.time()
