@@ -79,7 +79,8 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
     st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
     method.start_epoch(st, data, phase)
     st.model.train()
-    sums = {"loss": 0.0, "meta_loss": 0.0, "n": 0, "meta_n": 0, "steps": 0}
+    sums = {"n": 0, "steps": 0}
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # Σ loss·n, Σ meta loss·n, meta samples: no sync per step
 
     def meta_batch():
         xm, ym = st.meta.next()
@@ -91,18 +92,17 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         batch = methods.Batch(normalize(x, data, device), y.to(device), idx, meta_batch)
         res = method.step(st, data, phase, batch)
         method.write_bank(st.bank, phase, epoch, batch, res)
-        if not torch.isnan(res.meta_loss):
-            sums["meta_loss"] += float(res.meta_loss) * len(y)
-            sums["meta_n"] += len(y)
-        sums["loss"] += float(res.loss) * len(y)
-        sums["n"] += len(y)
+        n, meta_loss = len(y), res.meta_loss.to(device=device, dtype=torch.float64)
+        has_meta = ~torch.isnan(meta_loss)
+        totals += torch.stack([res.loss.to(torch.float64) * n, torch.where(has_meta, meta_loss * n, 0.0),
+                               has_meta * float(n)])
+        sums["n"] += n
         sums["steps"] += 1
         st.steps_done += 1
-    totals = torch.tensor([sums["loss"], sums["meta_loss"], float(sums["n"]), float(sums["meta_n"])],
-                          dtype=torch.float64)
+    totals = torch.cat([totals.cpu(), torch.tensor([float(sums["n"])], dtype=torch.float64)])
     dist.all_reduce_mean_([totals])
-    sums["loss"], sums["meta_loss"], sums["n"] = float(totals[0]), float(totals[1]), round(float(totals[2]))
-    meta_n = float(totals[3])
+    sums["loss"], sums["meta_loss"], sums["n"] = float(totals[0]), float(totals[1]), round(float(totals[3]))
+    meta_n = float(totals[2])
     if sums["n"] == 0:
         raise PipelineError(f"{data.shard_dir}: epoch {epoch} streamed no training batch")
     method.end_epoch(st.bank, phase, epoch)

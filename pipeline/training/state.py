@@ -32,7 +32,8 @@ class Data:
     labels : (N,) int64 given labels; true : (N,) int64 (-1 unknown); keys : (N,)
     meta_x : (M, C, H, W) uint8 after the evaluation transform; meta_y : (M,) int64;
     mean, std : (1, C, 1, 1); train_tf / eval_tf: per-sample transforms (or None);
-    size : the side of the images the model sees.
+    size : the side of the images the model sees; eval_cache: see
+    :func:`pipeline.training.evaluate.eval_batches`.
     """
 
     shard_dir: str
@@ -47,6 +48,7 @@ class Data:
     train_tf: object = None
     eval_tf: object = None
     size: int = 0
+    eval_cache: dict = field(default_factory=dict)  # split → (images, labels) decoded once (small splits)
 
     @property
     def num_classes(self) -> int:
