@@ -27,11 +27,11 @@ def test_every_preset_validates_and_round_trips(name):
 @pytest.mark.parametrize("name", ["fmnist-sym40", "fmnist-asym40", "folder", "clothing1m"])
 def test_user_facing_presets_run_the_class_aware_corrector_and_the_paper_one_is_one_option_away(name):
     m = PRESETS[name]().meta
-    assert (m.corrector, m.weight_decay, m.virtual_lr) == ("class", 0.0, "initial")
+    assert (m.corrector, m.weight_decay, m.virtual_lr, m.alpha_lr, m.beta_lr) == ("class", 0.0, "initial", 2e-4, 2e-4)
     assert load_config(name, ["meta.corrector=loss"]).meta.corrector == "loss"
     for paper in ("cifar10-sym40", "cifar100-sym40", "smoke"):  # the paper's reproductions keep its settings
         p = PRESETS[paper]().meta
-        assert (p.corrector, p.weight_decay, p.virtual_lr) == ("loss", 1e-4, "current")
+        assert (p.corrector, p.weight_decay, p.virtual_lr, p.alpha_lr, p.beta_lr) == ("loss", 1e-4, "current", 1e-3, 1e-3)
 
 
 def test_overrides_are_typed_and_validated():
