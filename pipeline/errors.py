@@ -17,3 +17,7 @@ class PipelineError(Exception):
 
 class ShardError(PipelineError):
     """A shard is missing, corrupt, truncated, or holds a bad sample."""
+
+
+class DivergedError(PipelineError):
+    """Training met a non-finite loss or parameters; the message names the epoch, step and quantity."""

@@ -26,9 +26,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+INTERRUPTED = "interrupted (what was complete is kept: rerun the same command to resume)"
+
+if __name__ == "__main__":  # a Ctrl-C while the imports below load (seconds): no traceback either
+    signal.signal(signal.SIGINT, lambda *_: (print(INTERRUPTED, file=sys.stderr, flush=True), os._exit(130)))
 
 from pipeline.prep.job import ensure_shards, prepare
 from pipeline.prep.options import DATASETS, PrepareOptions
@@ -73,6 +79,7 @@ def data_from_kind_args(argv: list[str]) -> tuple[PrepareOptions, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on run_cli reports it
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DATASETS:
         holder = {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,15 @@ def load_manifest(shard_dir: str | Path) -> dict:
     for split in SPLITS:
         if split not in manifest.get("splits", {}):
             raise ShardError(f"{path}: no split {split!r}")
+        for rec in manifest["splits"][split].get("shards", []):
+            name = rec.get("name") if isinstance(rec, dict) else None
+            if not isinstance(name, str) or not re.fullmatch(rf"{split}-\d{{5,}}\.tar", name):
+                raise ShardError(f"{path}: split {split!r} names the shard {name!r}; shard names must be plain "
+                                 f"file names such as {split}-00000.tar, inside the shard directory")
+    labels = manifest.get("labels", {}).get("name") if isinstance(manifest.get("labels"), dict) else None
+    if labels != LABELS_FILE:
+        raise ShardError(f"{path}: the label table is named {labels!r}; it must be {LABELS_FILE!r}, inside the "
+                         "shard directory")
     return manifest
 
 

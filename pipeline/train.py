@@ -13,9 +13,34 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.training.cli import parse_args, run_cli
 from pipeline.training.config import Config
 from pipeline.training.launch import build_trainer, check_data, name_run, start_ray
+
+
+def known_error(e: BaseException) -> BaseException | None:
+    """The first :class:`PipelineError` or :class:`ConfigError` behind ``e``: through
+    ``__cause__`` / ``__context__``, Ray Train's ``worker_failures`` (by rank) and
+    ``controller_failure``, and Ray's wrapped ``cause``; None when there is none."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, (PipelineError, ConfigError)):
+            return x
+        failures = getattr(x, "worker_failures", None) or {}
+        todo += [failures[r] for r in sorted(failures)]
+        todo += [getattr(x, "controller_failure", None), getattr(x, "cause", None), x.__cause__, x.__context__]
+    return None
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message without the traceback text Ray appends to it."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def main_body(cfg: Config) -> int:
@@ -27,10 +52,17 @@ def main_body(cfg: Config) -> int:
     try:
         trainer.fit()
     except Exception as e:  # the workers' error, already printed by Ray with its traceback
+        known = known_error(e)
+        import ray
+
+        ray.shutdown()  # flushes the workers' forwarded logs now, so that the line below comes last
+        if known is not None:  # bad data, divergence: the worker's one-line message, last on stderr
+            print(f"error: {first_line(known)}", file=sys.stderr, flush=True)
+            return 2
         cause = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        print(f"error: training failed: {type(cause).__name__}: {cause}", file=sys.stderr)
+        print(f"error: training failed: {type(cause).__name__}: {first_line(cause)}", file=sys.stderr)
         return 1
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
     print(f"\nrun directory:     {run_dir}")

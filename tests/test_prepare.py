@@ -193,12 +193,16 @@ def test_folder_listing_with_integer_labels_and_no_clean_set(tmp_path):
 def test_labels_file_replaces_training_labels(c1m, tmp_path):
     keys = c1m.noisy_train[:10]
     fakes.write_csv(tmp_path / "relabel.csv", "key,label", [(k, c1m.true[k]) for k in keys] + [("no/such.jpg", 1)])
-    out = prep.prepare(c1m_cfg(c1m.root, labels_file=str(tmp_path / "relabel.csv")), tmp_path / "out", log=quiet)
+    with pytest.raises(PipelineError, match="relabel.csv.*no/such.jpg.*no sample of the raw training set has this key"):
+        prep.prepare(c1m_cfg(c1m.root, labels_file=str(tmp_path / "relabel.csv")), tmp_path / "out", log=quiet)
+    out = prep.prepare(c1m_cfg(c1m.root, labels_file=str(tmp_path / "relabel.csv"), skip_bad=True), tmp_path / "out",
+                       log=quiet)
     m = shardset.load_manifest(out)
+    assert m["bad"]["by_reason"] == {"not_in_training_set": 1}
     t = pq.read_table(out / shardset.LABELS_FILE).to_pydict()
     assert t["label"][:10] == [c1m.true[k] for k in keys]
     assert t["label"][10:] == [c1m.noisy_label[k] for k in c1m.noisy_train[10:]]
-    assert m["labels_file"]["applied"] == 10 and m["labels_file"]["not_in_training_split"] == 1
+    assert m["labels_file"]["applied"] == 10 and m["labels_file"]["not_in_training_split"] == 0
 
 
 def test_labels_file_by_index_on_cifar(tmp_path):

@@ -93,7 +93,8 @@ def gather_bad(data: PrepareOptions, src: Source, partial: Path, log) -> tuple[S
     bad = list(src.bad)
     override = None
     if data.labels_file:
-        column, labels = read_label_override(Path(data.labels_file), src.classes, bad)
+        known = {"key": set(src.pool.keys), "index": set(src.pool.source_index.tolist())}
+        column, labels = read_label_override(Path(data.labels_file), src.classes, bad, known=known)
         override = (data.labels_file, column, labels)
     if not data.skip_bad:
         stop_on_bad(bad, "entries in the label files")
@@ -105,6 +106,17 @@ def gather_bad(data: PrepareOptions, src: Source, partial: Path, log) -> tuple[S
     for b in bad + scanned:
         log(f"skipped: {b}")
     return src, bad + scanned, override
+
+
+def pid_alive(pid: str) -> bool:
+    """Whether ``pid`` (digits) is a live process on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def prepare(data: PrepareOptions, out: str | Path, *, raw: ImageArrays | None = None, log=print) -> Path:
@@ -126,6 +138,18 @@ def prepare(data: PrepareOptions, out: str | Path, *, raw: ImageArrays | None = 
         raise PipelineError(f"{out}: exists, is not empty and holds no manifest.json; choose another --out")
     partial = partial_dir(out)
     partial.mkdir(parents=True, exist_ok=True)
+    for stale in partial.glob(".*.tmp-*"):  # a file an interrupted run of this machine was writing
+        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
+            stale.unlink(missing_ok=True)
+    try:
+        return _prepare_into(data, out, partial, raw, log)
+    except BaseException:
+        if partial.is_dir() and not any(partial.iterdir()):
+            partial.rmdir()  # nothing was written: leave nothing behind
+        raise
+
+
+def _prepare_into(data: PrepareOptions, out: Path, partial: Path, raw: ImageArrays | None, log) -> Path:
     src, coarse = read_source(data, raw)
     src, bad, override = gather_bad(data, src, partial, log)
     plan = plan_splits(data, src, coarse, override)

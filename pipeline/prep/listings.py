@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 
 K = TypeVar("K", str, int)  # a listing's key: a file key or a row index
 BAD_KINDS = ("missing_image", "corrupt_image", "conflicting_labels", "label_out_of_range", "no_label",
-             "unparsable_line")
+             "unparsable_line", "not_in_training_set")
 
 
 @dataclass(frozen=True)
@@ -169,13 +169,15 @@ def class_ids(values: list, classes: tuple[str, ...] | None) -> tuple[tuple[str,
     return classes, ids
 
 
-def read_label_override(path: Path, classes: tuple[str, ...], bad: list[Bad]
-                        ) -> tuple[str, dict[str | int, int]]:
+def read_label_override(path: Path, classes: tuple[str, ...], bad: list[Bad], *,
+                        known: dict[str, set] | None = None) -> tuple[str, dict[str | int, int]]:
     """``--labels FILE``: CSV or Parquet with a ``label`` column and a ``key`` or
     ``index`` column (``index`` is the sample's row in the raw training set).
 
     Returns ``(column, {key or index: label})`` by :func:`first_labels`; labels may be
-    class ids or names. Bad rows (unparsable, out of range, one key with two labels) go to ``bad``.
+    class ids or names. Bad rows (unparsable, out of range, one key with two labels, and
+    with ``known`` (``{"key": keys, "index": indices}`` of the raw training set) a key or
+    index that names no raw training sample) go to ``bad``.
     """
     t, lines = read_table(path, ("label",))
     column = "key" if "key" in t else "index" if "index" in t else None
@@ -192,6 +194,10 @@ def read_label_override(path: Path, classes: tuple[str, ...], bad: list[Bad]
                 except (TypeError, ValueError):
                     bad.append(Bad(path.name, str(k), "index is not an integer", n, "unparsable_line"))
                     continue
+            if known is not None and key not in known[column]:
+                bad.append(Bad(path.name, str(key), f"no sample of the raw training set has this {column}", n,
+                               "not_in_training_set"))
+                continue
             label, kind, why = parse_label(str(v), len(classes))
             if label is None and str(v) in names:
                 label = names[str(v)]

@@ -9,7 +9,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tarfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -156,13 +158,36 @@ def now() -> str:
 
 
 def pool_map(fn, chunks: list, workers: int):
-    """``fn`` over ``chunks`` in order, in ``workers`` processes (in this one when 1)."""
+    """``fn`` over ``chunks`` in order, in ``workers`` processes (in this one when 1).
+
+    The worker processes start with SIGINT ignored, so a Ctrl-C (sent to the whole process
+    group) reaches this process alone: it stops them and re-raises, with no traceback
+    from each of them and no wait on work already queued.
+    """
     if workers <= 1 or len(chunks) <= 1:
         yield from map(fn, chunks)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        yield from ex.map(fn, chunks)
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        futures = [ex.submit(fn, c) for c in chunks]  # the processes start here, inheriting SIG_IGN
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    try:
+        for f in futures:  # not Executor.map: its clean-up cancels futures the broken pool then fails to set
+            yield f.result()
+    except BaseException:
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            proc.terminate()
+        queue = getattr(ex, "_call_queue", None)
+        if queue is not None:  # its feeder may be blocked on a pipe nobody reads now: do not wait for it at exit
+            queue.cancel_join_thread()
+        ex.shutdown(wait=False)
+        raise
+    ex.shutdown()
 
 
 @dataclass

@@ -28,8 +28,14 @@ def load_config(preset_or_file: str | None, overrides: list[str] = ()) -> Config
                 raw = json.load(f)
         except json.JSONDecodeError as e:
             raise ConfigError(f"config file {name}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {name}: the top level must be a JSON object of sections "
+                              f"(e.g. {{\"optim\": {{\"epochs\": 4}}}}), got {type(raw).__name__}")
         base = PRESETS[raw.get("preset", DEFAULT_PRESET)]() if raw.get("preset") in PRESETS else Config()
-        cfg = Config.from_dict(merge(base.to_dict(), raw))
+        try:
+            cfg = Config.from_dict(merge(base.to_dict(), raw))
+        except ConfigError as e:
+            raise ConfigError(f"config file {name}: {e}") from None
     else:
         raise ConfigError(f"unknown preset or missing config file {name!r}; presets: {', '.join(PRESETS)}")
     return apply_overrides(cfg, list(overrides))
@@ -43,8 +49,8 @@ def _key_table() -> str:
     width = max(map(len, METHODS)) + 1
     for name, cls in METHODS.items():
         lines.append(f"  {name:<{width}} {(cls.__doc__ or '').strip().splitlines()[0]}")
-    lines.append("\nkeys (section.key=value; defaults of the fmnist-sym40 preset):")
-    default = Config().to_dict()
+    lines.append(f"\nkeys (section.key=value; defaults of the {DEFAULT_PRESET} preset):")
+    default = PRESETS[DEFAULT_PRESET]().to_dict()
     for section, values in default.items():
         if isinstance(values, dict):
             for k, v in values.items():
@@ -94,9 +100,13 @@ def absolutize(cfg: Config) -> Config:
 
 
 def run_cli(parse: Callable[[], Config], body: Callable[[Config], int]) -> int:
-    """Run ``body(parse())``; a bad config or bad data is one ``error:`` line and exit 2."""
+    """Run ``body(parse())``; a bad config or bad data is one ``error:`` line and exit 2,
+    Ctrl-C one line and exit 130."""
     try:
         return body(parse())
     except (ConfigError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (what was complete is kept: rerun the same command to resume)", file=sys.stderr)
+        return 130

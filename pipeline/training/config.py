@@ -203,8 +203,37 @@ def _build(cls, d: dict, prefix: str):
     kwargs = {}
     for k, v in d.items():
         t = hints[k]
-        kwargs[k] = _build(t, v, f"{prefix}{k}.") if dataclasses.is_dataclass(t) else v
-    return cls(**kwargs)
+        kwargs[k] = _build(t, v, f"{prefix}{k}.") if dataclasses.is_dataclass(t) else _typed(v, t, f"{prefix}{k}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a check in __post_init__ met a value of a type the schema did not foresee
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'}: {e}") from None
+
+
+def _typed(v, t, key: str):
+    """``v`` checked against the declared type ``t`` (an int is taken for a float); a
+    mismatch is a :class:`ConfigError` naming the key."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if t is bool:
+        ok = isinstance(v, bool)
+    elif t is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif t is float:
+        ok, v = number(v), float(v) if number(v) else v
+    elif t is str:
+        ok = isinstance(v, str)
+    elif t == list[int]:
+        ok = isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    elif t == (float | None):
+        ok, v = v is None or number(v), float(v) if number(v) else v
+    else:
+        return v
+    if not ok:
+        name = {list[int]: "a list of integers", float | None: "a number or null"}.get(t, getattr(t, "__name__", t))
+        raise ConfigError(f"config key {key}: expected {name}, got {v!r}")
+    return v
 
 
 def all_keys() -> list[str]:

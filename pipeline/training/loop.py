@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mslc import dist
-from pipeline.errors import PipelineError
+from pipeline.errors import DivergedError, PipelineError
 from pipeline.shardset import expected_counts, shard_urls
 from pipeline.training import checkpoint, methods, outputs, streaming
 from pipeline.training.config import Config
@@ -71,6 +71,42 @@ def maybe_crash(cfg: Config, st: TrainState, run_dir: Path) -> None:
         os._exit(1)
 
 
+DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the on-device divergence record (one host sync each)
+
+
+class DivergenceWatch:
+    """Records on the device the first step whose training loss was non-finite or whose
+    meta loss was infinite (a NaN meta loss means "no meta step" in :class:`StepResult`;
+    a NaN meta-gradient shows up as non-finite θ), without a host sync per step;
+    :meth:`check` reads it, with the finiteness of every trained module's parameters (a
+    non-finite gradient makes them non-finite), every :data:`DIVERGENCE_CHECK_EVERY` steps
+    and at the epoch's end, and all ranks agree before any raises :class:`DivergedError`."""
+
+    QUANTITIES = ("training loss", "meta loss")
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((2,), -1, dtype=torch.int64, device=device)
+
+    def update(self, step: int, loss: torch.Tensor, meta_loss: torch.Tensor) -> None:
+        dev = self.first.device
+        bad = torch.stack([~torch.isfinite(loss.detach().to(dev)), torch.isinf(meta_loss.detach().to(dev))])
+        self.first = torch.where(bad & (self.first < 0), torch.full_like(self.first, step), self.first)
+
+    def check(self, st: TrainState, epoch: int) -> None:
+        modules = {"classifier": st.model, "corrector (θ)": st.corrector,
+                   **{f"method's {k}": v for k, v in vars(st.method).items() if isinstance(v, torch.nn.Module)}}
+        finite = torch.stack([torch.stack([torch.isfinite(p).all() for p in m.parameters()]).all()
+                              for m in modules.values()]).cpu()
+        first = self.first.cpu()
+        problems = [f"non-finite {q} at step {int(s)}" for q, s in zip(self.QUANTITIES, first) if s >= 0]
+        problems += [f"non-finite {name} parameters" for name, ok in zip(modules, finite) if not ok]
+        if dist.all_min(0 if problems else 1) == 0:
+            what = "; ".join(problems) or "another rank's training diverged"
+            kept = f"the last good checkpoint is epoch {st.epoch}" if st.epoch else "no checkpoint was written"
+            raise DivergedError(f"training diverged in epoch {epoch} (by step {st.steps_done}): {what}. "
+                                f"Nothing was exported; {kept} (try a lower optim.lr)")
+
+
 def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: torch.device, run_dir: Path) -> dict:
     """One epoch of the run's method (``st.method``); returns its phase, mean train and
     meta loss, samples and steps."""
@@ -81,6 +117,7 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
     st.model.train()
     sums = {"n": 0, "steps": 0}
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # Σ loss·n, Σ meta loss·n, meta samples: no sync per step
+    watch = DivergenceWatch(device)
 
     def meta_batch():
         xm, ym = st.meta.next()
@@ -99,6 +136,10 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         sums["n"] += n
         sums["steps"] += 1
         st.steps_done += 1
+        watch.update(st.steps_done, res.loss, res.meta_loss)
+        if sums["steps"] % DIVERGENCE_CHECK_EVERY == 0:
+            watch.check(st, epoch)
+    watch.check(st, epoch)
     totals = torch.cat([totals.cpu(), torch.tensor([float(sums["n"])], dtype=torch.float64)])
     dist.all_reduce_mean_([totals])
     sums["loss"], sums["meta_loss"], sums["n"] = float(totals[0]), float(totals[1]), round(float(totals[3]))

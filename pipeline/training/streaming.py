@@ -43,8 +43,15 @@ _register_url_handlers()
 
 
 def _gopen(url: str):
-    """A shard's byte stream: local paths, fsspec URLs (above), ``pipe:`` and ``http(s)://``."""
-    return sys.modules["webdataset.gopen"].gopen(url)
+    """A shard's byte stream. A local path is opened as it is (``#``, spaces and braces are
+    legal in file names, not URL syntax); an object-store URL through fsspec; only
+    ``http(s)://`` goes through webdataset's opener."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in ("http", "https"):
+        return sys.modules["webdataset.gopen"].gopen(url)
+    if scheme:
+        return open_read(url)
+    return open(url, "rb", buffering=1 << 16)
 
 
 class ShardStream(wds.DataPipeline, wds.FluidInterface):
