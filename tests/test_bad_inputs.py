@@ -187,3 +187,19 @@ def test_a_bad_shard_met_while_streaming_ends_the_ray_run_with_one_error_line(tm
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: shard {victim}: truncated or corrupt tar"), last
     assert not (tmp_path / "runs" / "bad-shard" / "model.pt").exists()
+
+
+def test_the_driver_finds_a_workers_pipeline_error_behind_ray_train_wrappers():
+    from ray.train import ControllerError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from pipeline.train import first_line, known_error
+
+    diverged = DivergedError("training diverged in epoch 2 (by step 40): non-finite training loss at step 33")
+    wrapped = WorkerGroupError("rank 1 failed", {1: RuntimeError("other"), 0: diverged})
+    assert known_error(wrapped) is diverged
+    try:
+        raise ControllerError(RuntimeError("x")) from ShardError("shard s.tar: truncated or corrupt tar (x)\ntrace")
+    except ControllerError as e:
+        assert first_line(known_error(e)) == "shard s.tar: truncated or corrupt tar (x)"
+    assert known_error(WorkerGroupError("oom", {0: MemoryError()})) is None
