@@ -65,3 +65,57 @@ def test_kuberay_rayjob_runs_the_pipeline():
     assert "Service" not in {d["kind"] for d in docs}  # nothing exposes the dashboard
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert "WORKDIR /home/ray/mslc" in dockerfile and "requirements.txt" in dockerfile
+
+
+# The submit-time GPU decision against fake cluster views (issue 13): a GPU node type scaled to
+# zero must not make a GPU job train on the head's CPUs.
+HEAD_ONLY_NOW = {"CPU": 4.0, "memory": 1e10}
+GPU_TYPES_AT_ZERO = {"CPU": 4 + 8 * 16, "GPU": 8 * 1}  # Ray's max resources over all node types at max_workers
+CPU_TYPES_ONLY = {"CPU": 4 + 8 * 16}
+
+
+@pytest.mark.parametrize("setting, now, can_add, want", [
+    ("auto", HEAD_ONLY_NOW, GPU_TYPES_AT_ZERO, True),  # GPUs from zero: ask for them
+    ("auto", HEAD_ONLY_NOW, CPU_TYPES_ONLY, False),
+    ("auto", HEAD_ONLY_NOW, None, False),  # a fixed CPU cluster (no autoscaling config)
+    ("auto", {"CPU": 16.0, "GPU": 2.0}, None, True),
+    ("true", HEAD_ONLY_NOW, GPU_TYPES_AT_ZERO, True),
+    ("false", {"CPU": 16.0, "GPU": 2.0}, GPU_TYPES_AT_ZERO, False),
+])
+def test_use_gpu_looks_at_what_the_autoscaler_can_add(setting, now, can_add, want):
+    from pipeline.training.launch import resolve_use_gpu
+
+    assert resolve_use_gpu(setting, now=now, can_add=can_add, warn=lambda m: None) is want
+
+
+def test_use_gpu_true_where_no_gpu_can_ever_come_is_an_error_or_a_warning():
+    from pipeline.errors import ConfigError
+    from pipeline.training.launch import resolve_use_gpu
+
+    with pytest.raises(ConfigError, match="scale.use_gpu=true, but this cluster has no GPUs and its autoscaler"):
+        resolve_use_gpu("true", now=HEAD_ONLY_NOW, can_add=CPU_TYPES_ONLY)
+    said = []
+    assert resolve_use_gpu("true", now=HEAD_ONLY_NOW, can_add=None, warn=said.append) is True
+    assert "waits until GPU nodes join" in said[0]
+
+
+@pytest.mark.parametrize("preset", ["clothing1m", "folder", "cifar10-sym40", "cifar100-sym40"])
+def test_gpu_presets_planned_on_a_cluster_with_gpu_nodes_at_zero_request_gpu_workers(preset, monkeypatch):
+    from pipeline.training import launch
+    from pipeline.training.cli import load_config
+    from pipeline.training.presets import PRESETS
+
+    assert PRESETS[preset]().scale.use_gpu == "true"
+    monkeypatch.setattr(launch, "cluster_view", lambda: (HEAD_ONLY_NOW, GPU_TYPES_AT_ZERO))
+    trainer = launch.build_trainer(load_config(preset, ["scale.workers=4", "run.name=plan"]))
+    scaling = trainer.scaling_config
+    assert scaling.use_gpu and scaling.num_workers == 4 and scaling.resources_per_worker["GPU"] == 1
+
+
+def test_the_sweep_uses_the_same_rule(monkeypatch):
+    from pipeline.training import launch
+    from pipeline.training.cli import load_config
+    from tune.sweep import trial_resources
+
+    monkeypatch.setattr(launch, "cluster_view", lambda: (HEAD_ONLY_NOW, GPU_TYPES_AT_ZERO))
+    assert trial_resources(load_config("fmnist-sym40", ["scale.workers=2"]))["GPU"] == 2

@@ -159,7 +159,7 @@ def test_clothing1m_preset_on_a_fake_release_tree_with_two_workers(tmp_path):
         [sys.executable, "pipeline/train.py", "--config", "clothing1m", f"data.shards={shard_dir}",
          "model.arch=small-cnn", "model.pretrained=false", "data.image_size=32", "data.loader_workers=1",
          "data.shuffle_buffer=64", "scale.workers=2", "optim.epochs=3", "optim.milestones=[3]", "optim.lr=0.05",
-         "optim.batch_size=16", "meta.warmup_epochs=1", "meta.meta_batch_size=16",
+         "optim.batch_size=16", "meta.warmup_epochs=1", "meta.meta_batch_size=16", "scale.use_gpu=false",
          f"run.storage_path={tmp_path / 'runs'}", "run.name=c1m"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )

@@ -77,10 +77,10 @@ def run_trial(params: dict) -> None:
 
 def trial_resources(cfg: Config) -> dict:
     """What one trial's Train workers take; the Tune trial itself takes almost nothing."""
-    import ray
+    from pipeline.training.launch import cluster_view, resolve_use_gpu
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = cfg.scale.use_gpu == "true" or (cfg.scale.use_gpu == "auto" and gpus > 0)
+    now, can_add = cluster_view()
+    use_gpu = resolve_use_gpu(cfg.scale.use_gpu, now=now, can_add=can_add)
     return {"CPU": cfg.scale.workers * cfg.scale.cpus_per_worker, "GPU": cfg.scale.workers if use_gpu else 0}
 
 

@@ -39,17 +39,55 @@ def check_data(cfg: Config) -> None:
     build_transforms(cfg, manifest)
 
 
-def build_trainer(cfg: Config, *, callbacks: list | None = None):
+def resolve_use_gpu(setting: str, *, now: dict, can_add: dict | None, warn=None) -> bool:
+    """Whether workers ask for GPUs, from ``scale.use_gpu`` and a view of the cluster.
+
+    now : the resources the cluster has now (``ray.cluster_resources()``).
+    can_add : the most of each resource its autoscaler can provide (all node types at their
+        ``max_workers``; Ray's ``get_max_resources_from_cluster_config``), None when the
+        cluster publishes no autoscaling config (a fixed or local cluster).
+
+    ``auto`` asks for GPUs when the cluster has any now *or its autoscaler can add some*: a
+    GPU node type scaled to zero must not make a GPU job train on the head's CPUs.
+    ``true`` on a cluster that has none and whose autoscaler cannot add any is an error,
+    rather than a job that waits forever; with no autoscaling config to consult it warns.
+    """
+    gpus = now.get("GPU", 0) > 0 or (can_add is not None and can_add.get("GPU", 0) > 0)
+    if setting == "false":
+        return False
+    if setting == "auto":
+        return gpus
+    if not gpus:
+        if can_add is not None:
+            raise ConfigError("scale.use_gpu=true, but this cluster has no GPUs and its autoscaler cannot add any "
+                              f"(it can provide: {can_add}); set scale.use_gpu=false to train on CPUs")
+        (warn or print)("warning: scale.use_gpu=true on a cluster with no GPUs now and no autoscaling config to "
+                        "say it can add some: the job waits until GPU nodes join (scale.use_gpu=false trains on CPUs)")
+    return True
+
+
+def cluster_view() -> tuple[dict, dict | None]:
+    """``(resources now, the most its autoscaler can provide or None)`` of the connected cluster."""
     import ray
+
+    try:
+        from ray._private.state import state
+
+        can_add = state.get_max_resources_from_cluster_config()
+    except Exception:  # an internal API: without it, fall back to what the cluster has now
+        can_add = None
+    return ray.cluster_resources(), can_add
+
+
+def build_trainer(cfg: Config, *, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.training.loop import train_loop_per_worker
 
-    if cfg.scale.use_gpu == "auto":
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    else:
-        use_gpu = cfg.scale.use_gpu == "true"
+    now, can_add = cluster_view()
+    use_gpu = resolve_use_gpu(cfg.scale.use_gpu, now=now, can_add=can_add,
+                              warn=lambda m: print(m, file=sys.stderr, flush=True))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.training.config import Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig, replace
+from pipeline.training.config import (Config, DataConfig, MetaConfig, ModelConfig, OptimConfig, RunConfig, ScaleConfig,
+                                      replace)
 
 
 def recommended_meta(**options) -> MetaConfig:
@@ -55,6 +56,7 @@ def cifar10_sym40() -> Config:
         model=ModelConfig(arch="resnet34"),
         optim=OptimConfig(epochs=120, batch_size=100, lr=0.1, weight_decay=5e-4, milestones=[80, 100]),
         meta=MetaConfig(warmup_epochs=80, meta_batch_size=100),
+        scale=ScaleConfig(use_gpu="true"),
     )
 
 
@@ -75,6 +77,7 @@ def clothing1m() -> Config:
         model=ModelConfig(arch="resnet50", pretrained=True),
         optim=OptimConfig(epochs=10, batch_size=32, lr=8e-4, weight_decay=1e-3, milestones=[6]),
         meta=recommended_meta(warmup_epochs=1, meta_batch_size=32),
+        scale=ScaleConfig(use_gpu="true"),
         run=RunConfig(),
     )
 
