@@ -2,6 +2,7 @@
 produces every output a user takes away."""
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def smoke_run(tmp_path_factory):
     env = ray_env()
     out = subprocess.run(
         [sys.executable, "pipeline/train.py", "--config", "smoke", f"data.shard_root={tmp / 'shards'}",
-         f"run.storage_path={tmp / 'runs'}", "run.name=smoke-e2e", "run.keep_checkpoints=0"],
+         f"run.storage_path={tmp / 'runs'}", "run.name=smoke-e2e", "run.keep_checkpoints=0",
+         "run.log_every_s=0.2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -50,6 +52,10 @@ def smoke_run(tmp_path_factory):
 def test_console_progress_and_paths(smoke_run):
     run_dir, stdout = smoke_run
     assert [ln.count("epoch   1/3") for ln in stdout.splitlines() if "epoch   1/3" in ln] == [1]
+    inside = [ln for ln in stdout.splitlines() if re.search(r"epoch [123]/3 step \d+/\d+: \d+ img/s, loss [\d.]+, "
+                                                              r"epoch ETA \d+:\d\d:\d\d, run ETA", ln)]
+    assert inside, stdout[-2000:]  # progress inside epochs (run.log_every_s)
+    assert "Reporting training result" not in stdout
     for what in ("model:", "tensorboard logs:", "corrected labels:", "metrics:"):
         assert what in stdout
     assert str(run_dir / "corrected_labels.parquet") in stdout
@@ -114,6 +120,7 @@ def test_tensorboard_events(smoke_run):
         assert ("scalar", 3) in tags[tag], tag
     for tag in ("hist/alpha", "hist/beta", "hist/alpha_clean", "hist/alpha_noisy"):
         assert ("histo", 3) in tags[tag], tag
+    assert any(kind == "scalar" for kind, _ in tags["step/train_loss"])  # step-level scalars inside epochs
     assert ("image", 0) in tags["confusion/given_vs_true"]
     assert ("image", 3) in tags["confusion/corrected_vs_true"]
 

@@ -163,8 +163,10 @@ class RunConfig:
     resume_from: str = ""  # a checkpoint directory to start from (any worker count)
     keep_checkpoints: int = 2  # the latest K epoch checkpoints are kept (0: all)
     keep_best: bool = True  # and a copy of the best epoch on clean validation (checkpoint_best)
+    log_every_s: float = 30.0  # a progress line (and step-level TensorBoard scalars) inside an epoch this often; 0: none
 
     def __post_init__(self) -> None:
+        require(self.log_every_s >= 0, f"run.log_every_s must be >= 0 (0: no progress lines), got {self.log_every_s}")
         require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")
         require(self.keep_checkpoints >= 0, f"run.keep_checkpoints must be >= 0 (0: all), got {self.keep_checkpoints}")
 

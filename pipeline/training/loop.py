@@ -107,9 +107,45 @@ class DivergenceWatch:
                                 f"Nothing was exported; {kept} (try a lower optim.lr)")
 
 
-def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: torch.device, run_dir: Path) -> dict:
+def _clock(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class EpochProgress:
+    """Rank 0's progress inside an epoch: every ``run.log_every_s`` seconds a console line
+    (step k/K, images/s over all ranks, the mean training loss so far, the ETA of the epoch
+    and of the run at this epoch's pace) and step-level TensorBoard scalars. It reads the
+    loss (one host sync) only when it reports."""
+
+    def __init__(self, cfg: Config, data: Data, epoch: int, log, tb=None) -> None:
+        world = dist.world_size()
+        per_rank = -(-data.manifest["splits"]["train"]["count"] // world)
+        self.total = max(1, -(-per_rank // cfg.optim.batch_size))
+        self.every, self.epoch, self.epochs, self.world = cfg.run.log_every_s, epoch, cfg.optim.epochs, world
+        self.log, self.tb = log, tb
+        self.start = self.last = time.time()
+
+    def step(self, steps: int, samples: int, loss_sum: torch.Tensor, global_step: int) -> None:
+        now = time.time()
+        if not self.every or now - self.last < self.every or steps >= self.total:
+            return
+        self.last = now
+        pace = (now - self.start) / steps  # seconds per step
+        ips = samples * self.world / (now - self.start)
+        loss = float(loss_sum) / samples
+        left = self.total - steps
+        self.log(f"  epoch {self.epoch}/{self.epochs} step {steps}/{self.total}: {ips:.0f} img/s, loss {loss:.4f}, "
+                 f"epoch ETA {_clock(left * pace)}, run ETA {_clock((left + (self.epochs - self.epoch) * self.total) * pace)}")
+        if self.tb is not None:
+            self.tb.writer.add_scalar("step/train_loss", loss, global_step)
+            self.tb.writer.add_scalar("step/images_per_s", ips, global_step)
+
+
+def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: torch.device, run_dir: Path,
+                progress: EpochProgress | None = None) -> dict:
     """One epoch of the run's method (``st.method``); returns its phase, mean train and
-    meta loss, samples and steps."""
+    meta loss, samples and steps. ``progress`` (rank 0) reports inside the epoch."""
     method: methods.Method = st.method
     phase = method.phase(epoch)
     st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
@@ -137,6 +173,8 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         sums["steps"] += 1
         st.steps_done += 1
         watch.update(st.steps_done, res.loss, res.meta_loss)
+        if progress is not None:
+            progress.step(sums["steps"], sums["n"], totals[0], st.steps_done)
         if sums["steps"] % DIVERGENCE_CHECK_EVERY == 0:
             watch.check(st, epoch)
     watch.check(st, epoch)
@@ -192,7 +230,8 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
         t0 = time.time()
         lr = st.opt_w.param_groups[0]["lr"]
-        stats = train_epoch(cfg, st, data, epoch, device, run_dir)
+        progress = EpochProgress(cfg, data, epoch, log, tb) if lead else None
+        stats = train_epoch(cfg, st, data, epoch, device, run_dir, progress)
         nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
                   "val_samples": data.manifest["splits"].get("val", {}).get("count", 0),
@@ -241,10 +280,24 @@ def console(line: str) -> None:
     sys.stdout.flush()
 
 
+def quiet_ray_reports() -> None:
+    """Keep Ray Train's per-report "Reporting training result ..." INFO lines (the whole
+    metrics dict, every epoch, from every rank) out of the user's console."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # an internal module: nothing to quiet if it moved
+        return
+    context.logger.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry: the typed config back from its dict, on the first line."""
     cfg = Config.from_dict(config)
     import ray.train.torch
+
+    quiet_ray_reports()
 
     device = ray.train.torch.get_device()
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
