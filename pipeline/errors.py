@@ -1,5 +1,7 @@
 """Errors the command line reports as one clear line and a non-zero exit."""
 
+INTERRUPTED = "interrupted (what was complete is kept: rerun the same command to resume)"  # Ctrl-C, exit 130
+
 
 class ConfigError(ValueError):
     """A bad config value or key; the message names it."""

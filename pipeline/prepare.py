@@ -31,7 +31,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-INTERRUPTED = "interrupted (what was complete is kept: rerun the same command to resume)"
+from pipeline.errors import INTERRUPTED  # light: no torch, so it loads before a Ctrl-C handler is needed
 
 if __name__ == "__main__":  # a Ctrl-C while the imports below load (seconds): no traceback either
     signal.signal(signal.SIGINT, lambda *_: (print(INTERRUPTED, file=sys.stderr, flush=True), os._exit(130)))

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 from pipeline.training.config import LEARNED, Config, ConfigError, apply_overrides, merge
-from pipeline.errors import PipelineError
+from pipeline.errors import INTERRUPTED, PipelineError
 from pipeline.training.methods import METHODS
 from pipeline.training.presets import DEFAULT_PRESET, PRESETS
 
@@ -108,5 +108,5 @@ def run_cli(parse: Callable[[], Config], body: Callable[[Config], int]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted (what was complete is kept: rerun the same command to resume)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130

@@ -88,9 +88,9 @@ class DivergenceWatch:
         self.first = torch.full((2,), -1, dtype=torch.int64, device=device)
 
     def update(self, step: int, loss: torch.Tensor, meta_loss: torch.Tensor) -> None:
-        dev = self.first.device
-        bad = torch.stack([~torch.isfinite(loss.detach().to(dev)), torch.isinf(meta_loss.detach().to(dev))])
-        self.first = torch.where(bad & (self.first < 0), torch.full_like(self.first, step), self.first)
+        """``loss``, ``meta_loss``: () tensors on the watch's device."""
+        bad = torch.stack([~torch.isfinite(loss.detach()), torch.isinf(meta_loss)])
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
 
     def check(self, st: TrainState, epoch: int) -> None:
         modules = {"classifier": st.model, "corrector (θ)": st.corrector,
@@ -172,7 +172,7 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         sums["n"] += n
         sums["steps"] += 1
         st.steps_done += 1
-        watch.update(st.steps_done, res.loss, res.meta_loss)
+        watch.update(st.steps_done, res.loss, meta_loss)
         if progress is not None:
             progress.step(sums["steps"], sums["n"], totals[0], st.steps_done)
         if sums["steps"] % DIVERGENCE_CHECK_EVERY == 0:

@@ -23,25 +23,6 @@ from pipeline.shardset import IMAGE_EXTS, expected_counts, shard_urls
 from pipeline.storage import open_read
 from pipeline.training.tarstream import tar_samples
 
-FSSPEC_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "memory", "file", "hf")
-
-
-def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
-    if mode != "rb":
-        raise ValueError(f"{url}: shards are opened read-only")
-    return open_read(url)
-
-
-def _register_url_handlers() -> None:
-    """Object-store URLs stream through fsspec (webdataset's own ``gs`` handler shells out to gsutil)."""
-    gopen = sys.modules["webdataset.gopen"]
-    for scheme in FSSPEC_SCHEMES:
-        gopen.gopen_schemes[scheme] = _gopen_fsspec
-
-
-_register_url_handlers()
-
-
 def _gopen(url: str):
     """A shard's byte stream. A local path is opened as it is (``#``, spaces and braces are
     legal in file names, not URL syntax); an object-store URL through fsspec; only
@@ -159,8 +140,8 @@ def stream(
 ) -> ShardStream:
     """A WebDataset pipeline yielding ``(image (C, H, W) uint8, label, index)``.
 
-    ``urls`` are local paths or URLs (``s3://``, ``gs://`` … through fsspec; ``pipe:``,
-    ``http(s)://`` through webdataset). With ``world > 1`` only samples whose index is
+    ``urls`` are local paths or URLs (``s3://``, ``gs://`` … through fsspec,
+    ``http(s)://`` through webdataset; see :func:`_gopen`). With ``world > 1`` only samples whose index is
     ``rank`` modulo ``world`` are kept (before decoding), so ranks see disjoint,
     equal-sized parts. ``expected`` (per-url counts) turns on the count check. With
     ``shuffle_seed`` set, the shard order is permuted and the undecoded samples pass
