@@ -61,3 +61,21 @@ def all_min(value: int) -> int:
     t = torch.tensor([value], device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
+
+
+def all_max_(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``t`` across ranks, in place (``t`` alone)."""
+    if is_distributed():
+        buf = t.to(comm_device())
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+        t.copy_(buf.to(t.device))
+    return t
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` alone). Not for the hot path."""
+    if not is_distributed():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

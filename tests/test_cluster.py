@@ -1,5 +1,6 @@
-"""The cluster definitions: every YAML passes the JSON schema shipped in the ray package
-and Ray's own config preparation and checks; the KubeRay manifest runs pipeline/train.py."""
+"""The cluster definitions: every launcher YAML passes the JSON schema shipped in the ray
+package and Ray's own config preparation and checks; the KubeRay manifests pass KubeRay
+v1.7.0's CRD schemas (copied under tests/assets/) and run pipeline/train.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pipeline.training.cli import load_config
 from tests.conftest import ROOT
 
 CLUSTER = ROOT / "cluster"
-LAUNCHER_YAMLS = sorted(p for p in CLUSTER.glob("*.yaml") if "kind:" not in p.read_text())
+LAUNCHER_YAMLS = sorted(p for p in CLUSTER.glob("*.yaml") if not p.name.startswith("kuberay-"))
 
 
 def ray_schema() -> dict:
@@ -45,26 +46,101 @@ def test_cluster_yaml_passes_rays_schema_and_checks(path):
     assert "rayproject/ray:2.60.0" in prepared["docker"]["image"]
 
 
-def test_kuberay_rayjob_runs_the_pipeline():
-    docs = list(yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text()))
-    job = next(d for d in docs if d["kind"] == "RayJob")
-    assert job["apiVersion"] == "ray.io/v1"
-    entry = job["spec"]["entrypoint"].split()
+KUBERAY_CRDS = ROOT / "tests" / "assets" / "kuberay-v1.7.0"
+
+
+def crd_schema(name: str) -> dict:
+    """The v1 OpenAPI schema of a KubeRay v1.7.0 CRD (``x-kubernetes-*`` keys are ignored)."""
+    crd = yaml.safe_load((KUBERAY_CRDS / f"ray.io_{name}.yaml").read_text())
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def kuberay_docs(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((CLUSTER / name).read_text()))
+
+
+def rayjob() -> dict:
+    (job,) = kuberay_docs("kuberay-rayjob.yaml")
+    return job
+
+
+def test_the_rayjob_and_its_cluster_pass_kuberay_v1_7_schemas():
+    job = rayjob()
+    assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
+    jsonschema.Draft7Validator(crd_schema("rayjobs")).validate(job)
+    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "c"},
+               "spec": job["spec"]["rayClusterSpec"]}
+    jsonschema.Draft7Validator(crd_schema("rayclusters")).validate(cluster)
+
+
+def test_the_schema_check_catches_a_wrong_type_or_value():
+    bad = rayjob()
+    bad["spec"]["preRunningDeadlineSeconds"] = "30m"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(crd_schema("rayjobs")).validate(bad)
+    bad = rayjob()
+    bad["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "password"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(crd_schema("rayjobs")).validate(bad)
+
+
+def test_the_rayjob_is_hardened():
+    spec = rayjob()["spec"]
+    assert 60 <= spec["preRunningDeadlineSeconds"] <= 3600  # a Pending claim or pull fails the job, not hangs it
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == "2.60.0" and cluster["enableInTreeAutoscaling"]
+    assert cluster["authOptions"] == {"mode": "token"}  # dashboard and job API need the token
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no worker fits on the head
+    gpu = cluster["workerGroupSpecs"][0]
+    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "0.0.0.0" not in (CLUSTER / "kuberay-rayjob.yaml").read_text()
+
+
+def test_the_rayjob_runs_the_pipeline_elastically_on_the_gpu_group():
+    entry = rayjob()["spec"]["entrypoint"].split()
     assert entry[:2] == ["python", "/home/ray/mslc/pipeline/train.py"]
     i = entry.index("--config")
     cfg = load_config(entry[i + 1], entry[i + 2 :])  # the entrypoint's config is valid
-    assert cfg.data.shards.startswith("/mnt/shared") and cfg.run.storage_path.startswith("/mnt/shared")
-    spec = job["spec"]["rayClusterSpec"]
-    assert spec["rayVersion"] == "2.60.0"
-    gpu = spec["workerGroupSpecs"][0]
-    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1
-    limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == "1"
-    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
-    assert claims == {"mslc-shared"}
-    assert "Service" not in {d["kind"] for d in docs}  # nothing exposes the dashboard
+    assert cfg.data.shards == "/mnt/shared/shards/clothing1m" and cfg.run.storage_path.startswith("/mnt/shared")
+    assert cfg.scale.elastic and cfg.scale.max_workers == rayjob()["spec"]["rayClusterSpec"]["workerGroupSpecs"][0][
+        "maxReplicas"]
+    assert cfg.scale.use_gpu == "true" and cfg.scale.max_failures == -1 and cfg.run.mid_epoch_checkpoints
+
+
+def test_storage_and_prepare_are_separate_from_the_job():
+    """``kubectl delete -f kuberay-rayjob.yaml`` leaves the claim; the prepare Job writes the
+    shards the RayJob reads, with a command prepare.py accepts, on the same claim."""
+    from pipeline.prepare import data_from_kind_args
+
+    assert {d["kind"] for d in kuberay_docs("kuberay-rayjob.yaml")} == {"RayJob"}
+    (claim,) = kuberay_docs("kuberay-storage.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["metadata"]["name"] == "mslc-shared"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (job,) = kuberay_docs("kuberay-prepare.yaml")
+    assert job["kind"] == "Job" and job["apiVersion"] == "batch/v1"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["activeDeadlineSeconds"] > 0
+    cmd = pod["containers"][0]["command"]
+    assert cmd[:2] == ["python", "pipeline/prepare.py"] and pod["containers"][0]["workingDir"] == "/home/ray/mslc"
+    data, out = data_from_kind_args(cmd[2:])
+    assert data.dataset == "clothing1m" and str(out) == rayjob_config().data.shards
+    (upload,) = kuberay_docs("kuberay-upload.yaml")
+    assert data.raw_dir.startswith("/mnt/shared/raw") and upload["kind"] == "Pod"
+    for pod_spec in (pod, upload["spec"], rayjob()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]):
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec["volumes"] if "persistentVolumeClaim" in v}
+        assert claims == {"mslc-shared"}
+    assert "Service" not in {d["kind"] for n in ("kuberay-rayjob.yaml", "kuberay-storage.yaml",
+                                                  "kuberay-prepare.yaml", "kuberay-upload.yaml")
+                             for d in kuberay_docs(n)}  # nothing exposes the dashboard
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert "WORKDIR /home/ray/mslc" in dockerfile and "requirements.txt" in dockerfile
+
+
+def rayjob_config():
+    entry = rayjob()["spec"]["entrypoint"].split()
+    i = entry.index("--config")
+    return load_config(entry[i + 1], entry[i + 2 :])
 
 
 # The submit-time GPU decision against fake cluster views (issue 13): a GPU node type scaled to

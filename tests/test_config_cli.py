@@ -174,3 +174,28 @@ def test_a_dead_ray_head_is_told_apart_from_a_live_one():
         assert not stale_ray_address(f"{host}:{port}")
     assert stale_ray_address(f"{host}:{port}")  # closed now: refused at once
     assert not stale_ray_address(None)
+
+
+@pytest.mark.parametrize("value, workers, ray", [("4", 4, 4), ("1-8", "1-8", (1, 8)), ("2-2", 2, 2), (" 2 - 6 ", "2-6", (2, 6))])
+def test_scale_workers_takes_n_or_an_elastic_range(value, workers, ray):
+    cfg = load_config("smoke", [f"scale.workers={value}"])
+    assert cfg.scale.workers == workers and cfg.scale.ray_num_workers() == ray
+    assert cfg.scale.elastic == isinstance(ray, tuple)
+    assert Config.from_dict(cfg.to_dict()).scale.workers == workers  # through Ray's dict and back
+
+
+@pytest.mark.parametrize("value", ["0", "4-1", "0-2", "a-b", "1-2-3", "-2"])
+def test_scale_workers_rejects_what_is_not_n_or_min_max(value):
+    with pytest.raises(ConfigError, match="scale.workers"):
+        load_config("smoke", [f"scale.workers={value}"])
+
+
+def test_mid_epoch_checkpoint_keys_are_validated_and_the_sweep_turns_them_off():
+    from tune.sweep import trial_config
+
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        load_config("smoke", ["run.checkpoint_every_steps=-1"])
+    cfg = load_config("clothing1m", [])
+    assert cfg.run.mid_epoch_checkpoints and not load_config("smoke", []).run.mid_epoch_checkpoints
+    trial = trial_config(cfg.to_dict(), {}, "trial_x", "/tmp/runs")
+    assert not trial.run.mid_epoch_checkpoints  # every Ray report is a Tune iteration

@@ -82,3 +82,108 @@ def test_checkpoints_keep_the_latest_and_the_best_on_validation(fake_shards, fak
     everything = run(_cfg(fake_data_cfg, tmp_path, "all", 2), LocalReporter(tmp_path / "all", keep=0), log=quiet)
     assert sorted(p.name for p in (tmp_path / "all" / "checkpoints").glob("epoch_*")) == ["epoch_0001", "epoch_0002"]
     assert everything["summary"]["final"]["epoch"] == 2
+
+
+# -- inside an epoch ------------------------------------------------------------------
+
+def _run_until_crash(cfg_dict: dict, run_dir: str) -> None:
+    """A child process: the run dies (``os._exit``) at ``scale.crash_at_step``."""
+    from pipeline.training.config import Config
+
+    run(Config.from_dict(cfg_dict), LocalReporter(run_dir, keep=0), log=lambda s: None)
+
+
+def _crash_in_child(cfg, run_dir) -> int:
+    import multiprocessing
+
+    p = multiprocessing.get_context("spawn").Process(target=_run_until_crash, args=(cfg.to_dict(), str(run_dir)))
+    p.start()
+    p.join(300)
+    return p.exitcode
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    ma, mb = torch.load(a["model"], weights_only=True), torch.load(b["model"], weights_only=True)
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], rtol=0, atol=0, msg=k)
+    assert pq.read_table(a["corrected_labels"]).equals(pq.read_table(b["corrected_labels"]))
+    strip = lambda r: {k: None if isinstance(v, float) and np.isnan(v) else v  # noqa: E731
+                       for k, v in r.items() if k != "epoch_seconds"}
+    assert [strip(h) for h in json_epochs(a)] == [strip(h) for h in json_epochs(b)]
+
+
+@pytest.mark.parametrize("extra", [(), ("data.transform=cifar",), ("meta.method=u-correction",)],
+                         ids=["mslc", "augmented", "ucorrection"])
+def test_crash_inside_an_epoch_then_resume_is_bit_identical(fake_shards, fake_data_cfg, tmp_path, extra):
+    """Checkpoints every 5 steps (8 steps an epoch); the run dies at run step 12 (epoch 2,
+    step 4); resumed from the checkpoint at epoch 2 step 2, it ends bit-identical to a
+    run never interrupted: weights, label table, every epoch's record. With random
+    augmentation (the global RNG) and a method whose epoch start fits a model (U-correction)."""
+    every = ("run.checkpoint_every_steps=5", *extra)
+    quiet = lambda s: None  # noqa: E731
+    plain = run(_cfg(fake_data_cfg, tmp_path, "plain", 3, extra), LocalReporter(tmp_path / "plain"), log=quiet)
+    full = run(_cfg(fake_data_cfg, tmp_path, "full", 3, every), LocalReporter(tmp_path / "full"), log=quiet)
+    _assert_same_run(plain, full)  # checkpointing itself changes nothing
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("epoch_*")) == [
+        "epoch_0003", "epoch_0003_step_000004"]  # the latest 2 kept (saved at run steps 5, 10, 15, 20 too)
+
+    crashed = _cfg(fake_data_cfg, tmp_path, "part", 3, (*every, "scale.crash_at_step=12"))
+    assert _crash_in_child(crashed, tmp_path / "part") == 1
+    ckpts = sorted(p.name for p in (tmp_path / "part" / "checkpoints").glob("epoch_*"))
+    assert ckpts == ["epoch_0001", "epoch_0001_step_000005", "epoch_0002_step_000002"]
+    logs: list[str] = []
+    resumed = run(_cfg(fake_data_cfg, tmp_path, "part", 3, every),
+                  LocalReporter(tmp_path / "part", resume_from=tmp_path / "part" / "checkpoints" / ckpts[-1]),
+                  log=logs.append)
+    assert any("resumed inside epoch 2 at its step 2 (run step 10)" in line and "exact continuation" in line
+               for line in logs), logs
+    _assert_same_run(full, resumed)
+
+
+def _two_rank_mid_epoch(rank, world, data_cfg, storage):
+    from pipeline.training.config import DataConfig
+
+    cfg = _cfg(DataConfig(**data_cfg), storage, "two", 2, ("run.checkpoint_every_steps=3",))
+    run(cfg, LocalReporter(storage / "two", keep=0), log=lambda s: None)
+
+
+def test_resume_inside_an_epoch_at_another_worker_count(fake_shards, fake_data_cfg, tmp_path):
+    """Two ranks (4 steps an epoch each) checkpoint at run step 6 (epoch 2, step 2); one
+    rank resumes there (an elastic shrink): the bank is re-sharded, the epoch ends having
+    trained on every sample exactly once, and the table has every sample with α set."""
+    import dataclasses
+
+    from tests.dist_helpers import run_ranks
+
+    run_ranks(_two_rank_mid_epoch, 2, tmp_path / "procs", dataclasses.asdict(fake_data_cfg), tmp_path)
+    ckpt = tmp_path / "two" / "checkpoints" / "epoch_0002_step_000002"
+    pos = torch.load(ckpt / "state.pt", weights_only=True)["position"]
+    assert (pos["epoch"], pos["step"], pos["world"]) == (2, 2, 2)
+    seen = np.unpackbits(pos["seen"].numpy(), count=500).astype(bool)
+    assert seen.sum() == 2 * 2 * 64  # two steps of 64 on each rank
+
+    logs: list[str] = []
+    one = run(_cfg(fake_data_cfg, tmp_path, "one", 2, ("run.checkpoint_every_steps=3",)),
+              LocalReporter(tmp_path / "one", resume_from=ckpt), log=logs.append)
+    assert any("now 1: the bank re-sharded" in line for line in logs), logs
+    epochs = json_epochs(one)
+    assert [h["epoch"] for h in epochs] == [1, 2]
+    assert epochs[1]["samples"] == 500  # 256 before the resize, the 244 untrained ones after it
+    t = pq.read_table(one["corrected_labels"]).to_pydict()
+    assert t["index"] == list(range(500)) and None not in t["alpha"]
+
+
+def test_checkpoint_clock_by_steps_and_by_minutes(monkeypatch):
+    from pipeline.training import position
+
+    c = position.CheckpointClock(5, 0.0, check_every=50)
+    assert [s for s in range(1, 21) if c.due(s, s)] == [5, 10, 15, 20]
+    now = [1000.0]
+    monkeypatch.setattr(position.time, "time", lambda: now[0])
+    c = position.CheckpointClock(0, 1.0, check_every=50)
+    assert not c.due(50, 50)  # no time has passed
+    now[0] += 61
+    assert not c.due(51, 51)  # the clock is read only every 50 steps of the epoch
+    assert c.due(100, 100)
+    c.saved()
+    assert not c.due(150, 150)

@@ -59,9 +59,12 @@ def build_space(cfg: Config) -> dict:
 
 
 def trial_config(base: dict, params: dict, trial_name: str, runs_dir: str) -> Config:
-    """The base config with a trial's swept values and its own run directory."""
+    """The base config with a trial's swept values and its own run directory. Trials
+    checkpoint at epoch ends only: every Ray Train report reaches Tune as an iteration,
+    and ASHA's rungs count epochs."""
     cfg = apply_overrides(Config.from_dict(base), [f"{SWEPT[k]}={params[k]}" for k in SWEPT if k in params])
-    return replace(cfg, run=dataclasses.replace(cfg.run, storage_path=runs_dir, name=trial_name))
+    return replace(cfg, run=dataclasses.replace(cfg.run, storage_path=runs_dir, name=trial_name,
+                                                checkpoint_every_steps=0, checkpoint_every_min=0.0))
 
 
 def run_trial(params: dict) -> None:
@@ -81,7 +84,8 @@ def trial_resources(cfg: Config) -> dict:
 
     now, can_add = cluster_view()
     use_gpu = resolve_use_gpu(cfg.scale.use_gpu, now=now, can_add=can_add)
-    return {"CPU": cfg.scale.workers * cfg.scale.cpus_per_worker, "GPU": cfg.scale.workers if use_gpu else 0}
+    w = cfg.scale.max_workers
+    return {"CPU": w * cfg.scale.cpus_per_worker, "GPU": w if use_gpu else 0}
 
 
 def concurrent_trials(cfg: Config) -> int:

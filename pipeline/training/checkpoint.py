@@ -1,4 +1,5 @@
-"""Per-epoch checkpoints: what goes in them, and where they are saved and found.
+"""Checkpoints (at epoch ends and, optionally, inside epochs): what goes in them, and
+where they are saved, found and pruned.
 
 A *reporter* hides whether we run under Ray Train (``ray.train.report`` and
 ``ray.train.get_checkpoint``) or in one plain process (benchmarks, tests).
@@ -57,10 +58,21 @@ def load_state(directory: str | Path) -> dict:
 BEST_DIR = "checkpoint_best"
 
 
+def checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """``epoch_0003`` at the end of epoch 3; ``epoch_0003_step_000120`` at step 120 inside it."""
+    return f"epoch_{epoch:04d}" if step is None else f"epoch_{epoch:04d}_step_{step:06d}"
+
+
+def checkpoint_order(name: str) -> tuple[int, float]:
+    """Sort key of :func:`checkpoint_name` names: inside an epoch before its end."""
+    parts = name.split("_")
+    return int(parts[1]), float(parts[3]) if len(parts) > 3 else float("inf")
+
+
 class LocalReporter:
     """No Ray (one process, or plain ``torch.distributed`` ranks): rank 0 writes
-    checkpoints to ``run_dir/checkpoints/epoch_XXXX/``, keeps the latest ``keep`` (0: all),
-    and a copy of the best-validation epoch in ``run_dir/checkpoints/best/``."""
+    checkpoints to ``run_dir/checkpoints/`` (:func:`checkpoint_name`), keeps the latest
+    ``keep`` (0: all), and a copy of the best-validation epoch in ``run_dir/checkpoints/best/``."""
 
     def __init__(self, run_dir: str | Path, *, resume_from: str | Path | None = None, keep: int = 2) -> None:
         from mslc import dist
@@ -73,14 +85,17 @@ class LocalReporter:
     def restore(self) -> dict | None:
         return load_state(self.resume_from) if self.resume_from else None
 
-    def report(self, metrics: dict, state: dict | None, epoch: int, *, best: bool = False) -> None:
+    def report(self, metrics: dict, state: dict | None, epoch: int, *, best: bool = False,
+               step: int | None = None) -> None:
+        """``step``: a checkpoint inside ``epoch`` at that step, else at its end."""
         if state is not None and self.rank == 0:
             root = self.run_dir / "checkpoints"
-            save_state(state, root / f"epoch_{epoch:04d}")
+            save_state(state, root / checkpoint_name(epoch, step))
             if best:
-                copy_state(root / f"epoch_{epoch:04d}", root / "best")
+                copy_state(root / checkpoint_name(epoch, step), root / "best")
             if self.keep:
-                for old in sorted(root.glob("epoch_*"))[: -self.keep]:
+                kept = sorted((p for p in root.glob("epoch_*") if p.is_dir()), key=lambda p: checkpoint_order(p.name))
+                for old in kept[: -self.keep]:
                     shutil.rmtree(old)
         from mslc import dist
 
@@ -88,9 +103,9 @@ class LocalReporter:
 
 
 class RayReporter:
-    """Under Ray Train: every rank reports each epoch; rank 0 attaches the checkpoint
-    (Ray keeps the latest ``run.keep_checkpoints``) and writes the best-validation epoch's
-    state to ``run_dir/checkpoint_best/``."""
+    """Under Ray Train: every rank reports each epoch (and each checkpoint inside one);
+    rank 0 attaches the checkpoint (Ray keeps the latest ``run.keep_checkpoints``) and
+    writes the best-validation epoch's state to ``run_dir/checkpoint_best/``."""
 
     def __init__(self, run_dir: str | Path, *, resume_from: str | Path | None = None) -> None:
         import ray.train
@@ -110,7 +125,8 @@ class RayReporter:
         with ckpt.as_directory() as d:
             return load_state(d)
 
-    def report(self, metrics: dict, state: dict | None, epoch: int, *, best: bool = False) -> None:
+    def report(self, metrics: dict, state: dict | None, epoch: int, *, best: bool = False,
+               step: int | None = None) -> None:
         import ray.train
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +136,7 @@ class RayReporter:
                     copy_state(Path(tmp), self.run_dir / BEST_DIR)
                 ray.train.report(
                     metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+                    checkpoint_dir_name=f"checkpoint_{checkpoint_name(epoch, step)}",
                 )
             else:
                 ray.train.report(metrics)

@@ -139,7 +139,7 @@ class MetaConfig:
 
 @dataclass
 class ScaleConfig:
-    workers: int = 1
+    workers: int | str = 1  # N, or MIN-MAX for an elastic group (Ray Train resizes it between MIN and MAX)
     use_gpu: str = "auto"  # auto: GPU when CUDA is present
     cpus_per_worker: float = 1.0  # fractions let small trials share a CPU in a sweep
     threads: int = 0  # torch threads per worker; 0 = all cores / workers
@@ -147,11 +147,40 @@ class ScaleConfig:
     crash_at_step: int = 0  # > 0: the last rank dies once at this step (tests and demos of recovery)
 
     def __post_init__(self) -> None:
-        require(self.workers >= 1, f"scale.workers must be >= 1, got {self.workers}")
+        self.workers = parse_workers(self.workers)
         require(self.use_gpu in ("auto", "true", "false"), "scale.use_gpu must be auto|true|false")
         require(self.cpus_per_worker > 0 and self.threads >= 0, "scale.cpus_per_worker > 0, scale.threads >= 0")
         require(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1: unlimited)")
         require(self.crash_at_step >= 0, f"scale.crash_at_step must be >= 0, got {self.crash_at_step}")
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.workers, str)
+
+    @property
+    def min_workers(self) -> int:
+        return int(self.workers.split("-")[0]) if self.elastic else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        return int(self.workers.split("-")[1]) if self.elastic else self.workers
+
+    def ray_num_workers(self) -> int | tuple[int, int]:
+        """Ray Train's ``ScalingConfig.num_workers``: N, or ``(MIN, MAX)`` (elastic)."""
+        return (self.min_workers, self.max_workers) if self.elastic else self.workers
+
+
+def parse_workers(v: int | str) -> int | str:
+    """``scale.workers``: an int ≥ 1, or ``"MIN-MAX"`` with 1 ≤ MIN < MAX (``"N"`` and ``"N-N"`` are N)."""
+    if isinstance(v, str):
+        parts = v.strip().split("-")
+        if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+            lo, hi = int(parts[0]), int(parts[-1])
+            require(1 <= lo <= hi, f"scale.workers={v!r}: need 1 <= MIN <= MAX")
+            return lo if lo == hi else f"{lo}-{hi}"
+        raise ConfigError(f"scale.workers must be a number N or a range MIN-MAX (elastic), got {v!r}")
+    require(v >= 1, f"scale.workers must be >= 1, got {v}")
+    return v
 
 
 @dataclass
@@ -164,11 +193,19 @@ class RunConfig:
     keep_checkpoints: int = 2  # the latest K epoch checkpoints are kept (0: all)
     keep_best: bool = True  # and a copy of the best epoch on clean validation (checkpoint_best)
     log_every_s: float = 30.0  # a progress line (and step-level TensorBoard scalars) inside an epoch this often; 0: none
+    checkpoint_every_steps: int = 0  # > 0: also a checkpoint inside an epoch every this many steps (it resumes mid-epoch)
+    checkpoint_every_min: float = 0.0  # > 0: ... or every this many minutes (checked every 50 steps); 0: epoch ends only
 
     def __post_init__(self) -> None:
         require(self.log_every_s >= 0, f"run.log_every_s must be >= 0 (0: no progress lines), got {self.log_every_s}")
         require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")
         require(self.keep_checkpoints >= 0, f"run.keep_checkpoints must be >= 0 (0: all), got {self.keep_checkpoints}")
+        require(self.checkpoint_every_steps >= 0 and self.checkpoint_every_min >= 0,
+                "run.checkpoint_every_steps and run.checkpoint_every_min must be >= 0 (0: only at epoch ends)")
+
+    @property
+    def mid_epoch_checkpoints(self) -> bool:
+        return self.checkpoint_every_steps > 0 or self.checkpoint_every_min > 0
 
 
 @dataclass
@@ -226,6 +263,8 @@ def _typed(v, t, key: str):
         ok, v = number(v), float(v) if number(v) else v
     elif t is str:
         ok = isinstance(v, str)
+    elif t == (int | str):
+        ok = isinstance(v, (int, str)) and not isinstance(v, bool)
     elif t == list[int]:
         ok = isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
     elif t == (float | None):
@@ -233,7 +272,7 @@ def _typed(v, t, key: str):
     else:
         return v
     if not ok:
-        name = {list[int]: "a list of integers", float | None: "a number or null"}.get(t, getattr(t, "__name__", t))
+        name = {list[int]: "a list of integers", float | None: "a number or null", int | str: "N or \"MIN-MAX\""}.get(t, getattr(t, "__name__", t))
         raise ConfigError(f"config key {key}: expected {name}, got {v!r}")
     return v
 
@@ -261,6 +300,8 @@ def _declared_type(parts: list[str]):
 def _parse_value(raw: str, current, key: str, declared=None):
     """Parse ``raw`` to the type of the key's current value (``float | None`` keys take
     a number or ``learned``)."""
+    if declared == (int | str):
+        return int(raw) if raw.strip().isdigit() else raw.strip()
     if declared == (float | None):
         if raw.strip().lower() in (LEARNED, "none", "null"):
             return None

@@ -92,7 +92,7 @@ def build_trainer(cfg: Config, *, callbacks: list | None = None):
         train_loop_per_worker,
         train_loop_config=cfg.to_dict(),
         scaling_config=ScalingConfig(
-            num_workers=cfg.scale.workers, use_gpu=use_gpu,
+            num_workers=cfg.scale.ray_num_workers(), use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.scale.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=RayRunConfig(

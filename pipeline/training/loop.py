@@ -17,7 +17,7 @@ import torch
 from mslc import dist
 from pipeline.errors import DivergedError, PipelineError
 from pipeline.shardset import expected_counts, shard_urls
-from pipeline.training import checkpoint, methods, outputs, streaming
+from pipeline.training import checkpoint, methods, outputs, position, streaming
 from pipeline.training.config import Config
 from pipeline.training.evaluate import bank_metrics, evaluate, progress_line
 from pipeline.training.state import Data, TrainState, build_data, build_state, normalize
@@ -38,11 +38,12 @@ def _agree(err: PipelineError | None, flag: int) -> int:
     return got
 
 
-def train_batches(cfg: Config, data: Data, epoch: int):
+def train_batches(cfg: Config, data: Data, epoch: int, *, exclude=None):
     """This rank's training batches ``(x, y, idx)`` for an epoch, in lock-step with the
     other ranks: every rank takes the same number of steps (the stream stops for all
     when one runs out), a last batch of one sample is not trained on, and bad data on
-    one rank stops every rank with its error rather than leaving them waiting."""
+    one rank stops every rank with its error rather than leaving them waiting.
+    ``exclude`` ((N,) bool): samples already trained on this epoch (a mid-epoch resume)."""
     rank, world = dist.rank(), dist.world_size()
     urls = shard_urls(data.shard_dir, data.manifest, "train")
     seed = cfg.run.seed * 1_000_003 + epoch
@@ -50,8 +51,9 @@ def train_batches(cfg: Config, data: Data, epoch: int):
                           shuffle_buffer=cfg.data.shuffle_buffer,
                           expected=expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
                           rank=rank, world=world, channels=data.channels, transform=data.train_tf,
-                          bad_samples=cfg.data.bad_samples)
-    it = iter(streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers))
+                          bad_samples=cfg.data.bad_samples, exclude=exclude)
+    it = iter(streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers,
+                               seed=seed * 4099 + rank))
     while True:
         batch, err = _next(it)
         if not _agree(err, 0 if batch is None or len(batch[1]) < 2 else 1):
@@ -63,11 +65,18 @@ def train_batches(cfg: Config, data: Data, epoch: int):
 
 
 def maybe_crash(cfg: Config, st: TrainState, run_dir: Path) -> None:
-    """``scale.crash_at_step``: the last rank dies once at that step (for fault-tolerance tests)."""
+    """``scale.crash_at_step``: the last rank dies once at that step (for fault-tolerance tests).
+
+    The marker it leaves names its Ray node. With ``MSLC_CRASH_HOLD_S`` in its environment
+    it first waits that long, so that a test can take its node away as a spot preemption
+    would (the node's resources leave the cluster with it, and an elastic group shrinks)."""
     marker = run_dir / ".crash-injected"
     if st.steps_done == cfg.scale.crash_at_step and dist.rank() == dist.world_size() - 1 and not marker.exists():
-        marker.write_text(f"rank {dist.rank()} crashed at step {st.steps_done}\n")
+        ray = sys.modules.get("ray")
+        node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else "-"
+        marker.write_text(f"rank {dist.rank()} crashed at step {st.steps_done} on node {node}\n")
         sys.stdout.flush()
+        time.sleep(float(os.environ.get("MSLC_CRASH_HOLD_S", "0")))
         os._exit(1)
 
 
@@ -107,6 +116,13 @@ class DivergenceWatch:
                                 f"Nothing was exported; {kept} (try a lower optim.lr)")
 
 
+def steps_per_epoch(cfg: Config, data: Data) -> int:
+    """The steps an epoch takes on each rank at this world size (at most: a rank's lone
+    last sample is not a step)."""
+    per_rank = -(-data.manifest["splits"]["train"]["count"] // dist.world_size())
+    return max(1, -(-per_rank // cfg.optim.batch_size))
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -120,19 +136,19 @@ class EpochProgress:
 
     def __init__(self, cfg: Config, data: Data, epoch: int, log, tb=None) -> None:
         world = dist.world_size()
-        per_rank = -(-data.manifest["splits"]["train"]["count"] // world)
-        self.total = max(1, -(-per_rank // cfg.optim.batch_size))
+        self.total = steps_per_epoch(cfg, data)
         self.every, self.epoch, self.epochs, self.world = cfg.run.log_every_s, epoch, cfg.optim.epochs, world
         self.log, self.tb = log, tb
         self.start = self.last = time.time()
+        self.base = (0, 0)  # (steps, samples) taken before this process started the epoch (a resume)
 
     def step(self, steps: int, samples: int, loss_sum: torch.Tensor, global_step: int) -> None:
         now = time.time()
-        if not self.every or now - self.last < self.every or steps >= self.total:
+        if not self.every or now - self.last < self.every or steps >= self.total or steps <= self.base[0]:
             return
         self.last = now
-        pace = (now - self.start) / steps  # seconds per step
-        ips = samples * self.world / (now - self.start)
+        pace = (now - self.start) / (steps - self.base[0])  # seconds per step
+        ips = (samples - self.base[1]) * self.world / (now - self.start)
         loss = float(loss_sum) / samples
         left = self.total - steps
         self.log(f"  epoch {self.epoch}/{self.epochs} step {steps}/{self.total}: {ips:.0f} img/s, loss {loss:.4f}, "
@@ -143,23 +159,38 @@ class EpochProgress:
 
 
 def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: torch.device, run_dir: Path,
-                progress: EpochProgress | None = None) -> dict:
+                progress: EpochProgress | None = None, *, resume: dict | None = None,
+                saver: "MidEpochSaver | None" = None) -> dict:
     """One epoch of the run's method (``st.method``); returns its phase, mean train and
-    meta loss, samples and steps. ``progress`` (rank 0) reports inside the epoch."""
+    meta loss, samples and steps. ``progress`` (rank 0) reports inside the epoch;
+    ``resume`` (a checkpoint's position in this epoch) continues it; ``saver`` writes
+    checkpoints inside it."""
     method: methods.Method = st.method
     phase = method.phase(epoch)
-    st.meta.reset(cfg.run.seed * 7919 + 1009 * dist.rank() + epoch)
-    method.start_epoch(st, data, phase)
+    exclude = None
+    if resume is None:
+        st.meta.reset(position.meta_seed(cfg.run.seed, epoch))
+        method.start_epoch(st, data, phase)  # a resumed epoch has its start in the method's state
+        at = position.fresh(len(data.labels), device, track=saver is not None)
+    else:
+        at, _ = position.restore(resume, st, seed=cfg.run.seed, device=device)
+        exclude = at.seen.copy()  # the stream leaves these out
+        if saver is None:
+            at.seen = None  # nothing more to record
     st.model.train()
-    sums = {"n": 0, "steps": 0}
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # Σ loss·n, Σ meta loss·n, meta samples: no sync per step
+    sums = {"n": at.n, "steps": at.steps}
+    totals = at.totals  # Σ loss·n, Σ meta loss·n, meta samples: no sync per step
+    if progress is not None:
+        progress.base = (at.steps, at.n)
     watch = DivergenceWatch(device)
 
     def meta_batch():
         xm, ym = st.meta.next()
         return normalize(xm, data, device), ym
 
-    for x, y, idx in method.batches(st, data, phase, train_batches(cfg, data, epoch)):
+    stream = train_batches(cfg, data, epoch, exclude=exclude)
+    last_step = steps_per_epoch(cfg, data)  # no checkpoint inside the epoch at its last step: its end saves one
+    for x, y, idx in method.batches(st, data, phase, stream, done=at.steps):
         if cfg.scale.crash_at_step:
             maybe_crash(cfg, st, run_dir)
         batch = methods.Batch(normalize(x, data, device), y.to(device), idx, meta_batch)
@@ -172,11 +203,17 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         sums["n"] += n
         sums["steps"] += 1
         st.steps_done += 1
+        if at.seen is not None and idx is not None:
+            at.seen[idx.numpy()] = True
         watch.update(st.steps_done, res.loss, meta_loss)
         if progress is not None:
             progress.step(sums["steps"], sums["n"], totals[0], st.steps_done)
         if sums["steps"] % DIVERGENCE_CHECK_EVERY == 0:
             watch.check(st, epoch)
+        if saver is not None and saver.clock.due(st.steps_done, sums["steps"]) and sums["steps"] < last_step:
+            watch.check(st, epoch)  # never save a diverged state
+            at.steps, at.n = sums["steps"], sums["n"]
+            saver.save(st, epoch, at, totals)
     watch.check(st, epoch)
     totals = torch.cat([totals.cpu(), torch.tensor([float(sums["n"])], dtype=torch.float64)])
     dist.all_reduce_mean_([totals])
@@ -193,11 +230,41 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
             "samples": n * dist.world_size(), "steps": sums["steps"], **method.epoch_stats()}
 
 
+class MidEpochSaver:
+    """Checkpoints inside an epoch, every ``run.checkpoint_every_steps`` steps or
+    ``run.checkpoint_every_min`` minutes: the state plus the position
+    (:func:`pipeline.training.position.record`); every rank calls :meth:`save` together."""
+
+    def __init__(self, cfg: Config, reporter, log=None) -> None:
+        self.clock = position.CheckpointClock(cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_min,
+                                              check_every=DIVERGENCE_CHECK_EVERY)
+        self.reporter, self.log = reporter, log
+
+    def save(self, st: TrainState, epoch: int, at: position.EpochStart, totals: torch.Tensor) -> None:
+        state = st.state_dict()
+        state["position"] = position.record(st, epoch, at, totals)
+        self.reporter.report({"epoch": st.epoch, "in_epoch": epoch, "step": at.steps, "steps_done": st.steps_done},
+                             state, epoch, step=at.steps)
+        self.clock.saved()
+        if self.log is not None:
+            self.log(f"  checkpoint: epoch {epoch} step {at.steps} (run step {st.steps_done})")
+
+
 def is_best(history: list[dict]) -> bool:
     """Whether the last epoch has the best clean-validation accuracy so far (ties: the
     earliest stays best, as in :func:`pipeline.training.outputs.summarize`)."""
     vals = [-1.0 if h["val_acc"] is None or math.isnan(h["val_acc"]) else h["val_acc"] for h in history]
     return all(vals[-1] > v for v in vals[:-1])
+
+
+def resumed_line(st: TrainState, pos: dict | None) -> str:
+    if pos is None:
+        return f"resumed from the checkpoint of epoch {st.epoch} (run step {st.steps_done})"
+    world = dist.world_size()
+    how = ("the same workers: an exact continuation" if pos["world"] == world else
+           f"now {world}: the bank re-sharded, the epoch's untrained samples split over {world}")
+    return (f"resumed inside epoch {pos['epoch']} at its step {pos['step']} (run step {st.steps_done}) from a "
+            f"checkpoint of {pos['world']} worker(s); {how}")
 
 
 def setup_threads(cfg: Config, world_size: int) -> None:
@@ -219,9 +286,12 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
     st.method = methods.build_method(cfg, device)  # last: MW-Net's weight net draws from the RNG after the model
     lead = reporter.rank == 0
     saved = reporter.restore()
+    resume = None
     if saved is not None:
         st.load_state_dict(saved)
-        log(f"resumed from the checkpoint of epoch {st.epoch}")
+        resume = saved.get("position")
+        log(resumed_line(st, resume))
+    saver = MidEpochSaver(cfg, reporter, log if lead else None) if cfg.run.mid_epoch_checkpoints else None
     tb = outputs.TensorBoardLog(run_dir, data.manifest["classes"]) if lead and cfg.run.tensorboard else None
     known = data.known
     if tb and known.any() and st.epoch == 0:
@@ -231,7 +301,8 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
         t0 = time.time()
         lr = st.opt_w.param_groups[0]["lr"]
         progress = EpochProgress(cfg, data, epoch, log, tb) if lead else None
-        stats = train_epoch(cfg, st, data, epoch, device, run_dir, progress)
+        stats = train_epoch(cfg, st, data, epoch, device, run_dir, progress, saver=saver,
+                            resume=resume if resume is not None and resume["epoch"] == epoch else None)
         nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
                   "val_samples": data.manifest["splits"].get("val", {}).get("count", 0),
@@ -254,6 +325,8 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
                 if known.any():
                     tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
         reporter.report(record, st.state_dict(), epoch, best=cfg.run.keep_best and is_best(st.history))
+        if saver is not None:
+            saver.clock.saved()
     result = {"run_dir": str(run_dir), "summary": outputs.summarize(st.history)}
     if dist.all_min(0 if lead and st.labels is None else 1) == 0:  # a checkpoint from before labels were kept
         st.labels = {"epoch": st.epoch, **{k: torch.from_numpy(v) for k, v in st.bank.table().items()}}

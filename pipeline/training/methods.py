@@ -109,8 +109,10 @@ class Method:
     def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
         """Set-up at an epoch's start (before any batch)."""
 
-    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable) -> Iterable:
-        """The epoch's ``(x uint8, y, idx)`` batches: this rank's training stream by default."""
+    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable, *, done: int = 0) -> Iterable:
+        """The epoch's ``(x uint8, y, idx)`` batches: this rank's training stream by default
+        (``done``: steps of this epoch taken before a mid-epoch resume; the stream already
+        leaves out what they trained on)."""
         return stream
 
     def step(self, st: TrainState, data: Data, phase: str, b: Batch) -> StepResult:
@@ -191,6 +193,15 @@ class MSLC(Method):
         g, w, n = pulls.tolist()
         return {"alpha_grad_norm": g / n, "alpha_decay_pull": w / n}
 
+    def state_dict(self) -> dict:
+        """The epoch's running pulls (a checkpoint inside an epoch resumes them)."""
+        pulls = getattr(self, "pulls", None)
+        return {} if pulls is None else {"pulls": pulls.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("pulls") is not None:
+            self.pulls = state["pulls"].to(self.device)
+
 
 def theta_pulls(net: torch.nn.Module, weight_decay: float) -> torch.Tensor:
     """``[‖∇‖, weight_decay·‖θ‖, 1]`` of ``net``'s parameters (after a meta step set ``.grad``);
@@ -225,13 +236,13 @@ class FineTune(CE):
     def phase(self, epoch: int) -> str:
         return "finetune" if epoch > self.cfg.optim.epochs - self.cfg.meta.finetune_epochs else "ce"
 
-    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable) -> Iterable:
-        return self.meta_batches(st, data) if phase == "finetune" else stream
+    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable, *, done: int = 0) -> Iterable:
+        return self.meta_batches(st, data, done=done) if phase == "finetune" else stream
 
-    def meta_batches(self, st: TrainState, data: Data) -> Iterator:
-        """Clean meta batches, as many as a training epoch has steps (this rank's share)."""
+    def meta_batches(self, st: TrainState, data: Data, *, done: int = 0) -> Iterator:
+        """Clean meta batches, as many as a training epoch has steps (this rank's share), less ``done``."""
         n = data.manifest["splits"]["train"]["count"]
-        for _ in range(max(1, math.ceil(n / dist.world_size() / self.cfg.optim.batch_size))):
+        for _ in range(done, max(1, math.ceil(n / dist.world_size() / self.cfg.optim.batch_size))):
             x, y = st.meta.next()
             yield x, y, None
 
@@ -367,7 +378,7 @@ class UCorrection(Method):
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         super().__init__(cfg, device)
-        self.w_noisy: torch.Tensor | None = None  # (N,) posterior of being noisy; refitted, not saved
+        self.w_noisy: torch.Tensor | None = None  # (N,) posterior of being noisy; refitted each epoch
 
     def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
         if phase != self.name:
@@ -383,6 +394,13 @@ class UCorrection(Method):
         target = baselines.dynamic_bootstrap_target(b.y, p, w, hard=True)
         loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
         return StepResult(loss, no_meta_loss(), p, target, alpha=1.0 - w)
+
+    def state_dict(self) -> dict:
+        """The epoch's fit (a run resumed inside the epoch must not refit it on a later bank)."""
+        return {"w_noisy": self.w_noisy}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.w_noisy = state.get("w_noisy")
 
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (

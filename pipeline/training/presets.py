@@ -78,7 +78,7 @@ def clothing1m() -> Config:
         optim=OptimConfig(epochs=10, batch_size=32, lr=8e-4, weight_decay=1e-3, milestones=[6]),
         meta=recommended_meta(warmup_epochs=1, meta_batch_size=32),
         scale=ScaleConfig(use_gpu="true"),
-        run=RunConfig(),
+        run=RunConfig(checkpoint_every_min=20.0),  # an epoch is hours: spot GPUs lose at most 20 minutes
     )
 
 

@@ -89,6 +89,13 @@ class MetaSampler:
         self.pos += self.batch_size
         return self.x[idx], self.y[idx]
 
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
+
 
 @dataclass
 class TrainState:

@@ -137,6 +137,7 @@ def stream(
     channels: int = 0,
     transform: Callable | None = None,
     bad_samples: str = "error",
+    exclude: np.ndarray | None = None,
 ) -> ShardStream:
     """A WebDataset pipeline yielding ``(image (C, H, W) uint8, label, index)``.
 
@@ -146,6 +147,9 @@ def stream(
     equal-sized parts. ``expected`` (per-url counts) turns on the count check. With
     ``shuffle_seed`` set, the shard order is permuted and the undecoded samples pass
     a shuffle buffer, both seeded from it. ``transform`` runs on each decoded image.
+    ``exclude`` ((N,) bool by index) leaves samples out after the shuffle, before decoding:
+    a run resumed inside an epoch skips what it already trained on, and the rest come in
+    the order they would have come.
     """
     urls = list(urls)
     if shuffle_seed is not None:
@@ -157,12 +161,19 @@ def stream(
         ds = ds.compose(count_check(expected))
     if shuffle_seed is not None and shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
+    if exclude is not None:
+        ds = ds.select(lambda s: not exclude[sample_index(s)])
     return ds.compose(decode_stage(Decoder(num_classes, channels=channels, transform=transform), bad_samples))
 
 
-def loader(ds, *, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+def loader(ds, *, batch_size: int, workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of ``ds``. The loader's own seed (its processes' random augmentation)
+    comes from ``seed``, not from the global RNG: starting a stream (an epoch's, or an
+    evaluation split's first decode) draws nothing from the training's random state, so
+    a resumed run draws what an uninterrupted one does."""
+    gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, num_workers=workers, persistent_workers=False
+        ds, batch_size=batch_size, num_workers=workers, persistent_workers=False, generator=gen
     )
 
 
