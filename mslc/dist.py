@@ -79,3 +79,10 @@ def all_gather_object(obj) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def average_buffers_(module: torch.nn.Module) -> None:
+    """Average ``module``'s floating-point buffers (batch-norm running statistics) across
+    ranks in place; integer buffers (``num_batches_tracked``) agree already. Only gradients
+    are averaged per step, so without this each rank's statistics drift apart."""
+    all_reduce_mean_(b for b in module.buffers() if b.is_floating_point())

@@ -303,6 +303,7 @@ def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print)
         progress = EpochProgress(cfg, data, epoch, log, tb) if lead else None
         stats = train_epoch(cfg, st, data, epoch, device, run_dir, progress, saver=saver,
                             resume=resume if resume is not None and resume["epoch"] == epoch else None)
+        dist.average_buffers_(st.model)  # one set of batch-norm statistics to evaluate and save
         nan = float("nan")  # only rank 0 evaluates; the others' records are not reported anywhere
         record = {"epoch": epoch, "lr": lr, **stats,
                   "val_samples": data.manifest["splits"].get("val", {}).get("count", 0),
