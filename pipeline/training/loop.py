@@ -173,7 +173,7 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         method.start_epoch(st, data, phase)  # a resumed epoch has its start in the method's state
         at = position.fresh(len(data.labels), device, track=saver is not None)
     else:
-        at, _ = position.restore(resume, st, seed=cfg.run.seed, device=device)
+        at = position.restore(resume, st, seed=cfg.run.seed, device=device)
         exclude = at.seen.copy()  # the stream leaves these out
         if saver is None:
             at.seen = None  # nothing more to record

@@ -61,9 +61,9 @@ def record(st, epoch: int, at: EpochStart, totals: torch.Tensor) -> dict:
             "seen": torch.from_numpy(np.packbits(seen.numpy().astype(bool))), "ranks": ranks}
 
 
-def restore(pos: dict, st, *, seed: int, device: torch.device) -> tuple[EpochStart, bool]:
-    """This rank's :class:`EpochStart` from a recorded position, and whether it is an exact
-    continuation (same number of workers) rather than a re-split after a resize."""
+def restore(pos: dict, st, *, seed: int, device: torch.device) -> EpochStart:
+    """This rank's :class:`EpochStart` from a recorded position: an exact continuation at
+    the same number of workers, a re-split of the epoch's untrained samples after a resize."""
     n_all = pos["num_samples"]
     seen = np.unpackbits(pos["seen"].numpy(), count=n_all).astype(bool)
     world, rank = dist.world_size(), dist.rank()
@@ -71,12 +71,12 @@ def restore(pos: dict, st, *, seed: int, device: torch.device) -> tuple[EpochSta
         mine = pos["ranks"][rank]
         st.meta.load_state_dict(mine["meta"])
         checkpoint.set_rng_state(mine["rng"])
-        return EpochStart(pos["step"], mine["n"], mine["totals"].to(device), seen), True
+        return EpochStart(pos["step"], mine["n"], mine["totals"].to(device), seen)
     # a resize: rank 0 carries the old ranks' sums (the epoch's means only need their totals)
     st.meta.reset(meta_seed(seed, pos["epoch"], pos["step"]))
     totals = sum(r["totals"] for r in pos["ranks"]) if rank == 0 else torch.zeros(3, dtype=torch.float64)
     n = sum(r["n"] for r in pos["ranks"]) if rank == 0 else 0
-    return EpochStart(pos["step"], n, totals.to(device), seen), False
+    return EpochStart(pos["step"], n, totals.to(device), seen)
 
 
 class CheckpointClock:
