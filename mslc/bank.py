@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mslc.dist import comm_device
 
 REFRESH_POLICIES = ("epoch", "step")
 
@@ -36,6 +35,11 @@ class SoftLabelBank(ABC):
     @abstractmethod
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``idx`` (n,) int64 → ``(y_hat (n, C), y_prev (n, C))`` float32."""
+
+    def prev(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` (n,) int64 → ``y_prev`` (n, C) float32, the soft labels a step trains on
+        (all that a step reads: a sharded bank moves only these)."""
+        return self.rows(idx)[1]
 
     @abstractmethod
     def put(
@@ -83,6 +87,9 @@ class LocalBank(SoftLabelBank):
     refresh : ``'epoch'`` or ``'step'``
     dtype : torch.dtype
         Row storage (float32, or float16/bfloat16 to halve memory).
+    device : torch.device
+        Where the rows live: the model's device, so that reads and writes in a step never
+        wait on a copy to the host (``table`` and ``state_dict`` give CPU arrays).
     """
 
     def __init__(
@@ -92,6 +99,7 @@ class LocalBank(SoftLabelBank):
         *,
         refresh: str = "epoch",
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> None:
         if refresh not in REFRESH_POLICIES:
             raise ValueError(f"refresh must be one of {REFRESH_POLICIES}, got {refresh!r}")
@@ -101,38 +109,47 @@ class LocalBank(SoftLabelBank):
         self.num_samples = int(y.numel())
         self.num_classes = num_classes
         self.refresh = refresh
-        onehot = F.one_hot(y, num_classes).to(dtype)
+        self.device = torch.device(device)
+        onehot = F.one_hot(y, num_classes).to(dtype=dtype, device=self.device)
         self.y_hat = onehot.clone()
         self.y_tilde = onehot.clone()
         self.y_prev = onehot.clone() if refresh == "epoch" else self.y_tilde
-        self.alpha = torch.full((self.num_samples,), float("nan"))
-        self.beta = torch.full((self.num_samples,), float("nan"))
-        self.acc_sum = torch.zeros(self.num_samples, num_classes)
-        self.acc_count = torch.zeros(self.num_samples, dtype=torch.int64)
+        self.alpha = torch.full((self.num_samples,), float("nan"), device=self.device)
+        self.beta = torch.full((self.num_samples,), float("nan"), device=self.device)
+        self.acc_sum = torch.zeros(self.num_samples, num_classes, device=self.device)
+        self.acc_count = torch.zeros(self.num_samples, dtype=torch.int64, device=self.device)
 
     def _check(self, idx: torch.Tensor) -> torch.Tensor:
-        idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
+        """``idx`` on the rows' device; checked against the bank's size where it is on the
+        host (the loader's indices; checking one on a GPU would wait for it)."""
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
             raise IndexError(f"bank index outside 0..{self.num_samples - 1}")
-        return idx
+        return idx.to(self.device, non_blocking=True)
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._check(idx)
         return self.y_hat[idx].float(), self.y_prev[idx].float()
 
+    def prev(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.y_prev[self._check(idx)].float()
+
+    def _rows_in(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return t.detach().to(device=self.device, dtype=dtype)
+
     def put(self, idx, *, y_hat, y_tilde=None, alpha=None, beta=None) -> None:
         idx = self._check(idx)
-        self.y_hat[idx] = y_hat.detach().cpu().to(self.y_hat.dtype)
+        self.y_hat[idx] = self._rows_in(y_hat, self.y_hat.dtype)
         if y_tilde is not None:
-            self.y_tilde[idx] = y_tilde.detach().cpu().to(self.y_tilde.dtype)
+            self.y_tilde[idx] = self._rows_in(y_tilde, self.y_tilde.dtype)
         if alpha is not None:
-            self.alpha[idx] = alpha.detach().cpu().float()
+            self.alpha[idx] = self._rows_in(alpha, torch.float32)
         if beta is not None:
-            self.beta[idx] = beta.detach().cpu().float()
+            self.beta[idx] = self._rows_in(beta, torch.float32)
 
     def accumulate(self, idx: torch.Tensor, probs: torch.Tensor) -> None:
         idx = self._check(idx)
-        self.acc_sum.index_add_(0, idx, probs.detach().cpu().float())
+        self.acc_sum.index_add_(0, idx, self._rows_in(probs, torch.float32))
         self.acc_count.index_add_(0, idx, torch.ones_like(idx))
 
     def reset_accumulator(self) -> None:
@@ -153,24 +170,25 @@ class LocalBank(SoftLabelBank):
 
     def table(self) -> dict[str, np.ndarray]:
         return {
-            "y_hat": self.y_hat.float().numpy(),
-            "y_tilde": self.y_tilde.float().numpy(),
-            "alpha": self.alpha.numpy(),
-            "beta": self.beta.numpy(),
+            "y_hat": self.y_hat.float().cpu().numpy(),
+            "y_tilde": self.y_tilde.float().cpu().numpy(),
+            "alpha": self.alpha.cpu().numpy(),
+            "beta": self.beta.cpu().numpy(),
         }
 
     def state_dict(self) -> dict:
+        """CPU copies (a checkpoint loads on any device)."""
         state = {
             "refresh": self.refresh,
-            "y_hat": self.y_hat.clone(),
-            "y_tilde": self.y_tilde.clone(),
-            "alpha": self.alpha.clone(),
-            "beta": self.beta.clone(),
-            "acc_sum": self.acc_sum.clone(),
-            "acc_count": self.acc_count.clone(),
+            "y_hat": self.y_hat.cpu().clone(),
+            "y_tilde": self.y_tilde.cpu().clone(),
+            "alpha": self.alpha.cpu().clone(),
+            "beta": self.beta.cpu().clone(),
+            "acc_sum": self.acc_sum.cpu().clone(),
+            "acc_count": self.acc_count.cpu().clone(),
         }
         if self.refresh == "epoch":
-            state["y_prev"] = self.y_prev.clone()
+            state["y_prev"] = self.y_prev.cpu().clone()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -192,111 +210,190 @@ class ShardedBank(SoftLabelBank):
     ``i mod W`` at local position ``i // W`` (so each rank holds ``ceil(N / W)`` rows or
     fewer), in a :class:`LocalBank` of its own.
 
-    Every method is collective: all ranks call it, each with its own batch indices.
-    ``rows`` all-gathers the requested indices, each owner fills in its rows and one
-    sum all-reduce delivers them; ``put`` and ``accumulate`` all-gather indices and
-    rows and each owner keeps its own. ``state_dict`` gathers the whole bank in
-    :class:`LocalBank`'s format and ``load_state_dict`` keeps this rank's rows, so a
-    checkpoint loads at any world size, or into a :class:`LocalBank`.
+    Every method is collective: all ranks call it together, each with its own batch.
+
+    Traffic. A step reads only ỹ_prev (:meth:`prev`): the batch's indices go to their
+    owners and the rows come back, through all-to-all exchanges (or paired sends and
+    receives, ``exchange='p2p'``) after a small exchange of row counts on the host, so a
+    rank sends about ``n`` indices and receives ``n·C`` values whatever W is. Writes
+    (:meth:`put`, :meth:`accumulate`) are sent to their owners at once under the ``step``
+    policy; under ``epoch``, where nothing reads them before the epoch ends, they stay in
+    this rank's log and go out in one exchange at :meth:`end_epoch` (or when a table, a
+    state or :meth:`rows` is asked for). Writes to one row apply in the order they were
+    made (put by put, ranks in order within one).
+
+    ``state_dict`` gathers the whole bank in :class:`LocalBank`'s format and
+    ``load_state_dict`` keeps this rank's rows, so a checkpoint loads at any world size,
+    or into a :class:`LocalBank`. ``bytes_moved`` and ``collectives`` count what this
+    rank sent to other ranks and the collectives it joined (for benchmarks).
     """
 
-    def __init__(self, noisy_labels, num_classes: int, *, refresh: str = "epoch", dtype=torch.float32) -> None:
+    def __init__(self, noisy_labels, num_classes: int, *, refresh: str = "epoch", dtype=torch.float32,
+                 device: torch.device | str = "cpu", exchange: str = "all_to_all") -> None:
         import torch.distributed as dist
 
+        from mslc import dist as mdist
+
+        if exchange not in ("all_to_all", "p2p"):
+            raise ValueError(f"exchange must be 'all_to_all' or 'p2p', got {exchange!r}")
         labels = np.asarray(noisy_labels)
-        self.dist = dist
+        self.dist, self.mdist, self.exchange = dist, mdist, exchange
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.num_samples, self.num_classes, self.refresh = len(labels), num_classes, refresh
-        self.local = LocalBank(labels[self.rank :: self.world], num_classes, refresh=refresh, dtype=dtype)
-        self.bytes_moved = 0  # payload this rank sent into collectives, for benchmarks
+        self.local = LocalBank(labels[self.rank :: self.world], num_classes, refresh=refresh, dtype=dtype,
+                               device=device)
+        self.group = mdist.cpu_group()  # row counts travel on the host
+        self.puts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (idx, payload): the epoch policy's log
+        self.accs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.seq = 0  # puts so far: the order of writes
+        self.bytes_moved = 0
+        self.collectives = 0
 
-    # -- collectives ------------------------------------------------------
-    def _all_gather_padded(self, t: torch.Tensor, n_max: int, fill: float) -> torch.Tensor:
-        """(n, ...) on every rank → (W, n_max, ...) with each rank's rows, padded with ``fill``."""
-        pad = torch.full((n_max - t.shape[0], *t.shape[1:]), fill, dtype=t.dtype)
-        mine = torch.cat([t, pad])
-        if self.world == 1:
-            return mine.unsqueeze(0)
-        self.bytes_moved += mine.numel() * mine.element_size()
-        dev = comm_device()
-        out = [torch.empty((n_max, *t.shape[1:]), dtype=t.dtype, device=dev) for _ in range(self.world)]
-        self.dist.all_gather(out, mine.to(dev))
-        return torch.stack(out).cpu()
-
-    def _max_len(self, n: int) -> int:
-        if self.world == 1:
-            return n
-        t = torch.tensor([n], device=comm_device())
-        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
-        return int(t.item())
-
-    def _gather_writes(self, idx: torch.Tensor, payload: torch.Tensor):
-        """All ranks' (idx, payload rows); yields the local positions and rows this rank owns."""
-        idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
+    # -- moving rows ------------------------------------------------------
+    def _check(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
             raise IndexError(f"bank index outside 0..{self.num_samples - 1}")
-        n_max = self._max_len(idx.numel())
-        all_idx = self._all_gather_padded(idx, n_max, -1).reshape(-1)
-        all_rows = self._all_gather_padded(payload.detach().cpu().float(), n_max, 0.0).reshape(-1, payload.shape[1])
-        mine = (all_idx >= 0) & (all_idx % self.world == self.rank)
-        return all_idx[mine] // self.world, all_rows[mine]
+        return idx
+
+    def _route(self, idx: torch.Tensor):
+        """Send order and counts of a batch's rows by owner; the counts each owner receives."""
+        idx_host = idx.cpu()  # the loader's indices are on the host already
+        owner = idx_host % self.world
+        order = torch.argsort(owner, stable=True)
+        send = torch.bincount(owner, minlength=self.world)
+        recv = self.mdist.exchange_counts(send, group=self.group)
+        self.collectives += 1
+        self.bytes_moved += 8 * (self.world - 1)
+        return order, send.tolist(), recv.tolist()
+
+    def _send(self, rows: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        dev = self.mdist.comm_device()
+        self.collectives += 1
+        self.bytes_moved += (sum(send) - send[self.rank]) * rows[0].numel() * rows.element_size() if len(rows) else 0
+        return self.mdist.all_to_all_rows(rows.to(dev, non_blocking=True), send, recv, impl=self.exchange)
+
+    def _fetch(self, idx: torch.Tensor, columns) -> torch.Tensor:
+        """The rows ``columns(local positions)`` → (n, k) of ``idx`` from their owners, in ``idx``'s order."""
+        idx = self._check(idx)
+        order, send, recv = self._route(idx)
+        asked = self._send(idx.cpu()[order], send, recv)  # the positions others want from this rank
+        mine = columns(asked.to(self.local.device) // self.world)
+        got = self._send(mine, recv, send)
+        out = torch.empty_like(got)
+        out[order.to(got.device, non_blocking=True)] = got
+        return out.to(self.local.device)
+
+    @staticmethod
+    def _pack(idx: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
+        """(n,) int64 and (n, k) float32 → (n, k + 2) float32, the index's bits in the last two
+        columns (exchanges copy bytes, so they come back exact)."""
+        return torch.cat([payload, idx.reshape(-1, 1).view(torch.float32)], 1)
+
+    @staticmethod
+    def _unpack(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rows[:, -2:].clone(memory_format=torch.contiguous_format).view(torch.int64).reshape(-1), rows[:, :-2]
+
+    def _deliver(self, idx: torch.Tensor, payload: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes ``(idx, payload)`` to their owners → the ``(local positions, payload)`` this rank
+        owns, in the order (source rank, then write) they were made."""
+        idx = self._check(idx)
+        order, send, recv = self._route(idx)
+        packed = self._pack(idx.to(payload.device, non_blocking=True), payload)
+        got = self._send(packed[order.to(payload.device, non_blocking=True)], send, recv)
+        got_idx, got_payload = self._unpack(got)
+        return got_idx.to(self.local.device) // self.world, got_payload.to(self.local.device)
+
+    # -- applying writes ---------------------------------------------------
+    def _apply_puts(self, pos: torch.Tensor, rows: torch.Tensor, *, ordered: bool = True) -> None:
+        """Payload rows ``[y_hat C | y_tilde C | has ỹ | α | β]`` in the order they were written
+        into the local bank: for each field the latest write that set it wins. ``ordered=False``
+        (one put's rows, one per row: the ``step`` policy's hot path) writes them with no
+        host synchronisation."""
+        c = self.num_classes
+        if not ordered:
+            y = self.local.y_tilde
+            y[pos] = torch.where(rows[:, 2 * c : 2 * c + 1] > 0, rows[:, c : 2 * c].to(y.dtype), y[pos])
+            self.local.y_hat[pos] = rows[:, :c].to(self.local.y_hat.dtype)
+            for k, target in ((2 * c + 1, self.local.alpha), (2 * c + 2, self.local.beta)):
+                target[pos] = torch.where(torch.isnan(rows[:, k]), target[pos], rows[:, k])
+            return
+        c = self.num_classes
+        fields = ((self.local.y_hat, slice(0, c), None), (self.local.y_tilde, slice(c, 2 * c), rows[:, 2 * c] > 0),
+                  (self.local.alpha, 2 * c + 1, ~torch.isnan(rows[:, 2 * c + 1])),
+                  (self.local.beta, 2 * c + 2, ~torch.isnan(rows[:, 2 * c + 2])))
+        for target, cols, valid in fields:
+            p, v = (pos, rows[:, cols]) if valid is None else (pos[valid], rows[valid][:, cols])
+            last = _last_occurrence(p)
+            target[p[last]] = v[last].to(target.dtype)
+
+    def flush(self) -> None:
+        """Send the logged writes to their owners and apply them (collective)."""
+        c = self.num_classes
+        puts, accs, self.puts, self.accs = self.puts, self.accs, [], []
+        dev = self.local.device
+        idx = torch.cat([i for i, _ in puts]) if puts else torch.zeros(0, dtype=torch.int64)
+        rows = torch.cat([r for _, r in puts]) if puts else torch.zeros(0, 2 * c + 4, device=dev)
+        pos, got = self._deliver(idx, rows)
+        if len(pos):  # in write order: by put (the last column), ranks in order within one
+            order = torch.argsort(got[:, -1], stable=True)
+            self._apply_puts(pos[order], got[order, :-1])
+        idx = torch.cat([i for i, _ in accs]) if accs else torch.zeros(0, dtype=torch.int64)
+        rows = torch.cat([r for _, r in accs]) if accs else torch.zeros(0, c, device=dev)
+        pos, got = self._deliver(idx, rows)
+        if len(pos):
+            self.local.accumulate(pos, got)
 
     # -- the interface ----------------------------------------------------
+    def prev(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._fetch(idx, lambda pos: self.local.y_prev[pos].float())
+
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(idx, dtype=torch.int64).cpu()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
-            raise IndexError(f"bank index outside 0..{self.num_samples - 1}")
-        n, c = idx.numel(), self.num_classes
-        n_max = self._max_len(n)
-        req = self._all_gather_padded(idx, n_max, -1)  # (W, n_max)
-        resp = torch.zeros(self.world, n_max, 2 * c)
-        mine = (req >= 0) & (req % self.world == self.rank)
-        if mine.any():
-            y_hat, y_prev = self.local.rows(req[mine] // self.world)
-            resp[mine] = torch.cat([y_hat, y_prev], 1)
-        if self.world > 1:
-            self.bytes_moved += resp.numel() * resp.element_size()
-            resp = resp.to(comm_device())
-            self.dist.all_reduce(resp)  # every row has exactly one owner
-            resp = resp.cpu()
-        out = resp[self.rank, :n]
-        return out[:, :c], out[:, c:]
+        self.flush()  # ŷ of this epoch's writes
+        both = self._fetch(idx, lambda pos: torch.cat([self.local.y_hat[pos].float(), self.local.y_prev[pos].float()], 1))
+        return both[:, : self.num_classes], both[:, self.num_classes :]
 
     def put(self, idx, *, y_hat, y_tilde=None, alpha=None, beta=None) -> None:
-        n, c = y_hat.shape
-        nan = torch.full((n, 1), float("nan"))
-        has_tilde = torch.full((n, 1), 0.0 if y_tilde is None else 1.0)
-        parts = [y_hat.detach().cpu().float(), (y_tilde if y_tilde is not None else y_hat).detach().cpu().float(),
-                 has_tilde, nan if alpha is None else alpha.detach().cpu().float().reshape(-1, 1),
-                 nan if beta is None else beta.detach().cpu().float().reshape(-1, 1)]
-        pos, rows = self._gather_writes(idx, torch.cat(parts, 1))
-        if pos.numel() == 0:
+        n = y_hat.shape[0]
+        dev = self.local.device
+        y_hat = y_hat.detach().to(device=dev, dtype=torch.float32)
+        col = lambda v: torch.full((n, 1), float("nan"), device=dev) if v is None else v.detach().to(  # noqa: E731
+            device=dev, dtype=torch.float32).reshape(-1, 1)
+        parts = [y_hat, y_hat if y_tilde is None else y_tilde.detach().to(device=dev, dtype=torch.float32),
+                 torch.full((n, 1), 0.0 if y_tilde is None else 1.0, device=dev), col(alpha), col(beta)]
+        idx = self._check(idx)
+        if self.refresh == "epoch":  # nothing reads the writes before the epoch ends
+            parts.append(torch.full((n, 1), float(self.seq), device=dev))
+            self.puts.append((idx.cpu(), torch.cat(parts, 1)))
+            self.seq += 1
             return
-        self.local.put(pos, y_hat=rows[:, :c])
-        t = rows[:, 2 * c] > 0
-        if t.any():
-            self.local.y_tilde[pos[t]] = rows[t, c : 2 * c].to(self.local.y_tilde.dtype)
-        for k, name in ((2 * c + 1, "alpha"), (2 * c + 2, "beta")):
-            v = rows[:, k]
-            ok = ~torch.isnan(v)
-            getattr(self.local, name)[pos[ok]] = v[ok]
+        pos, got = self._deliver(idx, torch.cat(parts, 1))
+        self._apply_puts(pos, got, ordered=False)
 
     def accumulate(self, idx: torch.Tensor, probs: torch.Tensor) -> None:
-        pos, rows = self._gather_writes(idx, probs)
-        if pos.numel():
-            self.local.accumulate(pos, rows)
+        self.accs.append((self._check(idx).cpu(), probs.detach().to(device=self.local.device, dtype=torch.float32)))
 
     def finish_warmup(self) -> None:
+        self.flush()
         self.local.finish_warmup()
 
     def end_epoch(self) -> None:
+        self.flush()
+        self.seq = 0
         self.local.end_epoch()
 
     def _gather_full(self, t: torch.Tensor) -> torch.Tensor:
-        """This rank's (n_local, ...) rows → the full (N, ...) array, on every rank."""
+        """This rank's (n_local, ...) rows (on the CPU) → the full (N, ...) array, on every rank."""
         n_max = -(-self.num_samples // self.world)
-        parts = self._all_gather_padded(t, n_max, 0)
+        pad = torch.zeros((n_max - t.shape[0], *t.shape[1:]), dtype=t.dtype)
+        mine = torch.cat([t, pad]).to(self.mdist.comm_device())
+        if self.world > 1:
+            parts = [torch.empty_like(mine) for _ in range(self.world)]
+            self.dist.all_gather(parts, mine)
+            parts = torch.stack(parts).cpu()
+        else:
+            parts = mine.unsqueeze(0).cpu()
         full = torch.empty((self.num_samples, *t.shape[1:]), dtype=t.dtype)
         for r in range(self.world):
             count = len(range(r, self.num_samples, self.world))
@@ -304,9 +401,11 @@ class ShardedBank(SoftLabelBank):
         return full
 
     def table(self) -> dict[str, np.ndarray]:
+        self.flush()
         return {k: self._gather_full(torch.from_numpy(v)).numpy() for k, v in self.local.table().items()}
 
     def state_dict(self) -> dict:
+        self.flush()
         local = self.local.state_dict()
         return {k: (self._gather_full(v) if isinstance(v, torch.Tensor) else v) for k, v in local.items()}
 
@@ -314,4 +413,36 @@ class ShardedBank(SoftLabelBank):
         mine = {k: (v[self.rank :: self.world] if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
         if mine["y_tilde"].shape[0] != self.local.num_samples:
             raise ValueError(f"bank state has {state['y_tilde'].shape[0]} rows, expected {self.num_samples}")
+        self.puts, self.accs, self.seq = [], [], 0
         self.local.load_state_dict(mine)
+
+
+def _last_occurrence(pos: torch.Tensor) -> torch.Tensor:
+    """Indices of the last occurrence of each distinct value of ``pos`` (m,)."""
+    m = len(pos)
+    rev = torch.flip(pos, [0])
+    uniq, inverse = torch.unique(rev, return_inverse=True)
+    first_in_rev = torch.full((len(uniq),), m, dtype=torch.int64, device=pos.device)
+    first_in_rev.scatter_reduce_(0, inverse, torch.arange(m, device=pos.device), reduce="amin")
+    return m - 1 - first_in_rev
+
+
+def exchange_bytes(n: int, num_classes: int, world: int, *, refresh: str = "epoch") -> dict[str, float]:
+    """Bytes one rank of ``world`` sends to the others per step through :class:`ShardedBank`,
+    for ``n`` disjoint samples per rank whose owners are spread evenly (what the plan gives).
+
+    ``read``: a step's :meth:`~ShardedBank.prev` (the row counts, the indices, the answered
+    ỹ_prev rows); ``write``: a ``step``-policy :meth:`~ShardedBank.put` (counts, then
+    ``[ŷ | ỹ | flag | α | β]`` rows and the index); ``epoch_end``: the ``epoch`` policy's
+    writes (the same rows with their order) spread over the epoch's steps; ``total`` of
+    the policy; ``bound``: ``total`` as W grows (only the share (W−1)/W of rows that live
+    on other ranks travels, and 8·(W−1) bytes of counts, left out of the bound)."""
+    def per_step(remote: float, counts: int) -> tuple[float, float, float, float]:
+        read = counts + remote * n * 8 + remote * n * num_classes * 4
+        write = counts + remote * n * (2 * num_classes + 3 + 2) * 4
+        epoch_end = remote * n * (2 * num_classes + 4 + 2) * 4
+        return read, write, epoch_end, read + (epoch_end if refresh == "epoch" else write)
+
+    read, write, epoch_end, total = per_step((world - 1) / world, 8 * (world - 1))
+    bound = per_step(1.0, 0)[3]
+    return {"read": read, "write": write, "epoch_end": epoch_end, "total": total, "bound": bound}

@@ -164,10 +164,10 @@ class BetaMixture:
 
 
 def mwnet_weights(vnet: LossMLP, losses: torch.Tensor) -> torch.Tensor:
-    """MW-Net's per-sample weights ``V(ℓ_i) / Σ_j V(ℓ_j)`` × n (mean 1; all-zero stays zero)."""
+    """MW-Net's per-sample weights ``V(ℓ_i) / Σ_j V(ℓ_j)`` × n (mean 1; all-zero stays zero,
+    with no read of the sum on the host)."""
     v = vnet(losses.detach())
-    total = v.sum()
-    return v * len(v) / total if float(total.detach()) > 0 else v
+    return v * len(v) / v.sum().clamp_min(1e-12)
 
 
 def mwnet_step(

@@ -49,6 +49,65 @@ def average_gradients_(params: Iterable[torch.nn.Parameter]) -> None:
     all_reduce_mean_(p.grad for p in params if p.grad is not None)
 
 
+_CPU_GROUPS: dict = {}
+
+
+def cpu_group():
+    """A gloo group of all ranks for small host-side metadata (row counts), so that reading
+    them does not wait on a GPU stream; the default group when that is gloo already.
+    Collective the first time (every rank must call it)."""
+    if not is_distributed() or dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _CPU_GROUPS:
+        _CPU_GROUPS[key] = dist.new_group(backend="gloo")
+    return _CPU_GROUPS[key]
+
+
+def exchange_counts(send: torch.Tensor, *, group=None) -> torch.Tensor:
+    """``send`` (W,) int64 on the CPU, the rows this rank sends to each rank → (W,) the rows
+    each rank sends to this one."""
+    if not is_distributed():
+        return send.clone()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv
+
+
+def all_to_all_rows(rows: torch.Tensor, send: list[int], recv: list[int], *, impl: str = "all_to_all",
+                    ) -> torch.Tensor:
+    """Rows grouped by destination rank (``send[r]`` rows for rank ``r``, in rank order) →
+    the rows the others sent to this rank (``recv[r]`` from rank ``r``, in rank order).
+
+    ``impl``: ``all_to_all`` (one ``all_to_all_single``: NCCL, gloo) or ``p2p`` (paired
+    sends and receives, for a backend without all-to-all). ``rows`` must be on
+    :func:`comm_device`."""
+    if not is_distributed():
+        return rows
+    out = torch.empty((sum(recv), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    if impl == "all_to_all":
+        dist.all_to_all_single(out, rows, output_split_sizes=recv, input_split_sizes=send)
+        return out
+    if impl != "p2p":
+        raise ValueError(f"impl must be 'all_to_all' or 'p2p', got {impl!r}")
+    me = dist.get_rank()
+    s_at, r_at = [0], [0]
+    for a, b in zip(send, recv):
+        s_at.append(s_at[-1] + a)
+        r_at.append(r_at[-1] + b)
+    out[r_at[me]:r_at[me + 1]] = rows[s_at[me]:s_at[me + 1]]
+    ops = []
+    for peer in range(len(send)):
+        if peer != me and send[peer]:
+            ops.append(dist.P2POp(dist.isend, rows[s_at[peer]:s_at[peer + 1]].contiguous(), peer))
+        if peer != me and recv[peer]:
+            ops.append(dist.P2POp(dist.irecv, out[r_at[peer]:r_at[peer + 1]], peer))
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+    return out
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -119,13 +119,6 @@ def shard_urls(shard_dir: str | Path, manifest: dict, split: str) -> list[str]:
     return [join(shard_dir, r["name"]) for r in manifest["splits"][split]["shards"]]
 
 
-def expected_counts(shard_dir: str | Path, manifest: dict, split: str, *, rank: int = 0, world: int = 1
-                    ) -> dict[str, int]:
-    """Samples each shard holds for ``rank`` of ``world`` (keys are ``0..N-1`` in shard order)."""
-    out, start = {}, 0
-    for r in manifest["splits"][split]["shards"]:
-        stop = start + r["count"]
-        first = start + (rank - start) % world
-        out[join(shard_dir, r["name"])] = len(range(first, stop, world))
-        start = stop
-    return out
+def expected_counts(shard_dir: str | Path, manifest: dict, split: str) -> dict[str, int]:
+    """Samples each shard of ``split`` holds, by url."""
+    return {join(shard_dir, r["name"]): r["count"] for r in manifest["splits"][split]["shards"]}

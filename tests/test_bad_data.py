@@ -137,36 +137,3 @@ def test_a_bad_sample_while_streaming_errors_or_is_skipped(c1m, tmp_path, capfd)
     assert "skipping a bad sample: shard" in capfd.readouterr().err
 
 
-def _two_ranks_stream(rank, world, shard_dir):
-    """Each rank runs train_batches; rank 1's part holds the bad sample."""
-    import torch  # noqa: F401
-
-    from pipeline.training.config import Config, DataConfig, OptimConfig
-    from pipeline.training.state import Data
-    from pipeline.training.loop import train_batches
-
-    m = shardset.load_manifest(shard_dir)
-    cfg = Config(data=DataConfig(dataset="clothing1m", noise="none", noise_rate=0.0, shards=shard_dir,
-                                 image_size=16, shuffle_buffer=8),
-                 optim=OptimConfig(batch_size=8))
-    from pipeline.training.state import build_transforms
-
-    train_tf, _, _ = build_transforms(cfg, m)
-    data = Data(shard_dir, m, None, None, None, None, None, None, None, train_tf, None, 16)
-    steps = 0
-    try:
-        for _ in train_batches(cfg, data, epoch=1):
-            steps += 1
-    except PipelineError as e:
-        return ("error", str(e), steps)
-    return ("done", "", steps)
-
-
-def test_bad_data_on_one_rank_stops_every_rank(c1m, tmp_path):
-    out = prep.prepare(c1m_cfg(c1m.root), tmp_path / "out", log=quiet)
-    _poison(out, shardset.load_manifest(out), 201)  # odd: rank 1 of 2
-    res = run_ranks(_two_ranks_stream, 2, tmp_path / "ranks", str(out), timeout=300)
-    assert res[0][0] == res[1][0] == "error"
-    assert "sample 00000201: cannot decode image" in res[1][1]
-    assert "another rank stopped on bad data" in res[0][1]
-    assert res[0][2] == res[1][2]  # the same number of steps taken on both

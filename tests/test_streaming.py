@@ -10,7 +10,7 @@ import torch
 
 from pipeline.prep import job as prep
 from pipeline import shardset
-from pipeline.training import streaming
+from pipeline.training import assign, streaming
 from pipeline.errors import ShardError
 from pipeline.training.config import Config, DataConfig
 from pipeline.training.state import build_transforms
@@ -35,10 +35,9 @@ def test_streaming_from_an_object_store_url(c1m_shards):
     labels = shardset.read_labels_table(url, m)
     assert len(labels["label"]) == 280
     got = []
+    plan = assign.plan_epoch(m, url, world=2, seed=1, batch_size=16)
     for rank in range(2):
-        exp = shardset.expected_counts(url, m, "train", rank=rank, world=2)
-        ds = streaming.stream(shardset.shard_urls(url, m, "train"), num_classes=14, shuffle_seed=1, shuffle_buffer=16,
-                           expected=exp, rank=rank, world=2, channels=3)
+        ds = streaming.stream(plan.parts[rank], num_classes=14, shuffle_seed=1, shuffle_buffer=16, channels=3)
         for x, y, i in ds:
             assert y == labels["label"][i]
             got.append(i)

@@ -16,52 +16,72 @@ import torch
 
 from mslc import dist
 from pipeline.errors import DivergedError, PipelineError
-from pipeline.shardset import expected_counts, shard_urls
-from pipeline.training import checkpoint, methods, outputs, position, streaming
+from pipeline.training import assign, checkpoint, failures, methods, outputs, position, streaming
 from pipeline.training.config import Config
 from pipeline.training.evaluate import bank_metrics, evaluate, progress_line
 from pipeline.training.state import Data, TrainState, build_data, build_state, normalize
 
 
-def _next(it):
-    try:
-        return next(it, None), None
-    except PipelineError as e:
-        return None, e
+def epoch_seed(cfg: Config, epoch: int) -> int:
+    """The seed of an epoch's shard shuffle and shuffle buffer (the same on every rank)."""
+    return cfg.run.seed * 1_000_003 + epoch
 
 
-def _agree(err: PipelineError | None, flag: int) -> int:
-    """MIN all-reduce of ``flag`` (-1 on error); on anyone's error every rank raises."""
-    got = dist.all_min(-1 if err is not None else flag)
-    if got < 0:
-        raise err or PipelineError("another rank stopped on bad data (its error is above); stopping too")
-    return got
+def build_plan(cfg: Config, data: Data, epoch: int, *, todo=None) -> assign.EpochPlan:
+    """The epoch's shard assignment and step count (``todo``: the samples still to train after
+    a resume at another worker count)."""
+    return assign.plan_epoch(data.manifest, data.shard_dir, world=dist.world_size(), seed=epoch_seed(cfg, epoch),
+                             batch_size=cfg.optim.batch_size, todo=todo)
 
 
-def train_batches(cfg: Config, data: Data, epoch: int, *, exclude=None):
-    """This rank's training batches ``(x, y, idx)`` for an epoch, in lock-step with the
-    other ranks: every rank takes the same number of steps (the stream stops for all
-    when one runs out), a last batch of one sample is not trained on, and bad data on
-    one rank stops every rank with its error rather than leaving them waiting.
+def rebatch(batches, batch_size: int):
+    """Batches of exactly ``batch_size`` (the last may be short) from loader processes' batches,
+    each of which ends its own part with a short one."""
+    held: list = []
+    size = 0
+    for b in batches:
+        held.append(b)
+        size += len(b[1])
+        while size >= batch_size:
+            cat = [torch.cat(f) for f in zip(*held)]
+            yield tuple(f[:batch_size] for f in cat)
+            held = [tuple(f[batch_size:] for f in cat)] if size > batch_size else []
+            size -= batch_size
+    if size:
+        yield tuple(torch.cat(f) for f in zip(*held))
+
+
+def train_batches(cfg: Config, data: Data, epoch: int, plan: assign.EpochPlan, steps: int, *, exclude=None):
+    """This rank's ``steps`` training batches ``(x, y, idx)`` of the epoch: its parts of the
+    plan, streamed (no collective, no wait on other ranks: every rank takes ``steps``, the
+    plan's count). A rank whose stream comes up short (bad samples skipped with
+    ``data.bad_samples=skip``) repeats its last batch, with a warning, to keep step.
     ``exclude`` ((N,) bool): samples already trained on this epoch (a mid-epoch resume)."""
-    rank, world = dist.rank(), dist.world_size()
-    urls = shard_urls(data.shard_dir, data.manifest, "train")
-    seed = cfg.run.seed * 1_000_003 + epoch
-    ds = streaming.stream(urls, num_classes=data.num_classes, shuffle_seed=seed,
-                          shuffle_buffer=cfg.data.shuffle_buffer,
-                          expected=expected_counts(data.shard_dir, data.manifest, "train", rank=rank, world=world),
-                          rank=rank, world=world, channels=data.channels, transform=data.train_tf,
+    rank = dist.rank()
+    seed = epoch_seed(cfg, epoch)
+    ds = streaming.stream(plan.parts[rank], num_classes=data.num_classes, shuffle_seed=seed,
+                          shuffle_buffer=cfg.data.shuffle_buffer, channels=data.channels, transform=data.train_tf,
                           bad_samples=cfg.data.bad_samples, exclude=exclude)
-    it = iter(streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers,
-                               seed=seed * 4099 + rank))
-    while True:
-        batch, err = _next(it)
-        if not _agree(err, 0 if batch is None or len(batch[1]) < 2 else 1):
-            while batch is not None:  # drain, so the shard count check still runs
-                batch, err = _next(it)
-            _agree(err, 0)
+    batches = streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers,
+                               seed=seed * 4099 + rank)
+    if cfg.data.loader_workers > 1:
+        batches = rebatch(batches, cfg.optim.batch_size)
+    taken, last = 0, None
+    for batch in batches:
+        if taken == steps:
             return
+        if len(batch[1]) < 2:
+            break
+        last = batch
+        taken += 1
         yield batch
+    if taken < steps:
+        if last is None:
+            raise PipelineError(f"{data.shard_dir}: rank {rank} streamed no training sample in epoch {epoch}")
+        print(f"warning: rank {rank}'s epoch {epoch} stream ended {steps - taken} step(s) early (bad samples "
+              "skipped); repeating its last batch to keep step with the other ranks", file=sys.stderr, flush=True)
+        for _ in range(steps - taken):
+            yield last
 
 
 def maybe_crash(cfg: Config, st: TrainState, run_dir: Path) -> None:
@@ -117,10 +137,8 @@ class DivergenceWatch:
 
 
 def steps_per_epoch(cfg: Config, data: Data) -> int:
-    """The steps an epoch takes on each rank at this world size (at most: a rank's lone
-    last sample is not a step)."""
-    per_rank = -(-data.manifest["splits"]["train"]["count"] // dist.world_size())
-    return max(1, -(-per_rank // cfg.optim.batch_size))
+    """The steps an epoch takes on every rank at this world size (:mod:`pipeline.training.assign`)."""
+    return build_plan(cfg, data, 1).steps
 
 
 def _clock(seconds: float) -> str:
@@ -172,31 +190,39 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         st.meta.reset(position.meta_seed(cfg.run.seed, epoch))
         method.start_epoch(st, data, phase)  # a resumed epoch has its start in the method's state
         at = position.fresh(len(data.labels), device, track=saver is not None)
+        plan = build_plan(cfg, data, epoch)
+        steps = plan.steps
     else:
         at = position.restore(resume, st, seed=cfg.run.seed, device=device)
         exclude = at.seen.copy()  # the stream leaves these out
+        if resume["world"] == dist.world_size():  # the same parts, less what each rank took
+            plan = build_plan(cfg, data, epoch)
+            steps = plan.steps - at.steps
+        else:  # the untrained samples, split afresh over this group
+            plan = build_plan(cfg, data, epoch, todo=~exclude)
+            steps = plan.steps
         if saver is None:
             at.seen = None  # nothing more to record
     st.model.train()
     sums = {"n": at.n, "steps": at.steps}
     totals = at.totals  # Σ loss·n, Σ meta loss·n, meta samples: no sync per step
+    last_step = at.steps + steps  # no checkpoint inside the epoch at its last step: its end saves one
     if progress is not None:
-        progress.base = (at.steps, at.n)
+        progress.base, progress.total = (at.steps, at.n), last_step
     watch = DivergenceWatch(device)
 
     def meta_batch():
         xm, ym = st.meta.next()
         return normalize(xm, data, device), ym
 
-    stream = train_batches(cfg, data, epoch, exclude=exclude)
-    last_step = steps_per_epoch(cfg, data)  # no checkpoint inside the epoch at its last step: its end saves one
-    for x, y, idx in method.batches(st, data, phase, stream, done=at.steps):
+    stream = train_batches(cfg, data, epoch, plan, steps, exclude=exclude)
+    for x, y, idx in method.batches(st, data, phase, stream, steps=steps):
         if cfg.scale.crash_at_step:
             maybe_crash(cfg, st, run_dir)
-        batch = methods.Batch(normalize(x, data, device), y.to(device), idx, meta_batch)
+        batch = methods.Batch(normalize(x, data, device), y.to(device, non_blocking=True), idx, meta_batch)
         res = method.step(st, data, phase, batch)
         method.write_bank(st.bank, phase, epoch, batch, res)
-        n, meta_loss = len(y), res.meta_loss.to(device=device, dtype=torch.float64)
+        n, meta_loss = len(y), res.meta_loss.to(device=device, dtype=torch.float64, non_blocking=True)
         has_meta = ~torch.isnan(meta_loss)
         totals += torch.stack([res.loss.to(torch.float64) * n, torch.where(has_meta, meta_loss * n, 0.0),
                                has_meta * float(n)])
@@ -275,16 +301,23 @@ def setup_threads(cfg: Config, world_size: int) -> None:
 def run(cfg: Config, reporter, device: torch.device | None = None, *, log=print) -> dict:
     """Train for ``cfg.optim.epochs`` epochs; write outputs to ``storage_path/name``.
 
-    Returns ``{'run_dir', 'metrics', 'corrected_labels', 'tensorboard', 'summary'}``.
+    Returns ``{'run_dir', 'metrics', 'corrected_labels', 'tensorboard', 'summary'}``. An
+    exception on any rank stops every rank (:class:`pipeline.training.failures.FailureWatch`).
     """
+    with failures.FailureWatch():
+        return _run(cfg, reporter, device, log=log)
+
+
+def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print) -> dict:
     device = device or torch.device("cpu")
     setup_threads(cfg, reporter.world_size)
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(cfg, device)
+    lead = reporter.rank == 0
+    assign.check_world(data.manifest, dist.world_size(), shard_dir=str(data.shard_dir), log=log if lead else None)
     st = build_state(cfg, data, device)
     st.method = methods.build_method(cfg, device)  # last: MW-Net's weight net draws from the RNG after the model
-    lead = reporter.rank == 0
     saved = reporter.restore()
     resume = None
     if saved is not None:

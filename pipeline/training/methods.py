@@ -20,7 +20,6 @@ Adding a method: a subclass with ``name``, ``label``, its flags and :meth:`Metho
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mslc import baselines, dist
+from mslc import baselines
 from mslc.bank import SoftLabelBank
 from mslc.corrector import LossMLP
 from mslc.meta_step import StepResult, ce_step, mslc_step, real_step, soft_cross_entropy
@@ -109,10 +108,10 @@ class Method:
     def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
         """Set-up at an epoch's start (before any batch)."""
 
-    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable, *, done: int = 0) -> Iterable:
-        """The epoch's ``(x uint8, y, idx)`` batches: this rank's training stream by default
-        (``done``: steps of this epoch taken before a mid-epoch resume; the stream already
-        leaves out what they trained on)."""
+    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable, *, steps: int) -> Iterable:
+        """The epoch's ``(x uint8, y, idx)`` batches: this rank's training stream by default.
+        ``steps``: the batches every rank takes (what is left of the epoch after a mid-epoch
+        resume; the stream already leaves out what was trained on)."""
         return stream
 
     def step(self, st: TrainState, data: Data, phase: str, b: Batch) -> StepResult:
@@ -173,7 +172,7 @@ class MSLC(Method):
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         m = self.cfg.meta
-        _, y_prev = st.bank.rows(b.idx)
+        y_prev = st.bank.prev(b.idx)
         update = st.steps_done % m.meta_every == 0
         xm, ym = b.meta() if update else (None, None)
         res = mslc_step(st.model, st.corrector, b.x, b.y, y_prev.to(self.device), xm, ym, opt_w=st.opt_w,
@@ -236,13 +235,13 @@ class FineTune(CE):
     def phase(self, epoch: int) -> str:
         return "finetune" if epoch > self.cfg.optim.epochs - self.cfg.meta.finetune_epochs else "ce"
 
-    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable, *, done: int = 0) -> Iterable:
-        return self.meta_batches(st, data, done=done) if phase == "finetune" else stream
+    def batches(self, st: TrainState, data: Data, phase: str, stream: Iterable, *, steps: int) -> Iterable:
+        return self.meta_batches(st, steps) if phase == "finetune" else stream
 
-    def meta_batches(self, st: TrainState, data: Data, *, done: int = 0) -> Iterator:
-        """Clean meta batches, as many as a training epoch has steps (this rank's share), less ``done``."""
-        n = data.manifest["splits"]["train"]["count"]
-        for _ in range(done, max(1, math.ceil(n / dist.world_size() / self.cfg.optim.batch_size))):
+    @staticmethod
+    def meta_batches(st: TrainState, steps: int) -> Iterator:
+        """``steps`` clean meta batches (a training epoch's steps)."""
+        for _ in range(steps):
             x, y = st.meta.next()
             yield x, y, None
 
@@ -360,7 +359,7 @@ class JointOpt(Method):
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         logits, p = forward(st, b.x)
-        _, labels = st.bank.rows(b.idx)
+        labels = st.bank.prev(b.idx)
         prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=self.device)
         m = self.cfg.meta
         loss = baselines.joint_opt_loss(logits, labels.to(self.device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
@@ -390,7 +389,7 @@ class UCorrection(Method):
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         logits, p = forward(st, b.x)
-        w = self.w_noisy[b.idx.cpu()].to(self.device)
+        w = self.w_noisy[b.idx.cpu()].to(self.device, non_blocking=True)
         target = baselines.dynamic_bootstrap_target(b.y, p, w, hard=True)
         loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
         return StepResult(loss, no_meta_loss(), p, target, alpha=1.0 - w)

@@ -85,7 +85,7 @@ class MetaSampler:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + self.batch_size > len(self.perm):
             self.perm, self.pos = torch.randperm(len(self.y), generator=self.gen), 0
-        idx = self.perm[self.pos : self.pos + self.batch_size]
+        idx = self.perm[self.pos : self.pos + self.batch_size].to(self.x.device, non_blocking=True)
         self.pos += self.batch_size
         return self.x[idx], self.y[idx]
 
@@ -140,7 +140,7 @@ class TrainState:
 def normalize(x: torch.Tensor, data: Data, device: torch.device) -> torch.Tensor:
     """uint8 (n, C, H, W) → float (n, C, H, W), normalized, on ``device``."""
     x = x.to(device, non_blocking=True)
-    return (x.float() / 255.0 - data.mean.to(device)) / data.std.to(device)
+    return (x.float() / 255.0 - data.mean.to(device, non_blocking=True)) / data.std.to(device, non_blocking=True)
 
 
 def build_transforms(cfg: Config, manifest: dict) -> tuple[object, object, int]:
@@ -192,7 +192,8 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
         weight_decay=m.weight_decay,
     )
     bank_cls = ShardedBank if dist.world_size() > 1 else LocalBank
-    bank = bank_cls(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype))
+    bank = bank_cls(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype),
+                    device=device)
     meta = MetaSampler(data.meta_x, data.meta_y, m.meta_batch_size)
     return TrainState(model, opt_w, sched, corrector, opt_theta, bank, meta)
 

@@ -40,6 +40,21 @@ class ShardStream(wds.DataPipeline, wds.FluidInterface):
     whose tars are read by :mod:`pipeline.training.tarstream`."""
 
 
+class SourceList(torch.utils.data.IterableDataset):
+    """The first stage of a :class:`ShardStream`: ``{"url", and for a part "first", "stop"}`` dicts."""
+
+    def __init__(self, sources: list[dict]) -> None:
+        super().__init__()
+        self.sources = sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __iter__(self):
+        for s in self.sources:
+            yield dict(s)
+
+
 def decode_image(data: bytes, *, where: str, channels: int = 0) -> np.ndarray:
     """Image bytes → ``(H, W)`` (grayscale) or ``(H, W, 3)`` uint8; ``channels`` 1 or 3 forces the mode."""
     try:
@@ -126,14 +141,12 @@ def decode_stage(decoder: Decoder, bad_samples: str):
 
 
 def stream(
-    urls: list[str],
+    sources: list,
     *,
     num_classes: int,
     shuffle_seed: int | None,
     shuffle_buffer: int = 0,
     expected: dict[str, int] | None = None,
-    rank: int = 0,
-    world: int = 1,
     channels: int = 0,
     transform: Callable | None = None,
     bad_samples: str = "error",
@@ -141,22 +154,25 @@ def stream(
 ) -> ShardStream:
     """A WebDataset pipeline yielding ``(image (C, H, W) uint8, label, index)``.
 
-    ``urls`` are local paths or URLs (``s3://``, ``gs://`` … through fsspec,
-    ``http(s)://`` through webdataset; see :func:`_gopen`). With ``world > 1`` only samples whose index is
-    ``rank`` modulo ``world`` are kept (before decoding), so ranks see disjoint,
-    equal-sized parts. ``expected`` (per-url counts) turns on the count check. With
-    ``shuffle_seed`` set, the shard order is permuted and the undecoded samples pass
-    a shuffle buffer, both seeded from it. ``transform`` runs on each decoded image.
-    ``exclude`` ((N,) bool by index) leaves samples out after the shuffle, before decoding:
-    a run resumed inside an epoch skips what it already trained on, and the rest come in
-    the order they would have come.
+    ``sources`` are whole shards (local paths or URLs: ``s3://``, ``gs://`` … through
+    fsspec, ``http(s)://`` through webdataset; see :func:`_gopen`), read in a seeded random
+    order when ``shuffle_seed`` is set, or a rank's
+    :class:`~pipeline.training.assign.Part` s (key ranges of shards), read in the order
+    given: the epoch's plan has shuffled them. ``expected`` (per-url counts of whole
+    shards) turns on the count check; a part checks its key range itself. With
+    ``shuffle_seed`` set the undecoded samples pass a shuffle buffer seeded from it.
+    ``transform`` runs on each decoded image. ``exclude`` ((N,) bool by index) leaves
+    samples out after the shuffle, before decoding: a run resumed inside an epoch skips
+    what it already trained on, and the rest come in the order they would have come.
     """
-    urls = list(urls)
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(urls)
-    ds = ShardStream(wds.SimpleShardList(urls), wds.split_by_worker, partial(tar_samples, open_url=_gopen))
-    if world > 1:
-        ds = ds.select(lambda s: sample_index(s) % world == rank)
+    sources = list(sources)
+    if sources and isinstance(sources[0], str):
+        if shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(sources)
+        sources = [{"url": u} for u in sources]
+    else:
+        sources = [{"url": p.url, "first": p.first, "stop": p.stop} for p in sources]
+    ds = ShardStream(SourceList(sources), wds.split_by_worker, partial(tar_samples, open_url=_gopen))
     if expected is not None:
         ds = ds.compose(count_check(expected))
     if shuffle_seed is not None and shuffle_buffer > 1:

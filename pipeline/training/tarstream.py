@@ -118,7 +118,11 @@ def group_samples(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[di
 
 
 def tar_samples(sources: Iterable[dict], open_url) -> Iterator[dict]:
-    """A pipeline stage: ``{"url": ...}`` dicts → the samples of each shard in turn."""
+    """A pipeline stage: ``{"url": ...}`` dicts → the samples of each shard in turn.
+
+    A source with ``"first"`` and ``"stop"`` (integer keys, ascending in the shard) gives
+    only the samples with keys in ``[first, stop)``: the shard is read from its start and
+    closed after the last of them, and a shard that does not hold all of them is an error."""
     for source in sources:
         url = source["url"]
         try:
@@ -126,6 +130,30 @@ def tar_samples(sources: Iterable[dict], open_url) -> Iterator[dict]:
         except Exception as e:
             raise ShardError(f"shard {url}: cannot open ({e})") from None
         try:
-            yield from group_samples(tar_members(f, url), url)
+            samples = group_samples(tar_members(f, url), url)
+            if "first" in source:
+                yield from _key_range(samples, url, source["first"], source["stop"])
+            else:
+                yield from samples
         finally:
             f.close()
+
+
+def _key_range(samples: Iterator[dict], url: str, first: int, stop: int) -> Iterator[dict]:
+    want = first
+    for s in samples:
+        try:
+            key = int(s["__key__"])
+        except ValueError:
+            raise ShardError(f"shard {url}, sample {s['__key__']}: key is not a sample index") from None
+        if key < first:
+            continue
+        if key != want:
+            raise ShardError(f"shard {url}: sample {key} where {want} was expected (keys {first}..{stop - 1} "
+                             "must all be there, in order)")
+        yield s
+        want += 1
+        if want == stop:
+            return
+    raise ShardError(f"shard {url}: ended at key {want}; the manifest puts keys {first}..{stop - 1} in it "
+                     "(truncated at a member boundary?)")
