@@ -111,7 +111,7 @@ def read_epoch(shard_dir: str, rank: int, world: int) -> dict:
     streaming._gopen = real
     total = sum(r["bytes"] for r in m["splits"]["train"]["shards"])
     return {"bytes_read": read[0], "bytes_read_share": read[0] / total, "samples_streamed": samples,
-            "samples_used": plan.steps * BATCH if plan.steps * BATCH <= samples else samples,
+            "samples_used": min(plan.steps * BATCH, samples),
             "train_samples": m["splits"]["train"]["count"], "shards": len(m["splits"]["train"]["shards"]),
             "steps_per_epoch": plan.steps}
 

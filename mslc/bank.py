@@ -20,7 +20,10 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
+
+from mslc import dist as mdist
 
 
 REFRESH_POLICIES = ("epoch", "step")
@@ -76,6 +79,15 @@ class SoftLabelBank(ABC):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def checked_index(idx, num_samples: int) -> torch.Tensor:
+    """``idx`` as int64, checked against ``0..num_samples-1`` where it is on the host (the
+    loader's indices; checking one on a GPU would wait for it)."""
+    idx = torch.as_tensor(idx, dtype=torch.int64)
+    if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_samples):
+        raise IndexError(f"bank index outside 0..{num_samples - 1}")
+    return idx
+
+
 class LocalBank(SoftLabelBank):
     """Every row in this process.
 
@@ -120,12 +132,8 @@ class LocalBank(SoftLabelBank):
         self.acc_count = torch.zeros(self.num_samples, dtype=torch.int64, device=self.device)
 
     def _check(self, idx: torch.Tensor) -> torch.Tensor:
-        """``idx`` on the rows' device; checked against the bank's size where it is on the
-        host (the loader's indices; checking one on a GPU would wait for it)."""
-        idx = torch.as_tensor(idx, dtype=torch.int64)
-        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
-            raise IndexError(f"bank index outside 0..{self.num_samples - 1}")
-        return idx.to(self.device, non_blocking=True)
+        """``idx`` checked (:func:`checked_index`), on the rows' device."""
+        return checked_index(idx, self.num_samples).to(self.device, non_blocking=True)
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._check(idx)
@@ -230,16 +238,11 @@ class ShardedBank(SoftLabelBank):
 
     def __init__(self, noisy_labels, num_classes: int, *, refresh: str = "epoch", dtype=torch.float32,
                  device: torch.device | str = "cpu", exchange: str = "all_to_all") -> None:
-        import torch.distributed as dist
-
-        from mslc import dist as mdist
-
         if exchange not in ("all_to_all", "p2p"):
             raise ValueError(f"exchange must be 'all_to_all' or 'p2p', got {exchange!r}")
         labels = np.asarray(noisy_labels)
-        self.dist, self.mdist, self.exchange = dist, mdist, exchange
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.exchange = exchange
+        self.rank, self.world = mdist.rank(), mdist.world_size()
         self.num_samples, self.num_classes, self.refresh = len(labels), num_classes, refresh
         self.local = LocalBank(labels[self.rank :: self.world], num_classes, refresh=refresh, dtype=dtype,
                                device=device)
@@ -252,10 +255,7 @@ class ShardedBank(SoftLabelBank):
 
     # -- moving rows ------------------------------------------------------
     def _check(self, idx) -> torch.Tensor:
-        idx = torch.as_tensor(idx, dtype=torch.int64)
-        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
-            raise IndexError(f"bank index outside 0..{self.num_samples - 1}")
-        return idx
+        return checked_index(idx, self.num_samples)
 
     def _route(self, idx: torch.Tensor):
         """Send order and counts of a batch's rows by owner; the counts each owner receives."""
@@ -263,16 +263,16 @@ class ShardedBank(SoftLabelBank):
         owner = idx_host % self.world
         order = torch.argsort(owner, stable=True)
         send = torch.bincount(owner, minlength=self.world)
-        recv = self.mdist.exchange_counts(send, group=self.group)
+        recv = mdist.exchange_counts(send, group=self.group)
         self.collectives += 1
         self.bytes_moved += 8 * (self.world - 1)
         return order, send.tolist(), recv.tolist()
 
     def _send(self, rows: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
-        dev = self.mdist.comm_device()
+        dev = mdist.comm_device()
         self.collectives += 1
         self.bytes_moved += (sum(send) - send[self.rank]) * rows[0].numel() * rows.element_size() if len(rows) else 0
-        return self.mdist.all_to_all_rows(rows.to(dev, non_blocking=True), send, recv, impl=self.exchange)
+        return mdist.all_to_all_rows(rows.to(dev, non_blocking=True), send, recv, impl=self.exchange)
 
     def _fetch(self, idx: torch.Tensor, columns) -> torch.Tensor:
         """The rows ``columns(local positions)`` → (n, k) of ``idx`` from their owners, in ``idx``'s order."""
@@ -387,10 +387,10 @@ class ShardedBank(SoftLabelBank):
         """This rank's (n_local, ...) rows (on the CPU) → the full (N, ...) array, on every rank."""
         n_max = -(-self.num_samples // self.world)
         pad = torch.zeros((n_max - t.shape[0], *t.shape[1:]), dtype=t.dtype)
-        mine = torch.cat([t, pad]).to(self.mdist.comm_device())
+        mine = torch.cat([t, pad]).to(mdist.comm_device())
         if self.world > 1:
             parts = [torch.empty_like(mine) for _ in range(self.world)]
-            self.dist.all_gather(parts, mine)
+            tdist.all_gather(parts, mine)
             parts = torch.stack(parts).cpu()
         else:
             parts = mine.unsqueeze(0).cpu()

@@ -136,11 +136,6 @@ class DivergenceWatch:
                                 f"Nothing was exported; {kept} (try a lower optim.lr)")
 
 
-def steps_per_epoch(cfg: Config, data: Data) -> int:
-    """The steps an epoch takes on every rank at this world size (:mod:`pipeline.training.assign`)."""
-    return build_plan(cfg, data, 1).steps
-
-
 def _clock(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -152,9 +147,9 @@ class EpochProgress:
     and of the run at this epoch's pace) and step-level TensorBoard scalars. It reads the
     loss (one host sync) only when it reports."""
 
-    def __init__(self, cfg: Config, data: Data, epoch: int, log, tb=None) -> None:
+    def __init__(self, cfg: Config, epoch: int, log, tb=None) -> None:
         world = dist.world_size()
-        self.total = steps_per_epoch(cfg, data)
+        self.total = 0  # the epoch's steps: train_epoch sets it from the epoch's plan
         self.every, self.epoch, self.epochs, self.world = cfg.run.log_every_s, epoch, cfg.optim.epochs, world
         self.log, self.tb = log, tb
         self.start = self.last = time.time()
@@ -333,7 +328,7 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
     for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
         t0 = time.time()
         lr = st.opt_w.param_groups[0]["lr"]
-        progress = EpochProgress(cfg, data, epoch, log, tb) if lead else None
+        progress = EpochProgress(cfg, epoch, log, tb) if lead else None
         stats = train_epoch(cfg, st, data, epoch, device, run_dir, progress, saver=saver,
                             resume=resume if resume is not None and resume["epoch"] == epoch else None)
         dist.average_buffers_(st.model)  # one set of batch-norm statistics to evaluate and save
