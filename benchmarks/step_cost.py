@@ -2,6 +2,7 @@
 meta-gradient option, the cheaper approximations), each as a ratio to CE.
 
     python benchmarks/step_cost.py [--device cpu|cuda] [--steps 30] [--batch 128] [--arch small-cnn]
+                                   [--precision fp32|bf16|fp16]
 
 Same model (the default small CNN, Fashion-MNIST-sized 1×28×28 inputs; ``--arch`` for
 others), same batch and meta batch, synthetic data (loading is not measured). Each
@@ -10,7 +11,15 @@ chunks (the median chunk counts), in ``--repeat`` rounds over all variants (the 
 round counts: this 2-core machine's timings drift by ±30% between processes); peak
 memory is the growth of the process's peak RSS over its size after set-up on CPU, and
 ``torch.cuda.max_memory_allocated`` on a GPU. With ``meta.meta_every=k`` the θ update
-runs on one step in k, so its cost is the mean over k consecutive steps.
+runs on one step in k, so its cost is the mean over k consecutive steps. ``--precision``
+runs every variant's model passes in that autocast precision (``mslc.precision``).
+
+The phase table splits CE, the exact step (both implementations) and the lagged step
+into the phases ``mslc.meta_step`` labels for the profiler (``PHASES``): the mean time
+per step inside each label over ``--steps`` profiled steps (CPU time on CPU, device
+time on CUDA), ``other`` being the rest of the step (the corrector's forward, softmax,
+the bank's arithmetic), and each phase in units of CE's forward: the forward
+equivalents a step costs, against its floor (CE 3; exact ≈ 10 with forward mode).
 Writes ``benchmarks/results/step_cost.md`` and ``.json`` (``_gpu`` on a GPU).
 """
 
@@ -33,7 +42,7 @@ from common import publish  # benchmarks/common.py, beside this script
 
 RESULTS = ROOT / "benchmarks" / "results"
 DB, JVP = "double-backward", "jvp"
-VARIANTS = {  # name: (method, loss mode, meta grad, scope, every, meta-gradient implementation)
+VARIANTS = {  # name: (method, loss mode, meta grad, scope, every, meta-gradient implementation[, lagged])
     "CE": ("ce", "soft", "exact", "all", 1, DB),
     "MW-Net": ("mwnet", "soft", "exact", "all", 1, DB),
     "MSLC soft, exact (double backward)": ("mslc", "soft", "exact", "all", 1, DB),
@@ -44,7 +53,11 @@ VARIANTS = {  # name: (method, loss mode, meta grad, scope, every, meta-gradient
     "MSLC soft, last-layer meta-gradient": ("mslc", "soft", "exact", "last", 1, DB),
     "MSLC soft, meta update every 5 steps": ("mslc", "soft", "exact", "all", 5, DB),
     "MSLC soft, last layer + every 5": ("mslc", "soft", "exact", "last", 5, DB),
+    "MSLC soft, lagged (forward-mode JVP)": ("mslc", "soft", "exact", "all", 1, JVP, True),
+    "MSLC soft, lagged (double backward)": ("mslc", "soft", "exact", "all", 1, DB, True),
 }
+PHASE_VARIANTS = ("CE", "MSLC soft, exact (forward-mode JVP)", "MSLC soft, exact (double backward)",
+                  "MSLC soft, lagged (forward-mode JVP)")
 
 
 def rss_mb() -> float:
@@ -52,36 +65,49 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(name: str, device: str, steps: int, batch: int, arch: str) -> dict:
-    """Run one variant in this process and return its timing and memory."""
+def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: str):
+    """A closure running one training step of the variant on fixed synthetic data."""
     from mslc import baselines
     from mslc.corrector import Corrector, LossMLP
     from mslc.meta_step import ce_step, mslc_step
     from mslc.models import build_model
+    from mslc.precision import Amp
 
-    method, mode, grad, scope, every, impl = VARIANTS[name]
-    dev = torch.device(device)
+    method, mode, grad, scope, every, impl, *rest = VARIANTS[name]
+    lagged = bool(rest and rest[0])
+    amp = Amp.build(precision, dev)
     torch.manual_seed(0)
     size, ch = (28, 1) if arch == "small-cnn" else (32, 3)
-    model = build_model(arch, num_classes=10, in_channels=ch, stem="cifar").to(dev)
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format  # as the pipeline runs
+    model = build_model(arch, num_classes=10, in_channels=ch, stem="cifar").to(dev, memory_format=fmt)
     opt_w = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     corrector, vnet = Corrector(100, mode).to(dev), LossMLP(100).to(dev)
     opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-3)
     opt_v = torch.optim.Adam(vnet.parameters(), lr=1e-3)
-    x, y = torch.randn(batch, ch, size, size, device=dev), torch.randint(0, 10, (batch,), device=dev)
+    x = torch.randn(batch, ch, size, size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=dev)
     xm, ym = torch.randn_like(x), torch.randint(0, 10, (batch,), device=dev)
     prev = torch.softmax(torch.randn(batch, 10, device=dev), 1)
     k = {"i": 0}
 
     def one():
         if method == "ce":
-            ce_step(model, x, y, opt_w=opt_w)
+            ce_step(model, x, y, opt_w=opt_w, amp=amp)
         elif method == "mwnet":
-            baselines.mwnet_step(model, vnet, x, y, xm, ym, opt_w=opt_w, opt_v=opt_v, lr_virtual=0.05)
+            baselines.mwnet_step(model, vnet, x, y, xm, ym, opt_w=opt_w, opt_v=opt_v, lr_virtual=0.05, amp=amp)
         else:
             mslc_step(model, corrector, x, y, prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=0.05,
-                      meta_grad=grad, scope=scope, meta_update=k["i"] % every == 0, impl=impl)
+                      meta_grad=grad, scope=scope, meta_update=k["i"] % every == 0, impl=impl, lagged=lagged,
+                      amp=amp)
         k["i"] += 1
+
+    return one, every
+
+
+def measure(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32") -> dict:
+    """Run one variant in this process and return its timing and memory."""
+    dev = torch.device(device)
+    one, every = build_step(name, dev, batch, arch, precision)
 
     def sync():
         if dev.type == "cuda":
@@ -108,6 +134,55 @@ def measure(name: str, device: str, steps: int, batch: int, arch: str) -> dict:
     return {"variant": name, "ms_per_step": ms, "peak_mb": peak}
 
 
+def phases(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32") -> dict:
+    """Mean ms per step inside each of ``mslc.meta_step.PHASES``'s labels, and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mslc.meta_step import PHASES
+
+    dev = torch.device(device)
+    one, _ = build_step(name, dev, batch, arch, precision)
+    for _ in range(5):
+        one()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            one()
+        sync()
+    total = 1000 * (time.perf_counter() - t0) / steps
+    events = {e.key: e for e in prof.key_averages()}
+    ms = {}
+    for label in PHASES:
+        e = events.get(label)
+        us = 0.0 if e is None else (e.device_time_total if dev.type == "cuda" else e.cpu_time_total)
+        ms[label] = us / 1000 / steps
+    ms["other"] = max(0.0, total - sum(ms.values()))
+    return {"variant": name, "ms": ms, "profiled_ms_per_step": total}
+
+
+def phase_table(rows: list[dict]) -> list[str]:
+    """Markdown: each phase's ms per step and, in units of CE's forward, the forward equivalents."""
+    from mslc.meta_step import PHASES
+
+    cols = [*PHASES, "other"]
+    unit = rows[0]["ms"]["step/forward"] or float("nan")
+    md = ["", "## Where a step's time goes", "",
+          "ms per step in each profiled phase (profiler on, so slower than the table above); in brackets, "
+          "units of CE's forward pass.", "",
+          "| variant | " + " | ".join(c.removeprefix("step/") for c in cols) + " | total | forward equivalents |",
+          "|---|" + "---|" * (len(cols) + 2)]
+    for r in rows:
+        cells = [f"{r['ms'][c]:.1f} ({r['ms'][c] / unit:.1f})" for c in cols]
+        r["forward_equivalents"] = r["profiled_ms_per_step"] / unit
+        md.append(f"| {r['variant']} | {' | '.join(cells)} | {r['profiled_ms_per_step']:.1f} | "
+                  f"{r['forward_equivalents']:.1f} |")
+    md += ["", *(f"- {k.removeprefix('step/')}: {v}" for k, v in PHASES.items())]
+    return md
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -115,17 +190,23 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--arch", default="small-cnn")
     ap.add_argument("--repeat", type=int, default=3, help="rounds over all variants; the fastest round counts")
+    ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 autocast of every variant's model passes")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
+    ap.add_argument("--phases-of", help=argparse.SUPPRESS)  # internal: profile one variant's phases, print JSON
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(measure(a.one, a.device, a.steps, a.batch, a.arch)))
+        print(json.dumps(measure(a.one, a.device, a.steps, a.batch, a.arch, a.precision)))
         return 0
+    if a.phases_of:
+        print(json.dumps(phases(a.phases_of, a.device, min(a.steps, 20), a.batch, a.arch, a.precision)))
+        return 0
+    common = ["--device", a.device, "--steps", str(a.steps), "--batch", str(a.batch), "--arch", a.arch,
+              "--precision", a.precision]
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for rep in range(a.repeat):  # rounds over all variants, so slow drift hits every variant alike
         for name in VARIANTS if rep % 2 == 0 else reversed(list(VARIANTS)):
-            out = subprocess.run([sys.executable, __file__, "--one", name, "--device", a.device, "--steps",
-                                  str(a.steps), "--batch", str(a.batch), "--arch", a.arch],
+            out = subprocess.run([sys.executable, __file__, "--one", name, *common],
                                  capture_output=True, text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"round {rep + 1}, {name}: {runs[name][-1]['ms_per_step']:.1f} ms", file=sys.stderr)
@@ -135,7 +216,11 @@ def main() -> int:
     for r in rows:
         r["x_ce_time"] = r["ms_per_step"] / ce["ms_per_step"]
         r["x_ce_memory"] = r["peak_mb"] / ce["peak_mb"] if ce["peak_mb"] > 0 else float("nan")
+    phase_rows = [json.loads(subprocess.run([sys.executable, __file__, "--phases-of", name, *common], capture_output=True,
+                                            text=True, check=True).stdout.strip().splitlines()[-1])
+                  for name in PHASE_VARIANTS]
     info = {"device": a.device, "arch": a.arch, "batch": a.batch, "meta_batch": a.batch, "steps": a.steps,
+            "precision": a.precision,
             "rounds": a.repeat, "timing": "per variant: the fastest of its rounds, each round the median of 5 chunks",
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     if a.device.startswith("cuda"):
@@ -144,9 +229,10 @@ def main() -> int:
           "| variant | ms / step | × CE | peak memory MB | × CE |", "|---|---|---|---|---|"]
     md += [f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['x_ce_time']:.2f} | {r['peak_mb']:.0f} | "
            f"{r['x_ce_memory']:.2f} |" for r in rows]
-    md += ["", *(f"- {k}: {v}" for k, v in info.items()), ""]
+    md += ["", *(f"- {k}: {v}" for k, v in info.items())]
+    md += phase_table(phase_rows) + [""]
     out = a.out or str(RESULTS / ("step_cost_gpu" if a.device.startswith("cuda") else "step_cost"))
-    publish(out, "\n".join(md), {"rows": rows, "info": info})
+    publish(out, "\n".join(md), {"rows": rows, "phases": phase_rows, "info": info})
     return 0
 
 

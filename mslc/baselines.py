@@ -25,6 +25,7 @@ from torch import nn
 from mslc import dist
 from mslc.corrector import LossMLP
 from mslc.meta_step import StepResult, meta_loss_at, real_step, trainable_params
+from mslc.precision import FP32, Amp
 
 _EPS = 1e-12
 
@@ -182,28 +183,29 @@ def mwnet_step(
     opt_v: torch.optim.Optimizer,
     lr_virtual: float,
     sync_grads: Callable[[nn.Module], None] | None = None,
+    amp: Amp = FP32,
 ) -> StepResult:
     """One MW-Net step: a virtual step on the V-weighted loss, the meta loss at the
-    look-ahead weights, a step on V's parameters, then the real weighted step.
+    look-ahead weights, a step on V's parameters, then the real weighted step
+    (``amp``: the precision of the model's passes, as in :func:`mslc.meta_step.mslc_step`).
 
     Returns a :class:`StepResult` whose ``alpha`` holds the normalized sample weights.
     """
-    logits = model(x)
+    logits = amp.forward(model, x)
     losses = F.cross_entropy(logits, y, reduction="none")
     params = trainable_params(model)
     weighted = (mwnet_weights(vnet, losses) * losses).mean()
-    grads = torch.autograd.grad(weighted, list(params.values()), create_graph=True)
+    grads = amp.grad(weighted, list(params.values()), create_graph=True)
     fast = {n: p - lr_virtual * g for (n, p), g in zip(params.items(), grads)}
-    meta_loss = meta_loss_at(model, fast, x_meta, y_meta)
+    meta_loss = meta_loss_at(model, fast, x_meta, y_meta, amp)
     v_params = [p for p in vnet.parameters() if p.requires_grad]
-    v_grads = torch.autograd.grad(meta_loss, v_params, retain_graph=True)
-    dist.all_reduce_mean_(list(v_grads))
-    for p, g in zip(v_params, v_grads):
-        p.grad = g
-    opt_v.step()
+    v_grads = list(amp.grad(meta_loss, v_params, retain_graph=True))
+    dist.all_reduce_mean_(v_grads)
+    amp.set_grads(v_params, v_grads)
+    amp.step(opt_v)
     with torch.no_grad():
         w = mwnet_weights(vnet, losses)
-    loss = real_step(model, (w * losses).mean(), opt_w=opt_w, sync_grads=sync_grads)
+    loss = real_step(model, (w * losses).mean(), opt_w=opt_w, sync_grads=sync_grads, amp=amp)
     y_hat = F.softmax(logits.detach(), dim=1)
-    return StepResult(loss, meta_loss.detach(), y_hat,
+    return StepResult(loss, amp.skipped_as_nan(meta_loss.detach()), y_hat,
                       F.one_hot(y, logits.shape[1]).to(y_hat.dtype), alpha=w.detach(), beta=None)

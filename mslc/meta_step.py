@@ -2,12 +2,20 @@
 
 The look-ahead runs on the unwrapped module with functional parameters
 (``torch.func.functional_call``): nothing is copied, and batch-norm running
-statistics are touched only by the one real forward pass.
+statistics are touched only by the one real forward pass (the look-ahead's passes
+normalize with their batch's statistics and leave the running ones alone:
+:func:`batch_statistics_only`).
+
+Every model pass runs through an :class:`mslc.precision.Amp` (``amp``, default fp32):
+autocast forwards with fp32 logits, fp16 loss scaling. The phases of a step are
+labelled for the profiler (``torch.profiler.record_function``, names in :data:`PHASES`),
+which ``benchmarks/step_cost.py --phases`` reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -15,13 +23,23 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.profiler import record_function
 
 from mslc import dist
 from mslc.corrector import Corrector
+from mslc.precision import FP32, Amp
 
 META_SCOPES = ("all", "last")  # what the virtual step moves: every parameter, or the classifier layer
 META_GRADS = ("exact", "local")  # the θ-gradient across workers: of the global meta loss, or averaged per rank
 META_GRAD_IMPLS = ("double-backward", "jvp")  # two computations of the same exact θ-gradient
+PHASES = {  # profiler label: what it times
+    "step/forward": "the real forward (its logits feed every later phase)",
+    "step/train_grad": "∇_w L(w, θ): the training gradient the virtual step takes (create_graph for double backward)",
+    "step/meta": "the meta forward and backward at the look-ahead weights (h and the meta loss)",
+    "step/jvp": "forward mode only: the Jacobian-vector product J·h of the training batch",
+    "step/theta": "θ's gradient (back through the corrector, or the double backward) and its Adam step",
+    "step/real": "the real step: its backward (none when lagged), gradient averaging and the SGD update",
+}
 
 
 @dataclass
@@ -51,15 +69,41 @@ def real_step(
     *,
     opt_w: torch.optim.Optimizer,
     sync_grads: Callable[[nn.Module], None] | None = None,
+    amp: Amp = FP32,
+    grads: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The classifier's update: zero-grad, back-propagate ``loss``, average the gradients
     over ranks (``sync_grads``, default :mod:`mslc.dist`), step ``opt_w``. Returns the loss
-    detached. Every step that moves the classifier ends here."""
-    opt_w.zero_grad(set_to_none=True)
-    loss.backward()
-    (sync_grads or (lambda m: dist.average_gradients_(m.parameters())))(model)
-    opt_w.step()
-    return loss.detach()
+    detached. Every step that moves the classifier ends here.
+
+    ``grads`` (one per trainable parameter, unscaled, already averaged over ranks) are
+    taken as the gradient instead of a backward of ``loss`` (the lagged MSLC step)."""
+    with record_function("step/real"):
+        opt_w.zero_grad(set_to_none=True)
+        if grads is None:
+            amp.scale(loss).backward()
+            (sync_grads or (lambda m: dist.average_gradients_(m.parameters())))(model)
+        else:
+            amp.set_grads(list(trainable_params(model).values()), grads)
+        amp.step(opt_w)
+        amp.update()
+        return loss.detach()
+
+
+@contextmanager
+def batch_statistics_only(model: nn.Module):
+    """Inside, the model's training-mode batch-norm layers normalize with the batch's
+    statistics and neither read nor update their running ones (the look-ahead's passes:
+    what cloning the buffers for each pass did, without the copies)."""
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,21 +133,23 @@ def virtual_params(model: nn.Module, scope: str) -> dict[str, torch.Tensor]:
 
 def training_grads(
     model: nn.Module, corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor,
-    scope: str = "all",
+    scope: str = "all", amp: Amp = FP32,
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """``(virtual-step params, ∇_w L(w, θ))``, the gradient kept differentiable in θ."""
-    params = virtual_params(model, scope)
-    soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
-    grads = torch.autograd.grad(soft_cross_entropy(logits, soft), list(params.values()), create_graph=True)
-    return params, grads
+    with record_function("step/train_grad"):
+        params = virtual_params(model, scope)
+        soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
+        grads = amp.grad(soft_cross_entropy(logits, soft), list(params.values()), create_graph=True)
+        return params, grads
 
 
-def meta_loss_at(model: nn.Module, weights: dict[str, torch.Tensor], x_meta: torch.Tensor, y_meta: torch.Tensor
-                 ) -> torch.Tensor:
+def meta_loss_at(model: nn.Module, weights: dict[str, torch.Tensor], x_meta: torch.Tensor, y_meta: torch.Tensor,
+                 amp: Amp = FP32) -> torch.Tensor:
     """Clean meta loss with ``weights`` in place of the trainable parameters; batch-norm
-    runs on fresh copies of the buffers, so the module's own statistics never move."""
-    scratch = {n: b.clone() for n, b in model.named_buffers()}
-    return F.cross_entropy(functional_call(model, {**weights, **scratch}, (x_meta,)), y_meta)
+    normalizes with the meta batch's statistics, and the module's own never move."""
+    with batch_statistics_only(model):
+        logits = amp.forward(lambda xm: functional_call(model, weights, (xm,)), x_meta)
+    return F.cross_entropy(logits, y_meta)
 
 
 def lookahead_meta_loss(
@@ -151,6 +197,8 @@ def meta_gradient(
     scope: str = "all",
     impl: str = "double-backward",
     x: torch.Tensor | None = None,
+    amp: Amp = FP32,
+    training_grad: list | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """θ-gradient of the clean meta loss through one virtual step, across all workers.
 
@@ -170,7 +218,9 @@ def meta_gradient(
     approximation whose second-order term touches that layer alone.
 
     Returns ``(θ-gradients in corrector.parameters() order, meta loss (averaged over
-    ranks in exact mode))``.
+    ranks in exact mode))``. A list passed as ``training_grad`` receives the training
+    gradient ``ḡ`` (detached, averaged over ranks in both modes; ``scope='all'``): the
+    lagged step's real gradient.
     """
     if mode not in META_GRADS:
         raise ValueError(f"meta-gradient mode must be one of {META_GRADS}, got {mode!r}")
@@ -180,51 +230,65 @@ def meta_gradient(
         if x is None:
             raise ValueError("impl='jvp' needs the training batch x")
         return _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual,
-                                  mode=mode, scope=scope)
-    params, grads = training_grads(model, corrector, logits, y, y_prev, scope)
-    h, meta_loss = meta_direction(model, params, [t.detach().clone() for t in grads], x_meta, y_meta,
-                                  lr_virtual=lr_virtual, mode=mode)
-    dot = -lr_virtual * sum((gi * hi).sum() for gi, hi in zip(grads, h))
-    return theta_gradients(dot, corrector, retain_graph=True), meta_loss
+                                  mode=mode, scope=scope, amp=amp, training_grad=training_grad)
+    params, grads = training_grads(model, corrector, logits, y, y_prev, scope, amp)
+    g = [t.detach().clone() for t in grads]
+    h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode, amp=amp)
+    if training_grad is not None:
+        if mode != "exact":
+            dist.all_reduce_mean_(g)
+        training_grad[:] = g
+    with record_function("step/theta"):
+        dot = -lr_virtual * sum((gi * hi).sum() for gi, hi in zip(grads, h))
+        return theta_gradients(dot, corrector, retain_graph=training_grad is None, amp=amp), meta_loss
 
 
 def meta_direction(model: nn.Module, params: dict[str, torch.Tensor], g: list[torch.Tensor], x_meta: torch.Tensor,
-                   y_meta: torch.Tensor, *, lr_virtual: float, mode: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+                   y_meta: torch.Tensor, *, lr_virtual: float, mode: str, amp: Amp = FP32
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``(h, meta loss)``: the meta loss's gradient at ``ŵ = w − η·ḡ`` (``g`` detached, averaged
-    over ranks in exact mode, as are ``h`` and the loss)."""
-    if mode == "exact":
-        dist.all_reduce_mean_(g)
-    fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
-    meta_loss = meta_loss_at(model, fast, x_meta, y_meta)
-    h = list(torch.autograd.grad(meta_loss, list(fast.values())))
-    meta_loss = meta_loss.detach()
-    if mode == "exact":
-        dist.all_reduce_mean_([*h, meta_loss])
-    return h, meta_loss
+    over ranks in place in exact mode, as are ``h`` and the loss)."""
+    with record_function("step/meta"):
+        if mode == "exact":
+            dist.all_reduce_mean_(g)
+        fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
+        meta_loss = meta_loss_at(model, fast, x_meta, y_meta, amp)
+        h = list(amp.grad(meta_loss, list(fast.values())))
+        meta_loss = meta_loss.detach()
+        if mode == "exact":
+            dist.all_reduce_mean_([*h, meta_loss])
+        return h, meta_loss
 
 
-def theta_gradients(dot: torch.Tensor, corrector: Corrector, *, retain_graph: bool = False) -> list[torch.Tensor]:
+def theta_gradients(dot: torch.Tensor, corrector: Corrector, *, retain_graph: bool = False, amp: Amp = FP32
+                    ) -> list[torch.Tensor]:
     """∇_θ of ``dot``, averaged over ranks; zeros for an unused net (β_net when β is fixed)."""
     theta = [p for p in corrector.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(dot, theta, retain_graph=retain_graph, allow_unused=True)
+    grads = amp.grad(dot, theta, retain_graph=retain_graph, allow_unused=True)
     out = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, grads)]
     dist.all_reduce_mean_(out)
     return out
 
 
-def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *, lr_virtual, mode, scope):
-    params = virtual_params(model, scope)
-    soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
-    g = [t.detach() for t in torch.autograd.grad(soft_cross_entropy(logits, soft.detach()), list(params.values()),
-                                                 retain_graph=True)]
-    h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode)
-    scratch = {n: b.clone() for n, b in model.named_buffers()}
-    with fwAD.dual_level():
+def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *, lr_virtual, mode, scope,
+                       amp=FP32, training_grad=None):
+    with record_function("step/train_grad"):
+        params = virtual_params(model, scope)
+        soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
+        g = [t.detach() for t in amp.grad(soft_cross_entropy(logits, soft.detach()), list(params.values()),
+                                          retain_graph=training_grad is None)]
+    h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode, amp=amp)
+    if training_grad is not None:
+        if mode != "exact":
+            dist.all_reduce_mean_(g)
+        training_grad[:] = g
+    with record_function("step/jvp"), batch_statistics_only(model), fwAD.dual_level():
         duals = {n: fwAD.make_dual(p.detach(), t) for (n, p), t in zip(params.items(), h)}
-        out = F.log_softmax(functional_call(model, {**duals, **scratch}, (x,)), dim=1)
+        out = F.log_softmax(amp.forward(lambda xb: functional_call(model, duals, (xb,)), x), dim=1)
         u = fwAD.unpack_dual(out).tangent
-    dot = lr_virtual * (soft * u.detach()).sum(1).mean()  # −η·⟨g(θ), h⟩ with ⟨g, h⟩ = mean −ỹ·(J h)
-    return theta_gradients(dot, corrector), meta_loss
+    with record_function("step/theta"):
+        dot = lr_virtual * (soft * u.detach()).sum(1).mean()  # −η·⟨g(θ), h⟩ with ⟨g, h⟩ = mean −ỹ·(J h)
+        return theta_gradients(dot, corrector, amp=amp), meta_loss
 
 
 def mslc_step(
@@ -244,6 +308,8 @@ def mslc_step(
     meta_update: bool = True,
     scope: str = "all",
     impl: str = "double-backward",
+    lagged: bool = False,
+    amp: Amp = FP32,
 ) -> StepResult:
     """One MSLC step: virtual step, Adam step on θ, real step with the new soft labels.
 
@@ -251,26 +317,42 @@ def mslc_step(
     from the current θ): the "meta update every k steps" approximation. ``scope``: see
     :func:`meta_gradient`.
 
+    ``lagged=True`` (an approximation, ``scope='all'``): the real step trains on the soft
+    labels of θ *before* this step's meta update, so its gradient is the training
+    gradient the virtual step already took, and the real backward is skipped. θ's
+    update reaches the classifier one step later.
+
     ``x`` (n, ...) with given labels ``y`` (n,) and previous soft labels ``y_prev``
     (n, C); ``x_meta`` (m, ...) with clean labels ``y_meta`` (m,). Across workers the
     θ-gradient is that of :func:`meta_gradient` (``meta_grad``), and the real step's
     gradient is averaged by ``sync_grads`` (default: :mod:`mslc.dist`), so θ and w stay
-    identical on every rank.
+    identical on every rank. ``amp``: the precision of the model's passes.
     """
-    logits = model(x)  # the one real forward: batch-norm statistics move once
+    if lagged and scope != "all":
+        raise ValueError("the lagged step reuses the virtual step's gradient of every parameter: it needs scope='all'")
+    with record_function("step/forward"):
+        logits = amp.forward(model, x)  # the one real forward: batch-norm statistics move once
+        y_hat = F.softmax(logits.detach(), dim=1)
     meta_loss = torch.tensor(float("nan"))
+    reuse = [] if lagged and meta_update else None
+    if reuse is not None:
+        with torch.no_grad():
+            soft, alpha, beta = corrector(y_hat, y, y_prev)
     if meta_update:
         theta_grads, meta_loss = meta_gradient(
             model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad, scope=scope,
-            impl=impl, x=x,
+            impl=impl, x=x, amp=amp, training_grad=reuse,
         )
-        for p, g in zip((p for p in corrector.parameters() if p.requires_grad), theta_grads):
-            p.grad = g
-        opt_theta.step()
-    y_hat = F.softmax(logits.detach(), dim=1)
-    with torch.no_grad():
-        soft, alpha, beta = corrector(y_hat, y, y_prev)
-    loss = real_step(model, soft_cross_entropy(logits, soft), opt_w=opt_w, sync_grads=sync_grads)
+        with record_function("step/theta"):
+            amp.set_grads([p for p in corrector.parameters() if p.requires_grad], theta_grads)
+            amp.step(opt_theta)
+        meta_loss = amp.skipped_as_nan(meta_loss)
+    if reuse is None:
+        with torch.no_grad():
+            soft, alpha, beta = corrector(y_hat, y, y_prev)
+        loss = real_step(model, soft_cross_entropy(logits, soft), opt_w=opt_w, sync_grads=sync_grads, amp=amp)
+    else:
+        loss = real_step(model, soft_cross_entropy(logits.detach(), soft), opt_w=opt_w, amp=amp, grads=reuse)
     return StepResult(loss, meta_loss, y_hat, soft, alpha, beta)
 
 
@@ -281,10 +363,12 @@ def ce_step(
     *,
     opt_w: torch.optim.Optimizer,
     sync_grads: Callable[[nn.Module], None] | None = None,
+    amp: Amp = FP32,
 ) -> StepResult:
     """A plain cross-entropy step on the given labels ``y`` (n,) (warm-up and the CE baseline)."""
-    logits = model(x)
-    loss = real_step(model, F.cross_entropy(logits, y), opt_w=opt_w, sync_grads=sync_grads)
+    with record_function("step/forward"):
+        logits = amp.forward(model, x)
+    loss = real_step(model, F.cross_entropy(logits, y), opt_w=opt_w, sync_grads=sync_grads, amp=amp)
     y_hat = F.softmax(logits.detach(), dim=1)
     onehot = F.one_hot(y, logits.shape[1]).to(y_hat.dtype)
     return StepResult(loss, torch.tensor(float("nan")), y_hat, onehot)

@@ -17,7 +17,6 @@ from pipeline.training import streaming
 from pipeline.errors import PipelineError, ShardError
 from tests import fakes
 from tests.conftest import ROOT
-from tests.dist_helpers import run_ranks
 from tests.test_prepare import c1m_cfg, quiet
 
 

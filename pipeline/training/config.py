@@ -14,6 +14,7 @@ from mslc.bank import REFRESH_POLICIES
 from mslc.corrector import CORRECTORS, LOSS_MODES
 from mslc.meta_step import META_GRAD_IMPLS, META_GRADS, META_SCOPES
 from mslc.models import ARCHS
+from mslc.precision import PRECISIONS
 from pipeline.errors import ConfigError, require
 from pipeline.prep.options import PrepareOptions
 from pipeline.training.methods import METHODS as METHOD_REGISTRY  # the one registry of training methods
@@ -31,9 +32,11 @@ class DataConfig(PrepareOptions):
     transform: str = "auto"  # none | cifar (crop 4 + flip) | imagenet (resize, crop, flip); auto: by data set
     image_size: int = 224  # imagenet transform: crop size (resize to size * 256 / 224 first)
     bad_samples: str = "error"  # a sample that fails to decode while streaming: error (all ranks stop) | skip
+    decode: str = "cpu"  # training images: cpu (loader processes decode and augment) | gpu (they read bytes; the device decodes JPEGs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.decode in ("cpu", "gpu"), f"data.decode must be cpu|gpu, got {self.decode!r}")
         for name in ("loader_workers", "shuffle_buffer", "image_size"):
             require(getattr(self, name) >= 0, f"data.{name} must be >= 0, got {getattr(self, name)}")
         require(self.verify in ("full", "size", "none"), f"data.verify must be full|size|none, got {self.verify!r}")
@@ -51,8 +54,11 @@ class DataConfig(PrepareOptions):
 class ModelConfig:
     arch: str = "small-cnn"
     pretrained: bool = False  # ImageNet weights (resnet50 only)
+    channels_last: str = "auto"  # memory format of the model and its inputs; auto: on CUDA devices
 
     def __post_init__(self) -> None:
+        require(self.channels_last in ("auto", "true", "false"),
+                f"model.channels_last must be auto|true|false, got {self.channels_last!r}")
         require(self.arch in ARCHS, f"model.arch must be one of {ARCHS}, got {self.arch!r}")
         require(not self.pretrained or self.arch == "resnet50", "model.pretrained needs model.arch=resnet50")
 
@@ -68,8 +74,10 @@ class OptimConfig:
     weight_decay: float = 5e-4
     milestones: list[int] = field(default_factory=lambda: [10, 12])
     gamma: float = 0.1
+    precision: str = "auto"  # bf16 | fp16 | fp32 autocast of the model's passes; auto: bf16 on CUDA that has it, else fp32
 
     def __post_init__(self) -> None:
+        require(self.precision in PRECISIONS, f"optim.precision must be one of {PRECISIONS}, got {self.precision!r}")
         require(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
         require(self.batch_size >= 1, f"optim.batch_size must be >= 1, got {self.batch_size}")
         require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
@@ -107,6 +115,7 @@ class MetaConfig:
     meta_scope: str = "all"  # approximation: "last" moves only the classifier layer in the virtual step
     fixed_beta: float | None = None  # ablation: a constant β in [0, 1] instead of β_net; None ("learned"): β_net
     grad_impl: str = "jvp"  # jvp (forward mode, measured faster) or double-backward: the same exact θ-gradient
+    lagged: bool = False  # approximation: the real step trains on θ's soft labels before its meta update (one backward fewer)
 
     def __post_init__(self) -> None:
         require(self.method in METHOD_REGISTRY,
@@ -119,6 +128,8 @@ class MetaConfig:
         require(self.fixed_beta is None or (isinstance(self.fixed_beta, (int, float)) and 0 <= self.fixed_beta <= 1),
                 f"meta.fixed_beta must be 'learned' (β_net) or a constant in [0, 1], got {self.fixed_beta!r}")
         require(self.meta_scope in META_SCOPES, f"meta.meta_scope must be one of {META_SCOPES}")
+        require(not self.lagged or self.meta_scope == "all",
+                "meta.lagged=true reuses the virtual step's gradient of every parameter: it needs meta.meta_scope=all")
         require(self.corrector in CORRECTORS, f"meta.corrector must be one of {CORRECTORS}, got {self.corrector!r}")
         require(self.virtual_lr in ("current", "initial"),
                 f"meta.virtual_lr must be current|initial, got {self.virtual_lr!r}")

@@ -16,7 +16,7 @@ import torch
 
 from mslc import dist
 from pipeline.errors import DivergedError, PipelineError
-from pipeline.training import assign, checkpoint, failures, methods, outputs, position, streaming
+from pipeline.training import assign, checkpoint, device_decode, failures, methods, outputs, position, streaming
 from pipeline.training.config import Config
 from pipeline.training.evaluate import bank_metrics, evaluate, progress_line
 from pipeline.training.state import Data, TrainState, build_data, build_state, normalize
@@ -34,38 +34,53 @@ def build_plan(cfg: Config, data: Data, epoch: int, *, todo=None) -> assign.Epoc
                              batch_size=cfg.optim.batch_size, todo=todo)
 
 
+def _cat(fields: tuple) -> torch.Tensor | list:
+    """One batch field from several batches: tensors concatenated, lists joined."""
+    return [v for f in fields for v in f] if isinstance(fields[0], list) else torch.cat(fields)
+
+
 def rebatch(batches, batch_size: int):
     """Batches of exactly ``batch_size`` (the last may be short) from loader processes' batches,
-    each of which ends its own part with a short one."""
+    each of which ends its own part with a short one (fields are tensors or lists)."""
     held: list = []
     size = 0
     for b in batches:
         held.append(b)
         size += len(b[1])
         while size >= batch_size:
-            cat = [torch.cat(f) for f in zip(*held)]
+            cat = [_cat(f) for f in zip(*held)]
             yield tuple(f[:batch_size] for f in cat)
             held = [tuple(f[batch_size:] for f in cat)] if size > batch_size else []
             size -= batch_size
     if size:
-        yield tuple(torch.cat(f) for f in zip(*held))
+        yield tuple(_cat(f) for f in zip(*held))
 
 
-def train_batches(cfg: Config, data: Data, epoch: int, plan: assign.EpochPlan, steps: int, *, exclude=None):
+def train_batches(cfg: Config, data: Data, epoch: int, plan: assign.EpochPlan, steps: int, *, exclude=None,
+                  device: torch.device | None = None):
     """This rank's ``steps`` training batches ``(x, y, idx)`` of the epoch: its parts of the
     plan, streamed (no collective, no wait on other ranks: every rank takes ``steps``, the
     plan's count). A rank whose stream comes up short (bad samples skipped with
     ``data.bad_samples=skip``) repeats its last batch, with a warning, to keep step.
-    ``exclude`` ((N,) bool): samples already trained on this epoch (a mid-epoch resume)."""
+    ``exclude`` ((N,) bool): samples already trained on this epoch (a mid-epoch resume).
+    With ``data.decode=gpu`` the loader reads encoded images and ``x`` comes decoded and
+    augmented on ``device`` (:mod:`pipeline.training.device_decode`)."""
     rank = dist.rank()
     seed = epoch_seed(cfg, epoch)
+    device = device or torch.device("cpu")
+    on_device = cfg.data.decode == "gpu"
     ds = streaming.stream(plan.parts[rank], num_classes=data.num_classes, shuffle_seed=seed,
                           shuffle_buffer=cfg.data.shuffle_buffer, channels=data.channels, transform=data.train_tf,
-                          bad_samples=cfg.data.bad_samples, exclude=exclude)
+                          bad_samples=cfg.data.bad_samples, exclude=exclude, raw=on_device)
     batches = streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers,
-                               seed=seed * 4099 + rank)
+                               seed=seed * 4099 + rank, collate_fn=streaming.collate_raw if on_device else None,
+                               pin_memory=device.type == "cuda")
     if cfg.data.loader_workers > 1:
         batches = rebatch(batches, cfg.optim.batch_size)
+    if on_device:
+        batches = device_decode.device_batches(batches, device=device, channels=data.channels,
+                                               transform=data.train_tf, seed=seed * 4099 + rank,
+                                               bad_samples=cfg.data.bad_samples)
     taken, last = 0, None
     for batch in batches:
         if taken == steps:
@@ -210,7 +225,7 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         xm, ym = st.meta.next()
         return normalize(xm, data, device), ym
 
-    stream = train_batches(cfg, data, epoch, plan, steps, exclude=exclude)
+    stream = train_batches(cfg, data, epoch, plan, steps, exclude=exclude, device=device)
     for x, y, idx in method.batches(st, data, phase, stream, steps=steps):
         if cfg.scale.crash_at_step:
             maybe_crash(cfg, st, run_dir)
@@ -288,6 +303,14 @@ def resumed_line(st: TrainState, pos: dict | None) -> str:
             f"checkpoint of {pos['world']} worker(s); {how}")
 
 
+def compute_line(cfg: Config, st: TrainState, data: Data, device: torch.device) -> str:
+    """How the model runs: the device, the resolved precision, the memory format, where images are decoded."""
+    fmt = "channels-last" if data.memory_format == torch.channels_last else "contiguous"
+    where = f"on the {device.type} device" if cfg.data.decode == "gpu" else "by the loader"
+    step = " (lagged MSLC step)" if cfg.meta.lagged and cfg.meta.method == "mslc" else ""
+    return f"compute: {device}, {st.amp.precision} model passes{step}, {fmt} memory format, images decoded {where}"
+
+
 def setup_threads(cfg: Config, world_size: int) -> None:
     n = cfg.scale.threads or max(1, (os.cpu_count() or 1) // world_size)
     torch.set_num_threads(n)
@@ -313,6 +336,8 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
     assign.check_world(data.manifest, dist.world_size(), shard_dir=str(data.shard_dir), log=log if lead else None)
     st = build_state(cfg, data, device)
     st.method = methods.build_method(cfg, device)  # last: MW-Net's weight net draws from the RNG after the model
+    if lead:
+        log(compute_line(cfg, st, data, device))
     saved = reporter.restore()
     resume = None
     if saved is not None:

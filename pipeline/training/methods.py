@@ -60,7 +60,7 @@ class Batch:
 
 def forward(st: TrainState, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (n, C) with their graph, predictions (n, C) detached)`` of the classifier on ``x``."""
-    logits = st.model(x)
+    logits = st.amp.forward(st.model, x)
     return logits, F.softmax(logits.detach(), 1)
 
 
@@ -117,7 +117,7 @@ class Method:
     def step(self, st: TrainState, data: Data, phase: str, b: Batch) -> StepResult:
         """One training step of ``phase``: CE during the warm-up, else :meth:`train_step`."""
         if phase == WARMUP:
-            return ce_step(st.model, b.x, b.y, opt_w=st.opt_w)
+            return ce_step(st.model, b.x, b.y, opt_w=st.opt_w, amp=st.amp)
         return self.train_step(st, data, b)
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
@@ -177,7 +177,7 @@ class MSLC(Method):
         xm, ym = b.meta() if update else (None, None)
         res = mslc_step(st.model, st.corrector, b.x, b.y, y_prev.to(self.device), xm, ym, opt_w=st.opt_w,
                         opt_theta=st.opt_theta, lr_virtual=virtual_lr(self.cfg, st), meta_grad=m.grad,
-                        meta_update=update, scope=m.meta_scope, impl=m.grad_impl)
+                        meta_update=update, scope=m.meta_scope, impl=m.grad_impl, lagged=m.lagged, amp=st.amp)
         if update:
             self.pulls += theta_pulls(st.corrector.alpha_net, m.weight_decay)
         return res
@@ -218,7 +218,7 @@ class CE(Method):
     uses_warmup, writes_labels, tunable = False, False, ()
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
-        return ce_step(st.model, b.x, b.y, opt_w=st.opt_w)
+        return ce_step(st.model, b.x, b.y, opt_w=st.opt_w, amp=st.amp)
 
 
 class FineTune(CE):
@@ -254,7 +254,7 @@ class GCE(Method):
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         logits, p = forward(st, b.x)
-        loss = real_step(st.model, baselines.gce_loss(logits, b.y, self.cfg.meta.gce_q), opt_w=st.opt_w)
+        loss = real_step(st.model, baselines.gce_loss(logits, b.y, self.cfg.meta.gce_q), opt_w=st.opt_w, amp=st.amp)
         return StepResult(loss, no_meta_loss(), p, F.one_hot(b.y, p.shape[1]).to(p.dtype))
 
 
@@ -284,11 +284,11 @@ class GLC(Method):
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         xm, ym = b.meta()
         n, k = len(b.y), len(ym)
-        logits = st.model(torch.cat([b.x, xm]))
+        logits = st.amp.forward(st.model, torch.cat([b.x, xm]))
         loss = (baselines.glc_loss(logits[:n], b.y, self.c_hat.to(self.device)) * n
                 + F.cross_entropy(logits[n:], ym) * k) / (n + k)
         p = F.softmax(logits[:n].detach(), 1)
-        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), no_meta_loss(), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w, amp=st.amp), no_meta_loss(), p, p)
 
     def state_dict(self) -> dict:
         return {"c_hat": self.c_hat}
@@ -315,7 +315,7 @@ class MWNet(Method):
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         xm, ym = b.meta()
         res = baselines.mwnet_step(st.model, self.vnet, b.x, b.y, xm, ym, opt_w=st.opt_w, opt_v=self.opt_v,
-                                   lr_virtual=virtual_lr(self.cfg, st))
+                                   lr_virtual=virtual_lr(self.cfg, st), amp=st.amp)
         return StepResult(res.loss, res.meta_loss, res.y_hat, res.y_hat, alpha=res.alpha)
 
     def state_dict(self) -> dict:
@@ -337,7 +337,7 @@ class BootstrapSoft(Method):
         logits, p = forward(st, b.x)
         beta = self.cfg.meta.bootstrap_beta or self.default_beta
         target = baselines.bootstrap_target(b.y, p, beta, hard=self.hard)
-        loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
+        loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w, amp=st.amp)
         return StepResult(loss, no_meta_loss(), p, target)
 
 
@@ -363,7 +363,7 @@ class JointOpt(Method):
         prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=self.device)
         m = self.cfg.meta
         loss = baselines.joint_opt_loss(logits, labels.to(self.device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
-        return StepResult(real_step(st.model, loss, opt_w=st.opt_w), no_meta_loss(), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w, amp=st.amp), no_meta_loss(), p, p)
 
 
 class UCorrection(Method):
@@ -391,7 +391,7 @@ class UCorrection(Method):
         logits, p = forward(st, b.x)
         w = self.w_noisy[b.idx.cpu()].to(self.device, non_blocking=True)
         target = baselines.dynamic_bootstrap_target(b.y, p, w, hard=True)
-        loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w)
+        loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w, amp=st.amp)
         return StepResult(loss, no_meta_loss(), p, target, alpha=1.0 - w)
 
     def state_dict(self) -> dict:

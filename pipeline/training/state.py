@@ -17,6 +17,7 @@ from mslc import dist
 from mslc.bank import LocalBank, ShardedBank, SoftLabelBank
 from mslc.corrector import Corrector
 from mslc.models import build_model
+from mslc.precision import Amp
 from pipeline import shardset
 from pipeline.training import checkpoint, streaming, transforms
 from pipeline.errors import PipelineError
@@ -49,6 +50,7 @@ class Data:
     eval_tf: object = None
     size: int = 0
     eval_cache: dict = field(default_factory=dict)  # split → (images, labels) decoded once (small splits)
+    memory_format: torch.memory_format = torch.contiguous_format  # of the model's inputs (model.channels_last)
 
     @property
     def num_classes(self) -> int:
@@ -110,6 +112,7 @@ class TrainState:
     bank: SoftLabelBank
     meta: MetaSampler
     method: Any = None
+    amp: Amp = field(default_factory=Amp)  # the precision of the model's passes (optim.precision)
     epoch: int = 0
     steps_done: int = 0
     history: list[dict] = field(default_factory=list)
@@ -121,7 +124,7 @@ class TrainState:
             "corrector": self.corrector.state_dict(), "opt_theta": self.opt_theta.state_dict(),
             "bank": self.bank.state_dict(), "epoch": self.epoch, "steps_done": self.steps_done,
             "history": self.history, "rng": checkpoint.rng_state(), "method": self.method.state_dict(),
-            "labels": self.labels,
+            "labels": self.labels, "amp": self.amp.state_dict(),
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -134,13 +137,21 @@ class TrainState:
         self.epoch, self.steps_done, self.history = s["epoch"], s["steps_done"], list(s["history"])
         self.method.load_state_dict(s.get("method", {}))
         self.labels = s.get("labels")
+        self.amp.load_state_dict(s.get("amp", {}))
         checkpoint.set_rng_state(s["rng"])
 
 
 def normalize(x: torch.Tensor, data: Data, device: torch.device) -> torch.Tensor:
-    """uint8 (n, C, H, W) → float (n, C, H, W), normalized, on ``device``."""
+    """uint8 (n, C, H, W) → float (n, C, H, W), normalized, on ``device``, in
+    ``data.memory_format`` (channels-last for a convolutional model on CUDA)."""
     x = x.to(device, non_blocking=True)
-    return (x.float() / 255.0 - data.mean.to(device, non_blocking=True)) / data.std.to(device, non_blocking=True)
+    x = (x.float() / 255.0 - data.mean.to(device, non_blocking=True)) / data.std.to(device, non_blocking=True)
+    return x.contiguous(memory_format=data.memory_format)
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    """``model.channels_last``: auto turns it on for CUDA devices (every model here is convolutional)."""
+    return cfg.model.channels_last == "true" or (cfg.model.channels_last == "auto" and device.type == "cuda")
 
 
 def build_transforms(cfg: Config, manifest: dict) -> tuple[object, object, int]:
@@ -168,6 +179,8 @@ def build_data(cfg: Config, device: torch.device) -> Data:
     train_tf, eval_tf, size = build_transforms(cfg, manifest)
     data = Data(shard_dir, manifest, table["label"], table["true_label"], table["key"],
                 torch.empty(0), torch.empty(0), mean, std, train_tf, eval_tf, size)
+    if use_channels_last(cfg, device):
+        data.memory_format = torch.channels_last
     mx, my = streaming.load_split_tensors(shard_dir, manifest, "meta", transform=eval_tf, channels=data.channels)
     data.meta_x, data.meta_y = mx.to(device), my.to(device)
     return data
@@ -180,6 +193,7 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
                         stem="imagenet" if data.size > 64 else "cifar").to(device)
     if cfg.model.pretrained:
         load_imagenet_weights(model)
+    model = model.to(memory_format=data.memory_format)
     o = cfg.optim
     opt_w = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt_w, milestones=o.milestones, gamma=o.gamma)
@@ -195,7 +209,7 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
     bank = bank_cls(data.labels, data.num_classes, refresh=m.refresh, dtype=getattr(torch, m.bank_dtype),
                     device=device)
     meta = MetaSampler(data.meta_x, data.meta_y, m.meta_batch_size)
-    return TrainState(model, opt_w, sched, corrector, opt_theta, bank, meta)
+    return TrainState(model, opt_w, sched, corrector, opt_theta, bank, meta, amp=Amp.build(o.precision, device))
 
 
 def load_imagenet_weights(model: nn.Module) -> None:

@@ -100,6 +100,27 @@ class Decoder:
         return x, label, sample_index(sample)
 
 
+class RawDecoder(Decoder):
+    """Like :class:`Decoder`, but the image stays encoded: ``(bytes (n,) uint8, label, index,
+    where)``, decoded later on the device (:mod:`pipeline.training.device_decode`)."""
+
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int, str]:
+        key, url = sample["__key__"], sample.get("__url__", "?")
+        where = f"shard {url}, sample {key}"
+        img_field = next((e for e in IMAGE_EXTS if e in sample), None)
+        if img_field is None or "label.cls" not in sample:
+            raise ShardError(f"{where}: missing field {'image' if img_field is None else 'label.cls'}")
+        label = decode_label(sample["label.cls"], where=where, num_classes=self.num_classes)
+        blob = torch.frombuffer(bytearray(sample[img_field]), dtype=torch.uint8)
+        return blob, label, sample_index(sample), where
+
+
+def collate_raw(batch: list[tuple]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, list[str]]:
+    """A batch of :class:`RawDecoder` samples: ``(blobs, labels (n,), indices (n,), where)``."""
+    blobs, labels, idx, where = zip(*batch)
+    return list(blobs), torch.tensor(labels), torch.tensor(idx), list(where)
+
+
 def sample_index(sample: dict) -> int:
     try:
         return int(sample["__key__"])
@@ -151,6 +172,7 @@ def stream(
     transform: Callable | None = None,
     bad_samples: str = "error",
     exclude: np.ndarray | None = None,
+    raw: bool = False,
 ) -> ShardStream:
     """A WebDataset pipeline yielding ``(image (C, H, W) uint8, label, index)``.
 
@@ -164,6 +186,8 @@ def stream(
     ``transform`` runs on each decoded image. ``exclude`` ((N,) bool by index) leaves
     samples out after the shuffle, before decoding: a run resumed inside an epoch skips
     what it already trained on, and the rest come in the order they would have come.
+    ``raw=True`` leaves the images encoded (:class:`RawDecoder`; batch them with
+    ``loader(..., collate_fn=collate_raw)``) and ignores ``transform``.
     """
     sources = list(sources)
     if sources and isinstance(sources[0], str):
@@ -179,17 +203,22 @@ def stream(
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
     if exclude is not None:
         ds = ds.select(lambda s: not exclude[sample_index(s)])
-    return ds.compose(decode_stage(Decoder(num_classes, channels=channels, transform=transform), bad_samples))
+    decoder = RawDecoder(num_classes, channels=channels) if raw else Decoder(num_classes, channels=channels,
+                                                                              transform=transform)
+    return ds.compose(decode_stage(decoder, bad_samples))
 
 
-def loader(ds, *, batch_size: int, workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+def loader(ds, *, batch_size: int, workers: int, seed: int = 0, collate_fn: Callable | None = None,
+           pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Batches of ``ds``. The loader's own seed (its processes' random augmentation)
     comes from ``seed``, not from the global RNG: starting a stream (an epoch's, or an
     evaluation split's first decode) draws nothing from the training's random state, so
-    a resumed run draws what an uninterrupted one does."""
+    a resumed run draws what an uninterrupted one does. ``pin_memory``: batches in
+    page-locked memory, for non-blocking copies to a GPU."""
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, num_workers=workers, persistent_workers=False, generator=gen
+        ds, batch_size=batch_size, num_workers=workers, persistent_workers=False, generator=gen,
+        collate_fn=collate_fn, pin_memory=pin_memory,
     )
 
 
