@@ -66,6 +66,10 @@ class Amp:
 
     # ------------------------------------------------------------- loss scaling (fp16)
 
+    def _scale(self, device: torch.device) -> torch.Tensor:
+        """The current loss scale as a () tensor on ``device`` (no host read)."""
+        return self.scaler.scale(torch.ones((), device=device))
+
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` times the current loss scale (itself unless fp16)."""
         return loss if self.scaler is None else self.scaler.scale(loss)
@@ -75,12 +79,12 @@ class Amp:
         gradients unscaled again (inside the graph when ``create_graph``)."""
         if self.scaler is None:
             return torch.autograd.grad(loss, inputs, **kw)
-        s = self.scaler.scale(torch.ones((), device=loss.device))
+        s = self._scale(loss.device)
         return tuple(None if g is None else g / s for g in torch.autograd.grad(loss * s, inputs, **kw))
 
     def set_grads(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
         """``p.grad = g`` for unscaled ``grads``, in the scale :meth:`step` expects."""
-        s = None if self.scaler is None else self.scaler.scale(torch.ones((), device=grads[0].device))
+        s = None if self.scaler is None else self._scale(grads[0].device)
         for p, g in zip(params, grads):
             p.grad = g if s is None else g * s
 
