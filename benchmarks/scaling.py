@@ -91,7 +91,7 @@ def read_epoch(shard_dir: str, rank: int, world: int) -> dict:
     m = shardset.load_manifest(shard_dir)
     plan = assign.plan_epoch(m, shard_dir, world=world, seed=1_000_003 + 1, batch_size=BATCH)
     read = [0]
-    real = streaming._gopen
+    real = streaming.open_shard
 
     class Counting:
         def __init__(self, f):
@@ -105,10 +105,10 @@ def read_epoch(shard_dir: str, rank: int, world: int) -> dict:
         def close(self):
             self.f.close()
 
-    streaming._gopen = lambda url: Counting(real(url))
+    streaming.open_shard = lambda url: Counting(real(url))
     samples = sum(1 for _ in streaming.stream(plan.parts[rank], num_classes=m["num_classes"], shuffle_seed=1,
                                               shuffle_buffer=0))
-    streaming._gopen = real
+    streaming.open_shard = real
     total = sum(r["bytes"] for r in m["splits"]["train"]["shards"])
     return {"bytes_read": read[0], "bytes_read_share": read[0] / total, "samples_streamed": samples,
             "samples_used": min(plan.steps * BATCH, samples),

@@ -70,6 +70,9 @@ def main_body(cfg: Config) -> int:
     print(f"tensorboard logs:  {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")
     print(f"corrected labels:  {run_dir / 'corrected_labels.parquet'}")
     print(f"metrics:           {run_dir / 'metrics.json'}")
+    print(f"relabel file:      {run_dir / 'relabel.csv'}   (review it; pipeline/prepare.py --labels for a second round)")
+    if cfg.run.report and (run_dir / "report" / "index.html").is_file():
+        print(f"review report:     {run_dir / 'report' / 'index.html'}")
     return 0
 
 

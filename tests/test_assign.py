@@ -74,14 +74,14 @@ def test_too_few_shards_for_the_workers_is_an_error_saying_how_to_reshard():
 def test_each_rank_opens_only_its_own_shards_and_streams_exactly_its_part(fake_shards, monkeypatch):
     m = shardset.load_manifest(fake_shards)
     opened: list[tuple[int, str]] = []
-    real = streaming._gopen
+    real = streaming.open_shard
     rank_now = [0]
 
     def spy(url):
         opened.append((rank_now[0], url))
         return real(url)
 
-    monkeypatch.setattr(streaming, "_gopen", spy)
+    monkeypatch.setattr(streaming, "open_shard", spy)
     plan = assign.plan_epoch(m, str(fake_shards), world=3, seed=7, batch_size=32)
     got = []
     for rank in range(3):

@@ -39,7 +39,7 @@ def _smoke(data_cfg, storage, name, *extra):
     return absolutize(load_config("smoke", [
         f"data.shard_root={data_cfg.shard_root}", f"data.n_meta={data_cfg.n_meta}", f"data.n_val={data_cfg.n_val}",
         "data.max_train=0", "data.max_test=0", "optim.epochs=3", "meta.warmup_epochs=1", "optim.milestones=[3]",
-        f"run.storage_path={storage}", f"run.name={name}", "run.tensorboard=false", *extra]))
+        f"run.storage_path={storage}", f"run.name={name}", "run.tensorboard=false", "run.report=false", *extra]))
 
 
 @pytest.mark.parametrize("method", ["mslc", "ce", "mwnet"])
@@ -174,7 +174,7 @@ def test_ctrl_c_during_a_parallel_prepare_exits_130_and_a_rerun_resumes(tmp_path
 def test_a_bad_shard_met_while_streaming_ends_the_ray_run_with_one_error_line(tmp_path):
     if fmnist_files(ROOT / "data" / "raw") is None:
         pytest.fail("Fashion-MNIST is missing: run `make data` (the Makefile's test target does)")
-    base = [f"data.shard_root={tmp_path / 'shards'}", f"run.storage_path={tmp_path / 'runs'}", "run.tensorboard=false"]
+    base = [f"data.shard_root={tmp_path / 'shards'}", f"run.storage_path={tmp_path / 'runs'}", "run.tensorboard=false", "run.report=false"]
     shard_dir = Path(subprocess.run([sys.executable, "pipeline/prepare.py", "--config", "smoke", *base], cwd=ROOT,
                                     capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     m = shardset.load_manifest(shard_dir)

@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "assets" / "golden" / "smoke.json"
-OVERRIDES = ["run.seed=0", "scale.threads=2", "run.tensorboard=false"]
+OVERRIDES = ["run.seed=0", "scale.threads=2", "run.tensorboard=false", "run.report=false"]
 LOSSES = ("train_loss", "meta_loss")
 ACCURACIES = ("val_acc", "test_acc", "corrected_all", "corrected_clean", "corrected_noisy")
 REL_LOSS = 1e-4

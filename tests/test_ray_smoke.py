@@ -56,7 +56,7 @@ def test_console_progress_and_paths(smoke_run):
                                                               r"epoch ETA \d+:\d\d:\d\d, run ETA", ln)]
     assert inside, stdout[-2000:]  # progress inside epochs (run.log_every_s)
     assert "Reporting training result" not in stdout
-    for what in ("model:", "tensorboard logs:", "corrected labels:", "metrics:"):
+    for what in ("model:", "tensorboard logs:", "corrected labels:", "metrics:", "relabel file:", "review report:"):
         assert what in stdout
     assert str(run_dir / "corrected_labels.parquet") in stdout
 
@@ -123,6 +123,54 @@ def test_tensorboard_events(smoke_run):
     assert any(kind == "scalar" for kind, _ in tags["step/train_loss"])  # step-level scalars inside epochs
     assert ("image", 0) in tags["confusion/given_vs_true"]
     assert ("image", 3) in tags["confusion/corrected_vs_true"]
+    assert {("image", 2), ("image", 3)} <= tags["suspected_errors"]  # the grid, from the first MSLC epoch
+
+
+def test_review_page_of_the_smoke_run(smoke_run):
+    """The page rank 0 wrote: valid HTML, its numbers those of the Parquet table, every
+    image it references there and decodable, and in headless Chromium not blank."""
+    from PIL import Image
+
+    from pipeline.review.browser import find_chromium, screenshot
+    from pipeline.review.page import read_page
+    from tests.test_review import parquet_numbers
+
+    run_dir, _ = smoke_run
+    index = run_dir / "report" / "index.html"
+    html = index.read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    nums, srcs = read_page(html)
+    for key, v in parquet_numbers(run_dir / "corrected_labels.parquet", 10).items():
+        assert nums[key] == pytest.approx(v), key
+    assert nums["flagged"] > 0 and sum(s.startswith("img/") for s in srcs) >= 10 * 16
+    for src in srcs:
+        with Image.open(index.parent / src) as im:
+            im.load()
+    if find_chromium() is None:
+        pytest.skip("no Chromium on this machine (make test installs Debian's chromium when run as root): "
+                    "the page was checked, its rendering was not")
+    png = screenshot(index, run_dir / "shot.png", width=1000, height=1400)
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
+    assert pixels.shape == (1400, 1000)
+    assert (pixels < 200).mean() > 0.02 and pixels.std() > 20  # text, tables and charts, not an empty page
+
+
+def test_relabel_file_round_trip_through_prepare(smoke_run, tmp_path):
+    """prepare.py --labels RUN_DIR/relabel.csv: the flagged rows get their corrected label."""
+    run_dir, _ = smoke_run
+    relabel = run_dir / "relabel.csv"
+    rows = relabel.read_text().splitlines()
+    assert rows[0].startswith("key,label,confidence") and len(rows) > 1
+    out = subprocess.run(
+        [sys.executable, "pipeline/prepare.py", "--config", "smoke", f"data.shard_root={tmp_path}",
+         f"data.labels_file={relabel}"], cwd=ROOT, env=ray_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    new = pq.read_table(next(tmp_path.glob("*/train-labels.parquet"))).to_pydict()
+    t = pq.read_table(run_dir / "corrected_labels.parquet").to_pydict()
+    assert new["key"] == t["key"]
+    flagged = {k: c for k, g, c in zip(t["key"], t["given_label"], t["corrected_label"]) if g != c}
+    assert len(flagged) == len(rows) - 1
+    assert new["label"] == [flagged.get(k, g) for k, g in zip(t["key"], t["given_label"])]
 
 
 def test_an_elastic_group_shrinks_when_a_node_is_lost_and_finishes(tmp_path, monkeypatch):
@@ -230,3 +278,17 @@ def test_clothing1m_preset_on_a_fake_release_tree_with_two_workers(tmp_path):
     assert kept == ["checkpoint_epoch_0002", "checkpoint_epoch_0003"]
     best = torch.load(run_dir / "checkpoint_best" / "state.pt", weights_only=True)
     assert best["epoch"] == m["summary"]["selected_epoch"]
+    # the review of an RGB data set keyed by paths, its truth known for 30 samples, from 2 workers
+    from PIL import Image
+
+    from pipeline.review.page import read_page
+
+    html = (run_dir / "report" / "index.html").read_text()
+    nums, srcs = read_page(html)
+    assert nums["samples"] == 280 and nums["known"] == 30 and "detect_f1" in nums
+    assert sum(s.startswith("img/") for s in srcs) > 14
+    for src in srcs:
+        with Image.open(run_dir / "report" / src) as im:
+            assert im.mode == "RGB" and max(im.size) <= 128
+    keys = [line.split(",")[0] for line in (run_dir / "relabel.csv").read_text().splitlines()[1:]]
+    assert set(keys) <= set(tree.noisy_train)

@@ -14,7 +14,7 @@ def _cfg(data_cfg, storage, name, epochs, extra=()):
     return absolutize(load_config("smoke", [*extra,
         f"data.shard_root={data_cfg.shard_root}", f"data.n_meta={data_cfg.n_meta}", f"data.n_val={data_cfg.n_val}",
         "data.max_train=0", "data.max_test=0", f"optim.epochs={epochs}", "meta.warmup_epochs=1",
-        "optim.milestones=[3]", f"run.storage_path={storage}", f"run.name={name}", "run.tensorboard=false",
+        "optim.milestones=[3]", f"run.storage_path={storage}", f"run.name={name}", "run.tensorboard=false", "run.report=false",
     ]))
 
 

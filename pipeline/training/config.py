@@ -206,6 +206,9 @@ class RunConfig:
     log_every_s: float = 30.0  # a progress line (and step-level TensorBoard scalars) inside an epoch this often; 0: none
     checkpoint_every_steps: int = 0  # > 0: also a checkpoint inside an epoch every this many steps (it resumes mid-epoch)
     checkpoint_every_min: float = 0.0  # > 0: ... or every this many minutes (checked every 50 steps); 0: epoch ends only
+    report: bool = True  # at the end: report/index.html, the suspected label errors as pictures (pipeline/report.py)
+    report_top: int = 16  # samples per class in each of the report's galleries
+    relabel_threshold: float = 0.0  # relabel.csv: flagged samples whose corrected label has at least this probability
 
     def __post_init__(self) -> None:
         require(self.log_every_s >= 0, f"run.log_every_s must be >= 0 (0: no progress lines), got {self.log_every_s}")
@@ -213,6 +216,9 @@ class RunConfig:
         require(self.keep_checkpoints >= 0, f"run.keep_checkpoints must be >= 0 (0: all), got {self.keep_checkpoints}")
         require(self.checkpoint_every_steps >= 0 and self.checkpoint_every_min >= 0,
                 "run.checkpoint_every_steps and run.checkpoint_every_min must be >= 0 (0: only at epoch ends)")
+        require(self.report_top >= 1, f"run.report_top must be >= 1 (samples per class shown), got {self.report_top}")
+        require(0.0 <= self.relabel_threshold <= 1.0,
+                f"run.relabel_threshold is a probability in [0, 1], got {self.relabel_threshold}")
 
     @property
     def mid_epoch_checkpoints(self) -> bool:

@@ -16,6 +16,7 @@ import torch
 
 from mslc import dist
 from pipeline.errors import DivergedError, PipelineError
+from pipeline.review import report as review
 from pipeline.training import assign, checkpoint, device_decode, failures, methods, outputs, position, streaming
 from pipeline.training.config import Config
 from pipeline.training.evaluate import bank_metrics, evaluate, progress_line
@@ -349,7 +350,8 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
     known = data.known
     if tb and known.any() and st.epoch == 0:
         tb.confusion("given_vs_true", data.true[known], data.labels[known], 0)
-    extra = {"config": cfg.to_dict(), "noise": {k: data.manifest["noise"][k] for k in ("kind", "rate", "realized_rate")}}
+    extra = {"config": cfg.to_dict(), "shard_dir": str(data.shard_dir),
+             "noise": {k: data.manifest["noise"][k] for k in ("kind", "rate", "realized_rate")}}
     for epoch in range(st.epoch + 1, cfg.optim.epochs + 1):
         t0 = time.time()
         lr = st.opt_w.param_groups[0]["lr"]
@@ -378,6 +380,9 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
                 tb.epoch(record, alpha=table["alpha"], beta=table["beta"], is_noisy=data.is_noisy, known=known)
                 if known.any():
                     tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
+                grid = review.suspects_grid(data.shard_dir, data.manifest, data.labels, table["y_tilde"])
+                if grid is not None:
+                    tb.image("suspected_errors", grid, epoch)
         reporter.report(record, st.state_dict(), epoch, best=cfg.run.keep_best and is_best(st.history))
         if saver is not None:
             saver.clock.saved()
@@ -394,10 +399,25 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
         result["metrics"] = str(outputs.write_metrics(run_dir, st.history, extra))
         torch.save(st.model.state_dict(), run_dir / "model.pt")
         result["model"] = str(run_dir / "model.pt")
+        result.update(write_review(cfg, run_dir, data, log))
         if tb:
             tb.close()
             result["tensorboard"] = str(run_dir / "tensorboard")
     return result
+
+
+def write_review(cfg: Config, run_dir: Path, data: Data, log) -> dict:
+    """``relabel.csv`` and, unless ``run.report=false``, the review page, from the labels
+    just exported. A page that cannot be made (a training shard gone since it was read) is
+    logged, not fatal: the model and the labels are already written."""
+    run = review.load_run(run_dir, data.shard_dir)
+    out = {"relabel": str(review.write_relabel(run, threshold=cfg.run.relabel_threshold))}
+    if cfg.run.report:
+        try:
+            out["report"] = str(review.write_report(run, top=cfg.run.report_top, log=log))
+        except PipelineError as e:
+            log(f"report not written: {e}")
+    return out
 
 
 def console(line: str) -> None:

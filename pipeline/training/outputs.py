@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mslc.metrics import confusion_matrix
+from pipeline.review.charts import confusion_png
 
 LAST_K = 5
 
@@ -134,28 +135,11 @@ def write_corrected_labels(
 
 
 def confusion_image(matrix: np.ndarray, title: str, classes: list[str]) -> np.ndarray:
-    """A row-normalized confusion matrix drawn as an (H, W, 3) uint8 image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=80)
-    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("label")
-    ax.set_ylabel("true class")
-    ticks = range(len(classes))
-    ax.set_xticks(ticks, [c[:8] for c in classes], rotation=90, fontsize=6)
-    ax.set_yticks(ticks, [c[:8] for c in classes], fontsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    """A row-normalized confusion matrix (rows: true class, columns: label) as an (H, W, 3) uint8 image."""
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    png = confusion_png(matrix, classes, title=title, xlabel="label", ylabel="true class")
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 class TensorBoardLog:
@@ -192,6 +176,10 @@ class TensorBoardLog:
         m = confusion_matrix(true, labels, len(self.classes))
         img = confusion_image(m, tag, self.classes)
         self.writer.add_image(f"confusion/{tag}", img, step, dataformats="HWC")
+
+    def image(self, tag: str, img: np.ndarray, step: int) -> None:
+        """An (H, W, 3) uint8 image, e.g. the grid of the top suspected errors."""
+        self.writer.add_image(tag, img, step, dataformats="HWC")
 
     def close(self) -> None:
         self.writer.close()

@@ -23,7 +23,7 @@ from pipeline.shardset import IMAGE_EXTS, expected_counts, shard_urls
 from pipeline.storage import open_read
 from pipeline.training.tarstream import tar_samples
 
-def _gopen(url: str):
+def open_shard(url: str):
     """A shard's byte stream. A local path is opened as it is (``#``, spaces and braces are
     legal in file names, not URL syntax); an object-store URL through fsspec; only
     ``http(s)://`` goes through webdataset's opener."""
@@ -177,7 +177,7 @@ def stream(
     """A WebDataset pipeline yielding ``(image (C, H, W) uint8, label, index)``.
 
     ``sources`` are whole shards (local paths or URLs: ``s3://``, ``gs://`` … through
-    fsspec, ``http(s)://`` through webdataset; see :func:`_gopen`), read in a seeded random
+    fsspec, ``http(s)://`` through webdataset; see :func:`open_shard`), read in a seeded random
     order when ``shuffle_seed`` is set, or a rank's
     :class:`~pipeline.training.assign.Part` s (key ranges of shards), read in the order
     given: the epoch's plan has shuffled them. ``expected`` (per-url counts of whole
@@ -196,7 +196,7 @@ def stream(
         sources = [{"url": u} for u in sources]
     else:
         sources = [{"url": p.url, "first": p.first, "stop": p.stop} for p in sources]
-    ds = ShardStream(SourceList(sources), wds.split_by_worker, partial(tar_samples, open_url=_gopen))
+    ds = ShardStream(SourceList(sources), wds.split_by_worker, partial(tar_samples, open_url=open_shard))
     if expected is not None:
         ds = ds.compose(count_check(expected))
     if shuffle_seed is not None and shuffle_buffer > 1:

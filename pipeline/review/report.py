@@ -1,0 +1,208 @@
+"""A run's review: ``RUN_DIR/report/`` (``index.html``, its PNGs, ``numbers.json``),
+``RUN_DIR/relabel.csv``, and the TensorBoard grid of the top suspected errors.
+
+Everything is computed from what the run left behind: ``corrected_labels.parquet`` (the
+numbers and the chosen samples), ``metrics.json`` (the curves; the shard directory) and
+the training shards (the chosen samples' images, from only the shards that hold them).
+A new report replaces an old one only once it is complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from mslc.metrics import confusion_matrix
+from pipeline import shardset
+from pipeline.errors import PipelineError
+from pipeline.review import charts, images, page
+from pipeline.review.select import doubtful_clean, read_table, relabel_rows, review_numbers, suspected_errors, top_suspects
+
+REPORT_DIR = "report"
+RELABEL_FILE = "relabel.csv"
+GRID_SHARDS = 4  # the TensorBoard grid reads at most this many training shards per epoch
+
+
+def run_shard_dir(run_dir: Path, metrics: dict) -> str:
+    """The shard directory a run trained on, as its ``metrics.json`` records it."""
+    if metrics.get("shard_dir"):
+        return metrics["shard_dir"]
+    from pipeline.training.config import Config
+
+    try:
+        return Config.from_dict(metrics["config"]).data.shard_dir()
+    except Exception as e:
+        raise PipelineError(f"{run_dir / 'metrics.json'}: cannot tell which shards the run used ({e}); "
+                            "pass --shards DIR") from None
+
+
+def load_run(run_dir: str | Path, shard_dir: str | None = None) -> dict:
+    """``{run_dir, metrics, table, manifest, shard_dir, classes}`` of a finished run."""
+    run_dir = Path(run_dir)
+    for name in ("metrics.json", "corrected_labels.parquet"):
+        if not (run_dir / name).is_file():
+            raise PipelineError(f"{run_dir / name}: not found (not a finished run directory?)")
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{run_dir / 'metrics.json'}: not valid JSON ({e})") from None
+    shard_dir = shard_dir or run_shard_dir(run_dir, metrics)
+    manifest = shardset.load_manifest(shard_dir)
+    table = read_table(run_dir / "corrected_labels.parquet")
+    n, c = manifest["splits"]["train"]["count"], manifest["num_classes"]
+    if len(table["index"]) != n or not np.array_equal(table["index"], np.arange(n)):
+        raise PipelineError(f"{run_dir / 'corrected_labels.parquet'}: {len(table['index'])} rows, but the shards at "
+                            f"{shard_dir} hold {n} training samples (other shards? pass --shards DIR)")
+    for name in ("given", "corrected", "true"):
+        bad = np.flatnonzero((table[name] < (-1 if name == "true" else 0)) | (table[name] >= c))
+        if bad.size:
+            raise PipelineError(f"{run_dir / 'corrected_labels.parquet'}: sample {int(bad[0])}: {name} label "
+                                f"{int(table[name][bad[0]])} is outside 0..{c - 1}")
+    return {"run_dir": run_dir, "metrics": metrics, "table": table, "manifest": manifest, "shard_dir": str(shard_dir),
+            "classes": list(manifest["classes"])}
+
+
+def write_relabel(run: dict, *, threshold: float = 0.0, path: str | Path | None = None) -> Path:
+    """``path`` (default ``RUN_DIR/relabel.csv``): the flagged samples with corrected-label probability at least
+    ``threshold``, most confident first, in the ``--labels`` format ``prepare.py`` reads
+    (``key``, ``label``: the corrected class id), with ``confidence`` (that probability),
+    ``given_label``, the two class names and ``alpha`` for whoever reviews it."""
+    t, classes = run["table"], run["classes"]
+    path = Path(path) if path is not None else run["run_dir"] / RELABEL_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "label", "confidence", "given_label", "label_name", "given_name", "alpha"])
+        for r in relabel_rows(t, threshold=threshold):
+            a = t["alpha"][r]
+            w.writerow([t["key"][r], int(t["corrected"][r]), f"{t['prob'][r]:.6f}", int(t["given"][r]),
+                        classes[t["corrected"][r]], classes[t["given"][r]], "" if np.isnan(a) else f"{a:.6f}"])
+    os.replace(tmp, path)
+    return path
+
+
+def _groups(values: np.ndarray, table: dict) -> dict[str, np.ndarray]:
+    known = table["true"] >= 0
+    if not known.any():
+        return {"all samples": values}
+    right = known & (table["given"] == table["true"])
+    out = {"given label right": values[right], "given label wrong": values[known & ~right]}
+    if not known.all():
+        out["truth unknown"] = values[~known]
+    return out
+
+
+def build_charts(run: dict, numbers: dict) -> list[tuple[str, str, bytes]]:
+    """``(file, alt text, png)`` of each picture."""
+    t, classes = run["table"], run["classes"]
+    c = len(classes)
+    flips = confusion_matrix(t["given"], t["corrected"], c)
+    out = [("confusion.png", "given → corrected labels",
+            charts.confusion_png(flips, classes, title="given → corrected (row-normalized; counts)",
+                                 xlabel="corrected label", ylabel="given label", counts=True))]
+    rates = {"estimated (flagged share)": [k["est_noise_rate"] for k in numbers["classes"]]}
+    if numbers["known"]:
+        rates["true (known samples)"] = [k["true_noise_rate"] for k in numbers["classes"]]
+    out.append(("noise_rates.png", "noise rate per given class",
+                charts.rates_png(classes, rates, title="noise rate per given class")))
+    for name, sym in (("alpha", "α"), ("beta", "β")):
+        out.append((f"{name}.png", f"{sym} distribution",
+                    charts.histogram_png(_groups(t[name], t), title=f"{sym} per sample", xlabel=sym)))
+    history = run["metrics"].get("epochs") or []
+    if history:
+        out.append(("curves.png", "accuracy over epochs", charts.curves_png(history, labels_epoch=t["labels_epoch"])))
+    return out
+
+
+def entry(table: dict, row: int, thumbs: dict, errors: dict) -> dict:
+    i = int(table["index"][row])
+    e = {"index": i, "key": table["key"][row], "given": int(table["given"][row]),
+         "corrected": int(table["corrected"][row]), "prob": float(table["prob"][row]),
+         "alpha": float(table["alpha"][row]), "true": int(table["true"][row])}
+    if i in thumbs:
+        e["image"] = f"img/{i:08d}.png"
+    else:
+        e["error"] = errors.get(i, "image not found")
+    return e
+
+
+def info_lines(run: dict) -> dict:
+    m, t = run["metrics"], run["table"]
+    cfg, noise = m.get("config", {}), m.get("noise", {})
+    name = cfg.get("run", {}).get("name") or run["run_dir"].name
+    lines = [f"Run {name}: method {cfg.get('meta', {}).get('method', '?')}, preset {cfg.get('preset', '?')}, "
+             f"data set {run['manifest'].get('dataset', '?')} ({len(run['classes'])} classes), "
+             f"noise {noise.get('kind', '?')} {noise.get('rate', '')}.",
+             f"Labels from epoch {t['labels_epoch']} (the exported labels); shards: {run['shard_dir']}.",
+             "Flagged: the corrected label (argmax ỹ) differs from the given one. p: the corrected label's "
+             "probability in ỹ; α: the weight the corrector gives the given label."]
+    return {"title": f"Label review: {name}", "lines": lines}
+
+
+def write_report(run: dict, *, top: int = 16, log=print) -> Path:
+    """Write ``RUN_DIR/report/`` of a run (:func:`load_run`; see the module's docstring);
+    returns its ``index.html``.
+
+    ``top``: the samples shown per class in each gallery. Built in a temporary directory
+    beside it and swapped in when complete: an old report stays whole until then.
+    """
+    if top < 1:
+        raise ValueError(f"the report shows at least 1 sample per class, got top={top}")
+    t, c = run["table"], len(run["classes"])
+    numbers = review_numbers(t, c)
+    rows = {k: (suspected_errors(t, k, top), doubtful_clean(t, k, top)) for k in range(c)}
+    chosen = np.concatenate([np.concatenate(v) for v in rows.values()]).astype(np.int64)
+    thumbs, errors = images.read_thumbnails(run["shard_dir"], run["manifest"], t["index"][chosen])
+    out = run["run_dir"] / REPORT_DIR
+    tmp = out.with_name(f".{REPORT_DIR}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "img").mkdir(parents=True)
+    try:
+        for i, im in thumbs.items():
+            im.save(tmp / "img" / f"{i:08d}.png")
+        figures = build_charts(run, numbers)
+        for name, _, png in figures:
+            (tmp / name).write_bytes(png)
+        galleries = [{"class": k, "errors": [entry(t, r, thumbs, errors) for r in e],
+                      "doubtful": [entry(t, r, thumbs, errors) for r in d]} for k, (e, d) in rows.items()]
+        html = page.render(info_lines(run), numbers, run["classes"], [(f, a) for f, a, _ in figures], galleries)
+        (tmp / "index.html").write_text(html, encoding="utf-8")
+        (tmp / "numbers.json").write_text(json.dumps(numbers, indent=1, default=float))
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for i, why in sorted(errors.items()):
+        log(f"report: sample {i}: {why}")
+    return out / "index.html"
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Replace the directory ``out`` by ``new`` (renames; the old one is removed last)."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def suspects_grid(shard_dir: str, manifest: dict, given: np.ndarray, soft: np.ndarray, *, k: int = 32,
+                  max_shards: int = GRID_SHARDS) -> np.ndarray | None:
+    """The ``k`` most confident suspected errors of a soft-label table (``given (N,)``,
+    ``soft (N, C)``) found in at most ``max_shards`` training shards, as a captioned
+    ``(H, W, 3)`` uint8 grid (captions: given>corrected class ids and the probability);
+    None when nothing is flagged."""
+    where = images.shard_of(np.arange(len(given)), manifest)
+    chosen = top_suspects(given, soft, k, shard_of=where, max_shards=max_shards)
+    if not chosen.size:
+        return None
+    thumbs, _ = images.read_thumbnails(shard_dir, manifest, chosen)
+    corrected = soft.argmax(1)
+    tiles = [thumbs[int(i)] if int(i) in thumbs else images.placeholder() for i in chosen]
+    caps = [f"{given[i]}>{corrected[i]} {soft[i, corrected[i]]:.2f}" for i in chosen]
+    return images.captioned_grid(tiles, caps)

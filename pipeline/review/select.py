@@ -1,0 +1,138 @@
+"""What a review shows, as pure functions of the corrected-label table: the numbers, the
+samples of each gallery, the flagged rows of the relabel file.
+
+A *table* here is the run's ``corrected_labels.parquet`` as arrays (:func:`read_table`):
+``index (N,) int64``, ``key (N,) str``, ``given (N,)``, ``corrected (N,) int64``, ``prob (N,)
+float64`` (the corrected label's probability in ỹ), ``alpha``, ``beta`` ``(N,) float64``
+(NaN where never computed) and ``true (N,) int64`` (-1 where unknown). A sample is
+*flagged* (a suspected label error) when its corrected label differs from its given one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mslc.metrics import confusion_matrix, corrected_label_accuracy, detection_scores
+from pipeline.errors import PipelineError
+
+COLUMNS = ("index", "key", "given_label", "corrected_label", "corrected_prob", "alpha", "beta", "true_label")
+
+
+def read_table(path: str | Path) -> dict[str, np.ndarray]:
+    """A run's ``corrected_labels.parquet`` → the arrays described in the module's docstring,
+    plus ``labels_epoch`` (int, or None where the file does not say)."""
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(path)
+    except Exception as e:
+        raise PipelineError(f"{path}: cannot read the corrected-label table ({e})") from None
+    absent = [c for c in COLUMNS if c not in t.column_names]
+    if absent:
+        raise PipelineError(f"{path}: no column {absent[0]!r}: not a corrected-label table of this pipeline")
+
+    def floats(name):
+        return t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)  # nulls → NaN
+
+    true = t.column("true_label").fill_null(-1).to_numpy().astype(np.int64)
+    epoch = (t.schema.metadata or {}).get(b"labels_epoch")
+    return {"index": t.column("index").to_numpy().astype(np.int64),
+            "key": np.asarray(t.column("key").to_pylist(), dtype=object),
+            "given": t.column("given_label").to_numpy().astype(np.int64),
+            "corrected": t.column("corrected_label").to_numpy().astype(np.int64),
+            "prob": floats("corrected_prob"), "alpha": floats("alpha"), "beta": floats("beta"), "true": true,
+            "labels_epoch": int(epoch) if epoch else None}
+
+
+def flagged(table: dict) -> np.ndarray:
+    """(N,) bool: the corrected label differs from the given one."""
+    return table["corrected"] != table["given"]
+
+
+def _share(count: int, total: int) -> float:
+    return count / total if total else float("nan")
+
+
+def review_numbers(table: dict, num_classes: int) -> dict:
+    """The report's numbers, computed from ``table`` alone.
+
+    Returns ``samples``, ``flagged``, ``flagged_share``; per given class ``c`` (list of
+    dicts): ``given`` (samples given ``c``), ``flagged`` (of those, flagged) and
+    ``est_noise_rate`` (their share: the estimated rate of wrong labels among samples
+    given ``c``); ``top_flips``: the most frequent ``(given, corrected, count)``. Where
+    some true labels are known (``known`` > 0), on those samples: ``true_noise_rate``,
+    per class ``true_noise_rate`` (of the known samples given ``c``, the share whose
+    label is wrong), ``detect_precision`` / ``recall`` / ``f1`` of flagging as a detector
+    of wrong labels, and ``label_acc_given`` / ``label_acc_corrected`` (with ``_clean`` and
+    ``_noisy``: on the samples whose given label was right / wrong).
+    """
+    n, c = len(table["given"]), num_classes
+    flag = flagged(table)
+    given, corrected, true = table["given"], table["corrected"], table["true"]
+    out: dict = {"samples": n, "flagged": int(flag.sum()), "flagged_share": _share(int(flag.sum()), n),
+                 "known": int((true >= 0).sum())}
+    per_given = np.bincount(given, minlength=c)
+    per_flag = np.bincount(given[flag], minlength=c)
+    classes = [{"class": k, "given": int(per_given[k]), "flagged": int(per_flag[k]),
+                "est_noise_rate": _share(int(per_flag[k]), int(per_given[k]))} for k in range(c)]
+    flips = confusion_matrix(given[flag], corrected[flag], c)
+    order = np.argsort(-flips, axis=None, kind="stable")[:10]
+    out["top_flips"] = [(int(i // c), int(i % c), int(flips.flat[i])) for i in order if flips.flat[i] > 0]
+    known = true >= 0
+    if known.any():
+        noisy = (given != true) & known
+        out["true_noise_rate"] = _share(int(noisy.sum()), int(known.sum()))
+        kg = np.bincount(given[known], minlength=c)
+        kn = np.bincount(given[noisy], minlength=c)
+        for k in range(c):
+            classes[k]["true_noise_rate"] = _share(int(kn[k]), int(kg[k]))
+        out.update({f"detect_{k}": v for k, v in detection_scores(flag[known], noisy[known]).items()})
+        eye = np.eye(c)
+        for name, labels in (("given", given), ("corrected", corrected)):
+            acc = corrected_label_accuracy(eye[labels[known]], true[known], noisy[known])
+            out.update({f"label_acc_{name}" + ("" if k == "all" else f"_{k}"): v for k, v in acc.items()})
+    out["classes"] = classes
+    return out
+
+
+def suspected_errors(table: dict, cls: int, k: int) -> np.ndarray:
+    """Rows (positions in ``table``) of the ``k`` flagged samples given class ``cls`` whose
+    corrected label is most probable, most probable first (ties: lower index first)."""
+    rows = np.flatnonzero(flagged(table) & (table["given"] == cls))
+    return rows[np.lexsort((table["index"][rows], -table["prob"][rows]))][:k]
+
+
+def doubtful_clean(table: dict, cls: int, k: int) -> np.ndarray:
+    """Rows of the ``k`` samples given class ``cls`` and not flagged whose label has the
+    lowest probability in ỹ (the clean-looking samples a person should check), least first."""
+    rows = np.flatnonzero(~flagged(table) & (table["given"] == cls))
+    return rows[np.lexsort((table["index"][rows], table["prob"][rows]))][:k]
+
+
+def top_suspects(given: np.ndarray, soft: np.ndarray, k: int, *, shard_of: np.ndarray, max_shards: int) -> np.ndarray:
+    """The ``k`` most confident suspected errors of a soft-label table whose images lie in
+    at most ``max_shards`` shards (the cost of showing them is reading those shards).
+
+    given : (N,) int64; soft : (N, C) ỹ; shard_of : (N,) the shard that holds each sample.
+    Candidates are taken in order of their corrected label's probability; one in a shard
+    not yet chosen is taken while fewer than ``max_shards`` are chosen. Returns sample
+    indices, most confident first.
+    """
+    corrected = soft.argmax(1)
+    cand = np.flatnonzero(corrected != given)
+    cand = cand[np.argsort(-soft[cand, corrected[cand]], kind="stable")]
+    where = np.asarray(shard_of)[cand]
+    _, first = np.unique(where, return_index=True)  # each shard's first appearance in that order
+    allowed = where[np.sort(first)[:max_shards]]
+    return cand[np.isin(where, allowed)][:k].astype(np.int64)
+
+
+def relabel_rows(table: dict, *, threshold: float = 0.0) -> np.ndarray:
+    """Rows of the flagged samples whose corrected label's probability is at least
+    ``threshold``, most confident first (ties: lower index first)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the relabel threshold is a probability in [0, 1], got {threshold}")
+    rows = np.flatnonzero(flagged(table) & (table["prob"] >= threshold))
+    return rows[np.lexsort((table["index"][rows], -table["prob"][rows]))]
