@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.errors import PipelineError
-from pipeline.shardset import IMAGE_EXTS, shard_urls
-from pipeline.training.streaming import open_shard, decode_image
+from pipeline.shardset import shard_urls
+from pipeline.training.streaming import checked_fields, decode_image, open_shard
 from pipeline.training.tarstream import tar_samples
 
 THUMB = 128  # the longest side of a thumbnail, in pixels
@@ -71,11 +71,8 @@ def read_thumbnails(shard_dir: str, manifest: dict, indices, *, size: int = THUM
             i = int(sample["__key__"])
             if i not in keep:
                 continue
-            where = f"shard {urls[s]}, sample {sample['__key__']}"
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
             try:
-                if ext is None:
-                    raise PipelineError(f"{where}: no image field")
+                where, ext = checked_fields(sample)
                 thumbs[i] = thumbnail(decode_image(sample[ext], where=where, channels=channels), size)
             except PipelineError as e:
                 errors[i] = str(e)

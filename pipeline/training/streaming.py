@@ -75,6 +75,16 @@ def decode_label(data: bytes, *, where: str, num_classes: int) -> int:
     return v
 
 
+def checked_fields(sample: dict) -> tuple[str, str]:
+    """``(where, image field)`` of a raw shard sample: ``where`` names its shard and key for
+    messages; a sample without an image or a ``label.cls`` field raises ShardError."""
+    where = f"shard {sample.get('__url__', '?')}, sample {sample['__key__']}"
+    img_field = next((e for e in IMAGE_EXTS if e in sample), None)
+    if img_field is None or "label.cls" not in sample:
+        raise ShardError(f"{where}: missing field {'image' if img_field is None else 'label.cls'}")
+    return where, img_field
+
+
 class Decoder:
     """Whitelisted decode of one raw WebDataset sample → ``(image (C, H, W) uint8, label, index)``.
 
@@ -86,11 +96,7 @@ class Decoder:
         self.num_classes, self.channels, self.transform = num_classes, channels, transform
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int]:
-        key, url = sample["__key__"], sample.get("__url__", "?")
-        where = f"shard {url}, sample {key}"
-        img_field = next((e for e in IMAGE_EXTS if e in sample), None)
-        if img_field is None or "label.cls" not in sample:
-            raise ShardError(f"{where}: missing field {'image' if img_field is None else 'label.cls'}")
+        where, img_field = checked_fields(sample)
         img = decode_image(sample[img_field], where=where, channels=self.channels)
         label = decode_label(sample["label.cls"], where=where, num_classes=self.num_classes)
         x = torch.from_numpy(img.copy())
@@ -105,11 +111,7 @@ class RawDecoder(Decoder):
     where)``, decoded later on the device (:mod:`pipeline.training.device_decode`)."""
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int, str]:
-        key, url = sample["__key__"], sample.get("__url__", "?")
-        where = f"shard {url}, sample {key}"
-        img_field = next((e for e in IMAGE_EXTS if e in sample), None)
-        if img_field is None or "label.cls" not in sample:
-            raise ShardError(f"{where}: missing field {'image' if img_field is None else 'label.cls'}")
+        where, img_field = checked_fields(sample)
         label = decode_label(sample["label.cls"], where=where, num_classes=self.num_classes)
         blob = torch.frombuffer(bytearray(sample[img_field]), dtype=torch.uint8)
         return blob, label, sample_index(sample), where
