@@ -2,10 +2,14 @@
 meta-gradient option, the cheaper approximations), each as a ratio to CE.
 
     python benchmarks/step_cost.py [--device cpu|cuda] [--steps 30] [--batch 128] [--arch small-cnn]
-                                   [--precision fp32|bf16|fp16]
+                                   [--precision fp32|bf16|fp16] [--size PX --stem cifar|imagenet]
+                                   [--variants NAME ...] [--repeat 3]
 
 Same model (the default small CNN, Fashion-MNIST-sized 1×28×28 inputs; ``--arch`` for
-others), same batch and meta batch, synthetic data (loading is not measured). Each
+others, at 3×32×32 with the CIFAR stem unless ``--size``/``--stem`` say otherwise, e.g.
+``--arch resnet50 --size 224 --stem imagenet`` for Clothing1M's), same batch and meta
+batch, synthetic data (loading is not measured). ``--variants`` measures a subset (CE is
+always measured first: every ratio is to it). Each
 variant runs in a fresh process: 5 untimed steps, then ``--steps`` timed ones in 5
 chunks (the median chunk counts), in ``--repeat`` rounds over all variants (the fastest
 round counts: this 2-core machine's timings drift by ±30% between processes); peak
@@ -19,7 +23,9 @@ into the phases ``mslc.meta_step`` labels for the profiler (``PHASES``): the mea
 per step inside each label over ``--steps`` profiled steps (CPU time on CPU, device
 time on CUDA), ``other`` being the rest of the step (the corrector's forward, softmax,
 the bank's arithmetic), and each phase in units of CE's forward: the forward
-equivalents a step costs, against its floor (CE 3; exact ≈ 10 with forward mode).
+equivalents a step costs, against its floor (CE 3; exact ≈ 10 with forward mode), and the
+ratio to CE that the step's passes alone would give (without the rest, and without the
+second primal pass forward mode makes): what removing all that is not inherent can reach.
 Writes ``benchmarks/results/step_cost.md`` and ``.json`` (``_gpu`` on a GPU).
 """
 
@@ -29,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -65,7 +72,8 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: str):
+def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: str, size: int = 0,
+               stem: str = "cifar"):
     """A closure running one training step of the variant on fixed synthetic data."""
     from mslc import baselines
     from mslc.corrector import Corrector, LossMLP
@@ -77,9 +85,9 @@ def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: s
     lagged = bool(rest and rest[0])
     amp = Amp.build(precision, dev)
     torch.manual_seed(0)
-    size, ch = (28, 1) if arch == "small-cnn" else (32, 3)
+    size, ch = (size or 28, 1) if arch == "small-cnn" else (size or 32, 3)
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format  # as the pipeline runs
-    model = build_model(arch, num_classes=10, in_channels=ch, stem="cifar").to(dev, memory_format=fmt)
+    model = build_model(arch, num_classes=10, in_channels=ch, stem=stem).to(dev, memory_format=fmt)
     opt_w = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     corrector, vnet = Corrector(100, mode).to(dev), LossMLP(100).to(dev)
     opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-3)
@@ -104,10 +112,11 @@ def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: s
     return one, every
 
 
-def measure(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32") -> dict:
+def measure(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32", size: int = 0,
+            stem: str = "cifar") -> dict:
     """Run one variant in this process and return its timing and memory."""
     dev = torch.device(device)
-    one, every = build_step(name, dev, batch, arch, precision)
+    one, every = build_step(name, dev, batch, arch, precision, size, stem)
 
     def sync():
         if dev.type == "cuda":
@@ -134,14 +143,15 @@ def measure(name: str, device: str, steps: int, batch: int, arch: str, precision
     return {"variant": name, "ms_per_step": ms, "peak_mb": peak}
 
 
-def phases(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32") -> dict:
+def phases(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32", size: int = 0,
+           stem: str = "cifar") -> dict:
     """Mean ms per step inside each of ``mslc.meta_step.PHASES``'s labels, and the rest."""
     from torch.profiler import ProfilerActivity, profile
 
     from mslc.meta_step import PHASES
 
     dev = torch.device(device)
-    one, _ = build_step(name, dev, batch, arch, precision)
+    one, _ = build_step(name, dev, batch, arch, precision, size, stem)
     for _ in range(5):
         one()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -169,17 +179,24 @@ def phase_table(rows: list[dict]) -> list[str]:
 
     cols = [*PHASES, "other"]
     unit = rows[0]["ms"]["step/forward"] or float("nan")
+    ce_passes = sum(rows[0]["ms"][c] for c in PHASES)
     md = ["", "## Where a step's time goes", "",
           "ms per step in each profiled phase (profiler on, so slower than the table above); in brackets, "
           "units of CE's forward pass.", "",
-          "| variant | " + " | ".join(c.removeprefix("step/") for c in cols) + " | total | forward equivalents |",
-          "|---|" + "---|" * (len(cols) + 2)]
+          "| variant | " + " | ".join(c.removeprefix("step/") for c in cols) + " | total | forward equivalents "
+          "| passes only, × CE |", "|---|" + "---|" * (len(cols) + 3)]
     for r in rows:
         cells = [f"{r['ms'][c]:.1f} ({r['ms'][c] / unit:.1f})" for c in cols]
         r["forward_equivalents"] = r["profiled_ms_per_step"] / unit
+        primal = r["ms"]["step/forward"] if r["ms"]["step/jvp"] > 0 else 0.0  # forward mode's second primal pass
+        r["passes_only_x_ce"] = (sum(r["ms"][c] for c in PHASES) - primal) / ce_passes
         md.append(f"| {r['variant']} | {' | '.join(cells)} | {r['profiled_ms_per_step']:.1f} | "
-                  f"{r['forward_equivalents']:.1f} |")
-    md += ["", *(f"- {k.removeprefix('step/')}: {v}" for k, v in PHASES.items())]
+                  f"{r['forward_equivalents']:.1f} | {r['passes_only_x_ce']:.2f} |")
+    md += ["", *(f"- {k.removeprefix('step/')}: {v}" for k, v in PHASES.items()),
+           "- passes only, × CE: the labelled phases less what is not inherent to the step, against CE's "
+           "labelled phases: without the rest (`other`) and, in forward mode, without the product's primal pass "
+           "(forward mode runs the real forward again; counted as one real forward). The ratio the step would "
+           "have if those were gone"]
     return md
 
 
@@ -191,21 +208,27 @@ def main() -> int:
     ap.add_argument("--arch", default="small-cnn")
     ap.add_argument("--repeat", type=int, default=3, help="rounds over all variants; the fastest round counts")
     ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 autocast of every variant's model passes")
+    ap.add_argument("--size", type=int, default=0, help="input side in pixels (default: 28 small CNN, 32 others)")
+    ap.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"], help="the ResNets' stem")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
+                    help="the variants to measure (CE is always measured)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
     ap.add_argument("--phases-of", help=argparse.SUPPRESS)  # internal: profile one variant's phases, print JSON
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(measure(a.one, a.device, a.steps, a.batch, a.arch, a.precision)))
+        print(json.dumps(measure(a.one, a.device, a.steps, a.batch, a.arch, a.precision, a.size, a.stem)))
         return 0
     if a.phases_of:
-        print(json.dumps(phases(a.phases_of, a.device, min(a.steps, 20), a.batch, a.arch, a.precision)))
+        print(json.dumps(phases(a.phases_of, a.device, min(a.steps, 20), a.batch, a.arch, a.precision, a.size,
+                                a.stem)))
         return 0
     common = ["--device", a.device, "--steps", str(a.steps), "--batch", str(a.batch), "--arch", a.arch,
-              "--precision", a.precision]
-    runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+              "--precision", a.precision, "--size", str(a.size), "--stem", a.stem]
+    chosen = ["CE", *(v for v in VARIANTS if v in a.variants and v != "CE")]  # in the table's order, CE first
+    runs: dict[str, list[dict]] = {name: [] for name in chosen}
     for rep in range(a.repeat):  # rounds over all variants, so slow drift hits every variant alike
-        for name in VARIANTS if rep % 2 == 0 else reversed(list(VARIANTS)):
+        for name in chosen if rep % 2 == 0 else reversed(chosen):
             out = subprocess.run([sys.executable, __file__, "--one", name, *common],
                                  capture_output=True, text=True, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -218,14 +241,15 @@ def main() -> int:
         r["x_ce_memory"] = r["peak_mb"] / ce["peak_mb"] if ce["peak_mb"] > 0 else float("nan")
     phase_rows = [json.loads(subprocess.run([sys.executable, __file__, "--phases-of", name, *common], capture_output=True,
                                             text=True, check=True).stdout.strip().splitlines()[-1])
-                  for name in PHASE_VARIANTS]
-    info = {"device": a.device, "arch": a.arch, "batch": a.batch, "meta_batch": a.batch, "steps": a.steps,
-            "precision": a.precision,
+                  for name in PHASE_VARIANTS if name in chosen]
+    info = {"device": a.device, "arch": a.arch, "input": f"{a.size or (28 if a.arch == 'small-cnn' else 32)} px",
+            "stem": a.stem if a.arch != "small-cnn" else "-", "batch": a.batch, "meta_batch": a.batch,
+            "steps": a.steps, "precision": a.precision,
             "rounds": a.repeat, "timing": "per variant: the fastest of its rounds, each round the median of 5 chunks",
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     if a.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
-    md = [f"# Step cost\n\n`python benchmarks/step_cost.py {' '.join(sys.argv[1:])}`\n",
+    md = [f"# Step cost\n\n`python benchmarks/step_cost.py {shlex.join(sys.argv[1:])}`\n",
           "| variant | ms / step | × CE | peak memory MB | × CE |", "|---|---|---|---|---|"]
     md += [f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['x_ce_time']:.2f} | {r['peak_mb']:.0f} | "
            f"{r['x_ce_memory']:.2f} |" for r in rows]

@@ -106,6 +106,10 @@ def measure(cfg, device: torch.device, steps: int, what: str) -> float:
         if n >= steps * cfg.optim.batch_size:
             break
     sync(device)
+    if n < steps * cfg.optim.batch_size:
+        raise SystemExit(f"error: {what}: the training split ran out after {n} timed images of the "
+                         f"{steps * cfg.optim.batch_size} that --steps {steps} needs (and 2 untimed batches "
+                         f"first); give --images more (the meta and validation sets take 78 of them)")
     return n / (time.perf_counter() - t0)
 
 

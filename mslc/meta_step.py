@@ -145,10 +145,13 @@ def training_grads(
 
 def meta_loss_at(model: nn.Module, weights: dict[str, torch.Tensor], x_meta: torch.Tensor, y_meta: torch.Tensor,
                  amp: Amp = FP32) -> torch.Tensor:
-    """Clean meta loss with ``weights`` in place of the trainable parameters; batch-norm
-    normalizes with the meta batch's statistics, and the module's own never move."""
+    """Clean meta loss with ``weights`` in place of the trainable parameters they name;
+    batch-norm normalizes with the meta batch's statistics, and the module's own never move.
+    The other trainable parameters enter detached: the pass records a graph only where
+    ``weights`` are used (the classifier layer alone under scope ``last``)."""
+    frozen = {n: p.detach() for n, p in trainable_params(model).items() if n not in weights}
     with batch_statistics_only(model):
-        logits = amp.forward(lambda xm: functional_call(model, weights, (xm,)), x_meta)
+        logits = amp.forward(lambda xm: functional_call(model, frozen | weights, (xm,)), x_meta)
     return F.cross_entropy(logits, y_meta)
 
 
@@ -215,7 +218,9 @@ def meta_gradient(
     size 1 both equal the gradient of :func:`lookahead_meta_loss`.
 
     ``scope='last'`` moves only the classifier layer in the virtual step: an
-    approximation whose second-order term touches that layer alone.
+    approximation whose second-order term touches that layer alone. Its θ-gradient is
+    always taken by the double backward, whatever ``impl``: that runs back through the
+    classifier layer only, where forward mode would run the whole model again.
 
     Returns ``(θ-gradients in corrector.parameters() order, meta loss (averaged over
     ranks in exact mode))``. A list passed as ``training_grad`` receives the training
@@ -226,7 +231,7 @@ def meta_gradient(
         raise ValueError(f"meta-gradient mode must be one of {META_GRADS}, got {mode!r}")
     if impl not in META_GRAD_IMPLS:
         raise ValueError(f"meta-gradient impl must be one of {META_GRAD_IMPLS}, got {impl!r}")
-    if impl == "jvp":
+    if impl == "jvp" and scope == "all":
         if x is None:
             raise ValueError("impl='jvp' needs the training batch x")
         return _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual,

@@ -9,6 +9,9 @@
   lowers the scale.
 * channels-last gives the step contiguous-format's result.
 * lagged: the real step equals a plain step on the soft labels of θ before its update.
+
+Where CUDA is present the precision tests also run there (``DEVICES``): autocast, loss
+scaling and channels-last on the GPU, against that GPU's fp32.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from pipeline.errors import ConfigError
 from pipeline.training.config import MetaConfig, OptimConfig
 
 CPU = torch.device("cpu")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def problem(seed: int, n: int = 64, arch: str = "small-cnn"):
+def problem(seed: int, n: int = 64, arch: str = "small-cnn", device: str = "cpu"):
     torch.manual_seed(seed)
     ch = 1 if arch == "small-cnn" else 3
     model = build_model(arch, num_classes=10, in_channels=ch)
@@ -37,11 +41,11 @@ def problem(seed: int, n: int = 64, arch: str = "small-cnn"):
     x, xm = torch.randn(n, ch, 28, 28), torch.randn(n, ch, 28, 28)
     y, ym = torch.randint(0, 10, (n,)), torch.randint(0, 10, (n,))
     prev = torch.softmax(torch.randn(n, 10), 1)
-    return model, corrector, x, y, prev, xm, ym
+    return (model.to(device), corrector.to(device), *(t.to(device) for t in (x, y, prev, xm, ym)))
 
 
-def theta_grad(amp: Amp, impl: str, seed: int) -> torch.Tensor:
-    model, corrector, x, y, prev, xm, ym = problem(seed)
+def theta_grad(amp: Amp, impl: str, seed: int, device: str = "cpu") -> torch.Tensor:
+    model, corrector, x, y, prev, xm, ym = problem(seed, device=device)
     g, _ = meta_gradient(model, corrector, amp.forward(model, x), y, prev, xm, ym, lr_virtual=0.5, impl=impl, x=x,
                          amp=amp)
     return torch.cat([t.flatten() for t in g])
@@ -51,12 +55,13 @@ def close(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return float((a - ref).norm() / ref.norm()), float(F.cosine_similarity(a, ref, 0))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", ["jvp", "double-backward"])
-def test_bf16_theta_gradient_is_close_to_fp32(impl):
+def test_bf16_theta_gradient_is_close_to_fp32(impl, device):
     rels = []
     for seed in range(4):
-        ref = theta_grad(Amp(), impl, seed)
-        got = theta_grad(Amp.build("bf16", CPU), impl, seed)
+        ref = theta_grad(Amp(device_type=device), impl, seed, device)
+        got = theta_grad(Amp.build("bf16", torch.device(device)), impl, seed, device)
         assert got.dtype == torch.float32
         rel, cos = close(got, ref)
         assert rel < 0.10 and cos > 0.999, (seed, rel, cos)
@@ -64,17 +69,19 @@ def test_bf16_theta_gradient_is_close_to_fp32(impl):
     assert sorted(rels)[len(rels) // 2] < 0.02, rels
 
 
-def test_fp16_scaled_theta_gradient_is_close_to_fp32():
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_scaled_theta_gradient_is_close_to_fp32(device):
     for impl in ("jvp", "double-backward"):
-        ref = theta_grad(Amp(), impl, 0)
-        got = theta_grad(Amp("fp16", "cpu", torch.amp.GradScaler("cpu", init_scale=256.0)), impl, 0)
+        ref = theta_grad(Amp(device_type=device), impl, 0, device)
+        got = theta_grad(Amp("fp16", device, torch.amp.GradScaler(device, init_scale=256.0)), impl, 0, device)
         rel, cos = close(got, ref)
         assert rel < 0.05 and cos > 0.999, (impl, rel, cos)
 
 
-def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
-    model, corrector, x, y, prev, xm, ym = problem(0, n=16)
-    amp = Amp("fp16", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**28))
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16_overflow_skips_the_step_and_lowers_the_scale(device):
+    model, corrector, x, y, prev, xm, ym = problem(0, n=16, device=device)
+    amp = Amp("fp16", device, torch.amp.GradScaler(device, init_scale=2.0**28))
     before = [p.detach().clone() for p in [*model.parameters(), *corrector.parameters()]]
     opt_w = torch.optim.SGD(model.parameters(), lr=0.1)
     opt_t = torch.optim.Adam(corrector.parameters(), lr=1e-3)
@@ -129,10 +136,12 @@ def test_lagged_step_trains_on_the_soft_labels_before_the_meta_update(impl):
                   scope="last")
 
 
-def test_channels_last_gives_the_same_step():
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_gives_the_same_step(device, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # each layout's convolutions in full fp32
     out = []
     for fmt in (torch.contiguous_format, torch.channels_last):
-        model, corrector, x, y, prev, xm, ym = problem(2, n=16)
+        model, corrector, x, y, prev, xm, ym = problem(2, n=16, device=device)
         model = model.to(memory_format=fmt)
         x, xm = x.contiguous(memory_format=fmt), xm.contiguous(memory_format=fmt)
         opt_w = torch.optim.SGD(model.parameters(), lr=0.1)

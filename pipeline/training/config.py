@@ -114,7 +114,7 @@ class MetaConfig:
     meta_every: int = 1  # approximation: update θ every k-th step only (1 = every step, exact)
     meta_scope: str = "all"  # approximation: "last" moves only the classifier layer in the virtual step
     fixed_beta: float | None = None  # ablation: a constant β in [0, 1] instead of β_net; None ("learned"): β_net
-    grad_impl: str = "jvp"  # jvp (forward mode, measured faster) or double-backward: the same exact θ-gradient
+    grad_impl: str = "jvp"  # jvp (forward mode, measured faster) or double-backward: the same exact θ-gradient (scope last: always the latter)
     lagged: bool = False  # approximation: the real step trains on θ's soft labels before its meta update (one backward fewer)
 
     def __post_init__(self) -> None:
