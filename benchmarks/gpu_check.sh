@@ -22,9 +22,9 @@ case "${1:-}" in
     tests|step18|step50|throughput|all) ;;
     *) echo "usage: bash benchmarks/gpu_check.sh tests|step18|step50|throughput|all" >&2; exit 2 ;;
 esac
-PY=${PY:-$(command -v python3)}
-[ -x .venv/bin/python ] && [ "${DEVICE:-cuda}" = cpu ] && PY=.venv/bin/python
 DEVICE=${DEVICE:-cuda}
+PY=${PY:-$(command -v python3)}
+[ -x .venv/bin/python ] && [ "$DEVICE" = cpu ] && PY=.venv/bin/python  # the dry run: this project's venv
 RES=${OUT:-benchmarks/results}
 mkdir -p "$RES"
 export PYTHONUNBUFFERED=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"

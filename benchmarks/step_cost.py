@@ -72,6 +72,11 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def input_side(arch: str, size: int = 0) -> int:
+    """The synthetic inputs' side: ``size``, else 28 for the small CNN and 32 for the others."""
+    return size or (28 if arch == "small-cnn" else 32)
+
+
 def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: str, size: int = 0,
                stem: str = "cifar"):
     """A closure running one training step of the variant on fixed synthetic data."""
@@ -85,7 +90,7 @@ def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: s
     lagged = bool(rest and rest[0])
     amp = Amp.build(precision, dev)
     torch.manual_seed(0)
-    size, ch = (size or 28, 1) if arch == "small-cnn" else (size or 32, 3)
+    size, ch = input_side(arch, size), 1 if arch == "small-cnn" else 3
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format  # as the pipeline runs
     model = build_model(arch, num_classes=10, in_channels=ch, stem=stem).to(dev, memory_format=fmt)
     opt_w = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -242,7 +247,7 @@ def main() -> int:
     phase_rows = [json.loads(subprocess.run([sys.executable, __file__, "--phases-of", name, *common], capture_output=True,
                                             text=True, check=True).stdout.strip().splitlines()[-1])
                   for name in PHASE_VARIANTS if name in chosen]
-    info = {"device": a.device, "arch": a.arch, "input": f"{a.size or (28 if a.arch == 'small-cnn' else 32)} px",
+    info = {"device": a.device, "arch": a.arch, "input": f"{input_side(a.arch, a.size)} px",
             "stem": a.stem if a.arch != "small-cnn" else "-", "batch": a.batch, "meta_batch": a.batch,
             "steps": a.steps, "precision": a.precision,
             "rounds": a.repeat, "timing": "per variant: the fastest of its rounds, each round the median of 5 chunks",

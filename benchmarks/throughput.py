@@ -109,7 +109,8 @@ def measure(cfg, device: torch.device, steps: int, what: str) -> float:
     if n < steps * cfg.optim.batch_size:
         raise SystemExit(f"error: {what}: the training split ran out after {n} timed images of the "
                          f"{steps * cfg.optim.batch_size} that --steps {steps} needs (and 2 untimed batches "
-                         f"first); give --images more (the meta and validation sets take 78 of them)")
+                         f"first); give --images more (the meta and validation sets take "
+                         f"{cfg.data.n_meta + cfg.data.n_val} of them)")
     return n / (time.perf_counter() - t0)
 
 
