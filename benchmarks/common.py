@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 # The paper's corrector at the paper's settings (θ's Adam lr 1e-3 and weight decay 1e-4, the
-# virtual lr decaying with the classifier's), whatever the presets recommend to users. Every run of the
+# virtual lr decaying with the classifier's; no trusted samples in training, the raw prediction in
+# Eq. 6, α = α_net(·)), whatever the presets recommend to users. Every run of the
 # comparison benchmarks starts from these, so a preset's default cannot move their rows (the
 # corrector is built for every method and draws from the RNG before MW-Net's weight net).
 PAPER_SETTINGS = ["meta.corrector=loss", "meta.alpha_lr=1e-3", "meta.beta_lr=1e-3", "meta.weight_decay=1e-4",
-                  "meta.virtual_lr=current"]
+                  "meta.virtual_lr=current", "meta.trusted_passes=0", "meta.transition=none",
+                  "meta.alpha_prior=none"]
 
 
 def publish(out: str | Path, markdown: str, payload: dict) -> None:

@@ -68,7 +68,7 @@ def sync(device: torch.device) -> None:
 def measure(cfg, device: torch.device, steps: int, what: str) -> float:
     """Images/s of ``what`` (end to end | compute only | loader only) for the config."""
     from pipeline.training import loop, methods
-    from pipeline.training.state import build_data, build_state, normalize
+    from pipeline.training.state import build_data, build_state
 
     data = build_data(cfg, device)
     st = build_state(cfg, data, device)
@@ -78,12 +78,8 @@ def measure(cfg, device: torch.device, steps: int, what: str) -> float:
     plan = loop.build_plan(cfg, data, 1)
     stream = loop.train_batches(cfg, data, 1, plan, min(plan.steps, steps + 2), device=device)
 
-    def meta_batch():
-        xm, ym = st.meta.next()
-        return normalize(xm, data, device), ym
-
     def step(x, y, idx):
-        b = methods.Batch(normalize(x, data, device), y.to(device, non_blocking=True), idx, meta_batch)
+        b = loop.make_batch(st, data, device, x, y, idx)
         res = method.step(st, data, phase, b)
         method.write_bank(st.bank, phase, 1, b, res)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 LOSS_MODES = ("soft", "hard")
 CORRECTORS = ("loss", "class")
+ALPHA_PRIORS = ("none", "prediction")  # what α_net's output is added to, in logit space
 _EPS = 1e-12
 
 
@@ -52,6 +53,29 @@ def soft_labels(
     return a * onehot + (1.0 - a) * (b * y_prev + (1.0 - b) * y_hat)
 
 
+def transition_posterior(y_hat: torch.Tensor, y: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
+    """The posterior of the true class given the prediction and the given label under a
+    noise transition: ``π_ic ∝ ŷ_ic · T[c, y_i]`` (Bayes, with ŷ as the prior over true classes).
+
+    Parameters
+    ----------
+    y_hat : (n, C)
+        Predictions, rows sum to 1.
+    y : (n,) int64
+        Given (noisy) labels.
+    transition : (C, C)
+        ``T[i, j]``: the probability that a sample of true class ``i`` is given label ``j``.
+        With every column constant (no knowledge of the noise) ``π = ŷ``.
+
+    Returns
+    -------
+    (n, C) rows sum to 1 (``ŷ`` where a row's evidence is all zero).
+    """
+    post = y_hat * transition.to(y_hat.dtype)[:, y].t()
+    z = post.sum(1, keepdim=True)
+    return torch.where(z > 0, post / z.clamp_min(_EPS), y_hat)
+
+
 def target_cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample ``CE(probs, target) = −Σ_c target_c · log probs_c``; (n, C) → (n,)."""
     return -(target * probs.clamp_min(_EPS).log()).sum(1)
@@ -70,10 +94,13 @@ class LossMLP(nn.Module):
         self.fc1 = nn.Linear(1, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
+    def logit(self, loss: torch.Tensor) -> torch.Tensor:
+        """(n,) loss values → (n,) pre-sigmoid outputs."""
+        return self.fc2(F.relu(self.fc1(loss.reshape(-1, 1)))).reshape(-1)
+
     def forward(self, loss: torch.Tensor) -> torch.Tensor:
         """(n,) loss values → (n,) weights in (0, 1)."""
-        h = F.relu(self.fc1(loss.reshape(-1, 1)))
-        return torch.sigmoid(self.fc2(h)).reshape(-1)
+        return torch.sigmoid(self.logit(loss))
 
 
 class ClassMLP(nn.Module):
@@ -85,10 +112,13 @@ class ClassMLP(nn.Module):
         self.fc1 = nn.Linear(1 + 2 * num_classes, hidden)
         self.fc2 = nn.Linear(hidden, 1)
 
+    def logit(self, loss: torch.Tensor, onehot: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        """(n,) losses, (n, C) one-hot given labels, (n, C) predictions → (n,) pre-sigmoid outputs."""
+        return self.fc2(F.relu(self.fc1(torch.cat([loss.reshape(-1, 1), onehot, y_hat], 1)))).reshape(-1)
+
     def forward(self, loss: torch.Tensor, onehot: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         """(n,) losses, (n, C) one-hot given labels, (n, C) predictions → (n,) weights in (0, 1)."""
-        h = F.relu(self.fc1(torch.cat([loss.reshape(-1, 1), onehot, y_hat], 1)))
-        return torch.sigmoid(self.fc2(h)).reshape(-1)
+        return torch.sigmoid(self.logit(loss, onehot, y_hat))
 
 
 class Corrector(nn.Module):
@@ -102,10 +132,22 @@ class Corrector(nn.Module):
 
     ``kind='class'`` (needs ``num_classes``) feeds α_net and β_net the given class and
     the prediction as well (:class:`ClassMLP`); ``kind='loss'`` is the paper's.
+
+    ``transition=True`` (needs ``num_classes``; beyond the paper) replaces the prediction
+    term ``ŷ`` of Eq. 6 by the posterior of the true class given ŷ and the given label
+    under the estimated noise transition (:func:`transition_posterior`; the buffer
+    ``transition``, set by :meth:`set_transition`, starts uninformative). With α = β = 0
+    the soft labels are that posterior, and training on them takes the gradient of
+    forward loss correction (GLC's loss) through ``T``: ``∂/∂z −log (softmax(z) T)_y = p − π``.
+    ``alpha_prior='prediction'`` (beyond the paper) adds α_net's output, in logit space, to
+    the logit of the model's probability of the given label, ŷ_y: α starts near ŷ_y (trust
+    the given label as much as the model does) rather than near 0.5, and α_net learns the
+    correction; ``'none'`` is the paper's α = α_net(·).
     """
 
     def __init__(self, hidden: int = 100, loss_mode: str = "soft", fixed_beta: float | None = None, *,
-                 kind: str = "loss", num_classes: int | None = None) -> None:
+                 kind: str = "loss", num_classes: int | None = None, transition: bool = False,
+                 alpha_prior: str = "none") -> None:
         super().__init__()
         if loss_mode not in LOSS_MODES:
             raise ValueError(f"loss_mode must be one of {LOSS_MODES}, got {loss_mode!r}")
@@ -115,6 +157,11 @@ class Corrector(nn.Module):
             raise ValueError(f"corrector kind must be one of {CORRECTORS}, got {kind!r}")
         if kind == "class" and (num_classes is None or num_classes < 2):
             raise ValueError(f"the class-aware corrector needs num_classes >= 2, got {num_classes}")
+        if alpha_prior not in ALPHA_PRIORS:
+            raise ValueError(f"alpha_prior must be one of {ALPHA_PRIORS}, got {alpha_prior!r}")
+        self.alpha_prior = alpha_prior
+        if transition and (num_classes is None or num_classes < 2):
+            raise ValueError(f"a transition-aware corrector needs num_classes >= 2, got {num_classes}")
         self.loss_mode = loss_mode
         self.fixed_beta = fixed_beta  # the β ablation: a constant instead of β_net
         self.kind = kind
@@ -122,6 +169,19 @@ class Corrector(nn.Module):
             self.alpha_net, self.beta_net = LossMLP(hidden), LossMLP(hidden)
         else:
             self.alpha_net, self.beta_net = ClassMLP(num_classes, hidden), ClassMLP(num_classes, hidden)
+        uninformative = torch.full((num_classes, num_classes), 1.0 / num_classes) if transition else None
+        self.register_buffer("transition", uninformative)  # None: not in the state dict
+
+    def set_transition(self, transition: torch.Tensor) -> None:
+        """Set the (C, C) noise transition estimate (row-stochastic, ``T[true, given]``)."""
+        if self.transition is None:
+            raise ValueError("this corrector was built without transition=True")
+        t = torch.as_tensor(transition, dtype=self.transition.dtype)
+        if t.shape != self.transition.shape:
+            raise ValueError(f"transition must have shape {tuple(self.transition.shape)}, got {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError("transition must be finite and non-negative")
+        self.transition.copy_(t.to(self.transition.device))
 
     def weights(self, loss_alpha: torch.Tensor, loss_beta: torch.Tensor, onehot: torch.Tensor,
                 y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,20 +190,28 @@ class Corrector(nn.Module):
         def net(mlp: nn.Module, loss: torch.Tensor) -> torch.Tensor:
             return mlp(loss) if self.kind == "loss" else mlp(loss, onehot, y_hat)
 
-        alpha = net(self.alpha_net, loss_alpha)
+        if self.alpha_prior == "prediction":  # α = σ(logit ŷ_y + α_net's logit): it starts near ŷ_y
+            logit = self.alpha_net.logit(loss_alpha) if self.kind == "loss" else self.alpha_net.logit(
+                loss_alpha, onehot, y_hat)
+            p_given = torch.exp(-loss_alpha).clamp(1e-4, 1.0 - 1e-4)
+            alpha = torch.sigmoid(logit + torch.log(p_given) - torch.log1p(-p_given))
+        else:
+            alpha = net(self.alpha_net, loss_alpha)
         beta = net(self.beta_net, loss_beta) if self.fixed_beta is None else torch.full_like(alpha, self.fixed_beta)
         return alpha, beta
 
     def forward(
         self, y_hat: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(soft (n, C), alpha (n,), beta (n,))``; inputs are detached."""
+        """Return ``(soft (n, C), alpha (n,), beta (n,))``; inputs are detached. ``y_hat``
+        (n, C) predictions, ``y`` (n,) given labels, ``y_prev`` (n, C) previous soft labels."""
         y_hat = y_hat.detach()
         y_prev = y_prev.detach().to(y_hat.dtype)
+        pred = y_hat if self.transition is None else transition_posterior(y_hat, y, self.transition)
         if self.loss_mode == "hard":
-            y_hat_t, y_prev_t = argmax_onehot(y_hat), argmax_onehot(y_prev)
+            y_hat_t, y_prev_t = argmax_onehot(pred), argmax_onehot(y_prev)
         else:
-            y_hat_t, y_prev_t = y_hat, y_prev
+            y_hat_t, y_prev_t = pred, y_prev
         onehot = F.one_hot(y, y_hat.shape[1]).to(y_hat.dtype)
         loss_alpha = target_cross_entropy(y_hat, onehot)
         loss_beta = target_cross_entropy(y_hat, y_prev_t)

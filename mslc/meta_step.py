@@ -111,6 +111,35 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
+def batch_targets(
+    corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor,
+    fixed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training targets of one batch: the corrector's soft labels of its first ``n``
+    rows, then ``fixed`` targets of the trusted rows that follow (their one-hot clean labels).
+
+    Parameters
+    ----------
+    logits : (n + k, C) the real forward's logits (read detached).
+    y : (n,) int64 given labels; y_prev : (n, C) previous soft labels.
+    fixed : (k, C) or None (k = 0).
+
+    Returns
+    -------
+    ``(targets (n + k, C), soft (n, C), alpha (n,), beta (n,))``; ``soft`` and ``targets``
+    carry the graph into θ where the corrector's parameters require it.
+    """
+    n = len(y)
+    soft, alpha, beta = corrector(F.softmax(logits[:n].detach(), dim=1), y, y_prev)
+    targets = soft if fixed is None else torch.cat([soft, fixed.to(soft.dtype)])
+    return targets, soft, alpha, beta
+
+
+def trusted_targets(y_trusted: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(k,) int64 clean labels → (k, C) one-hot targets (a trusted sample is trained on as it is labelled)."""
+    return F.one_hot(y_trusted, num_classes).to(dtype)
+
+
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -133,13 +162,14 @@ def virtual_params(model: nn.Module, scope: str) -> dict[str, torch.Tensor]:
 
 def training_grads(
     model: nn.Module, corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor,
-    scope: str = "all", amp: Amp = FP32,
+    scope: str = "all", amp: Amp = FP32, fixed: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
-    """``(virtual-step params, ∇_w L(w, θ))``, the gradient kept differentiable in θ."""
+    """``(virtual-step params, ∇_w L(w, θ))``, the gradient kept differentiable in θ
+    (``fixed``: the trusted rows' targets, :func:`batch_targets`)."""
     with record_function("step/train_grad"):
         params = virtual_params(model, scope)
-        soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
-        grads = amp.grad(soft_cross_entropy(logits, soft), list(params.values()), create_graph=True)
+        targets, _, _, _ = batch_targets(corrector, logits, y, y_prev, fixed)
+        grads = amp.grad(soft_cross_entropy(logits, targets), list(params.values()), create_graph=True)
         return params, grads
 
 
@@ -202,6 +232,7 @@ def meta_gradient(
     x: torch.Tensor | None = None,
     amp: Amp = FP32,
     training_grad: list | None = None,
+    fixed: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """θ-gradient of the clean meta loss through one virtual step, across all workers.
 
@@ -226,6 +257,10 @@ def meta_gradient(
     ranks in exact mode))``. A list passed as ``training_grad`` receives the training
     gradient ``ḡ`` (detached, averaged over ranks in both modes; ``scope='all'``): the
     lagged step's real gradient.
+
+    ``fixed`` (k, C): targets of k trusted rows after the batch's n (``logits`` and ``x``
+    then hold n + k rows, ``y`` and ``y_prev`` n): the virtual step trains on them as the
+    real step does; they do not depend on θ.
     """
     if mode not in META_GRADS:
         raise ValueError(f"meta-gradient mode must be one of {META_GRADS}, got {mode!r}")
@@ -235,8 +270,8 @@ def meta_gradient(
         if x is None:
             raise ValueError("impl='jvp' needs the training batch x")
         return _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual,
-                                  mode=mode, scope=scope, amp=amp, training_grad=training_grad)
-    params, grads = training_grads(model, corrector, logits, y, y_prev, scope, amp)
+                                  mode=mode, scope=scope, amp=amp, training_grad=training_grad, fixed=fixed)
+    params, grads = training_grads(model, corrector, logits, y, y_prev, scope, amp, fixed)
     g = [t.detach().clone() for t in grads]
     h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode, amp=amp)
     if training_grad is not None:
@@ -276,11 +311,11 @@ def theta_gradients(dot: torch.Tensor, corrector: Corrector, *, retain_graph: bo
 
 
 def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *, lr_virtual, mode, scope,
-                       amp=FP32, training_grad=None):
+                       amp=FP32, training_grad=None, fixed=None):
     with record_function("step/train_grad"):
         params = virtual_params(model, scope)
-        soft, _, _ = corrector(F.softmax(logits.detach(), dim=1), y, y_prev)
-        g = [t.detach() for t in amp.grad(soft_cross_entropy(logits, soft.detach()), list(params.values()),
+        targets, soft, _, _ = batch_targets(corrector, logits, y, y_prev, fixed)
+        g = [t.detach() for t in amp.grad(soft_cross_entropy(logits, targets.detach()), list(params.values()),
                                           retain_graph=training_grad is None)]
     h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode, amp=amp)
     if training_grad is not None:
@@ -292,7 +327,9 @@ def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *
         out = F.log_softmax(amp.forward(lambda xb: functional_call(model, duals, (xb,)), x), dim=1)
         u = fwAD.unpack_dual(out).tangent
     with record_function("step/theta"):
-        dot = lr_virtual * (soft * u.detach()).sum(1).mean()  # −η·⟨g(θ), h⟩ with ⟨g, h⟩ = mean −ỹ·(J h)
+        # −η·⟨g(θ), h⟩ with ⟨g, h⟩ = mean over all n + k rows of −target·(J h); only the n soft rows depend on θ
+        n = len(y)
+        dot = lr_virtual * (soft * u[:n].detach()).sum(1).mean() * (n / len(u))
         return theta_gradients(dot, corrector, amp=amp), meta_loss
 
 
@@ -315,6 +352,7 @@ def mslc_step(
     impl: str = "double-backward",
     lagged: bool = False,
     amp: Amp = FP32,
+    trusted: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> StepResult:
     """One MSLC step: virtual step, Adam step on θ, real step with the new soft labels.
 
@@ -332,21 +370,32 @@ def mslc_step(
     θ-gradient is that of :func:`meta_gradient` (``meta_grad``), and the real step's
     gradient is averaged by ``sync_grads`` (default: :mod:`mslc.dist`), so θ and w stay
     identical on every rank. ``amp``: the precision of the model's passes.
+
+    ``trusted = (x_t (k, ...), y_t (k,))``: clean samples trained on beside the batch, with
+    their one-hot labels, in one forward with it and in the virtual step as in the real one
+    (``meta.trusted_passes``; the loss is the mean over all n + k rows, as GLC weights its
+    trusted samples). Their rows are not corrected and not in the result.
     """
     if lagged and scope != "all":
         raise ValueError("the lagged step reuses the virtual step's gradient of every parameter: it needs scope='all'")
+    n = len(y)
+    fixed = None
+    if trusted is not None:
+        x = torch.cat([x, trusted[0]])
     with record_function("step/forward"):
         logits = amp.forward(model, x)  # the one real forward: batch-norm statistics move once
-        y_hat = F.softmax(logits.detach(), dim=1)
+        y_hat = F.softmax(logits[:n].detach(), dim=1)
+    if trusted is not None:
+        fixed = trusted_targets(trusted[1], logits.shape[1], y_hat.dtype)
     meta_loss = torch.tensor(float("nan"))
     reuse = [] if lagged and meta_update else None
     if reuse is not None:
         with torch.no_grad():
-            soft, alpha, beta = corrector(y_hat, y, y_prev)
+            targets, soft, alpha, beta = batch_targets(corrector, logits, y, y_prev, fixed)
     if meta_update:
         theta_grads, meta_loss = meta_gradient(
             model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad, scope=scope,
-            impl=impl, x=x, amp=amp, training_grad=reuse,
+            impl=impl, x=x, amp=amp, training_grad=reuse, fixed=fixed,
         )
         with record_function("step/theta"):
             amp.set_grads([p for p in corrector.parameters() if p.requires_grad], theta_grads)
@@ -354,10 +403,10 @@ def mslc_step(
         meta_loss = amp.skipped_as_nan(meta_loss)
     if reuse is None:
         with torch.no_grad():
-            soft, alpha, beta = corrector(y_hat, y, y_prev)
-        loss = real_step(model, soft_cross_entropy(logits, soft), opt_w=opt_w, sync_grads=sync_grads, amp=amp)
+            targets, soft, alpha, beta = batch_targets(corrector, logits, y, y_prev, fixed)
+        loss = real_step(model, soft_cross_entropy(logits, targets), opt_w=opt_w, sync_grads=sync_grads, amp=amp)
     else:
-        loss = real_step(model, soft_cross_entropy(logits.detach(), soft), opt_w=opt_w, amp=amp, grads=reuse)
+        loss = real_step(model, soft_cross_entropy(logits.detach(), targets), opt_w=opt_w, amp=amp, grads=reuse)
     return StepResult(loss, meta_loss, y_hat, soft, alpha, beta)
 
 

@@ -28,10 +28,12 @@ def test_every_preset_validates_and_round_trips(name):
 def test_user_facing_presets_run_the_class_aware_corrector_and_the_paper_one_is_one_option_away(name):
     m = PRESETS[name]().meta
     assert (m.corrector, m.weight_decay, m.virtual_lr, m.alpha_lr, m.beta_lr) == ("class", 0.0, "initial", 2e-4, 2e-4)
+    assert (m.trusted_passes, m.transition, m.alpha_prior) == (10.0, "estimated", "prediction")
     assert load_config(name, ["meta.corrector=loss"]).meta.corrector == "loss"
     for paper in ("cifar10-sym40", "cifar100-sym40", "smoke"):  # the paper's reproductions keep its settings
         p = PRESETS[paper]().meta
         assert (p.corrector, p.weight_decay, p.virtual_lr, p.alpha_lr, p.beta_lr) == ("loss", 1e-4, "current", 1e-3, 1e-3)
+        assert (p.trusted_passes, p.transition, p.alpha_prior) == (0.0, "none", "none")
 
 
 def test_overrides_are_typed_and_validated():
@@ -49,6 +51,14 @@ def test_overrides_are_typed_and_validated():
         apply_overrides(cfg, ["meta.warmup_epochs=5"])
     with pytest.raises(ConfigError, match="unknown config key 'data.colour'"):
         Config.from_dict({"data": {"colour": 1}})
+    with pytest.raises(ConfigError, match="meta.trusted_passes must be >= 0"):
+        apply_overrides(cfg, ["meta.trusted_passes=-1"])
+    with pytest.raises(ConfigError, match="meta.transition must be one of"):
+        apply_overrides(cfg, ["meta.transition=known"])
+    with pytest.raises(ConfigError, match="meta.alpha_prior must be one of"):
+        apply_overrides(cfg, ["meta.alpha_prior=given"])
+    new = apply_overrides(cfg, ["meta.trusted_passes=2.5", "meta.transition=estimated", "meta.alpha_prior=prediction"]).meta
+    assert (new.trusted_passes, new.transition, new.alpha_prior) == (2.5, "estimated", "prediction")
 
 
 def test_config_file(tmp_path):

@@ -116,3 +116,87 @@ def test_class_aware_corrector_needs_the_class_count():
         Corrector(kind="class")
     with pytest.raises(ValueError, match="corrector kind"):
         Corrector(kind="pairs", num_classes=3)
+
+
+def test_transition_posterior_matches_bayes_rule_by_hand():
+    from mslc.corrector import transition_posterior
+
+    y, y_hat, _, _, _ = _inputs()
+    t = torch.softmax(torch.randn(C, C), 1)
+    got = transition_posterior(y_hat, y, t)
+    for i in range(N):
+        evidence = [y_hat[i, c] * t[c, y[i]] for c in range(C)]
+        for c in range(C):
+            assert torch.isclose(got[i, c], evidence[c] / sum(evidence), atol=1e-7)
+    # no knowledge of the noise (constant columns) leaves the prediction as it is
+    torch.testing.assert_close(transition_posterior(y_hat, y, torch.full((C, C), 1.0 / C)), y_hat)
+    # no evidence at all for a given label: the prediction, not a row of zeros
+    zero_col = t.clone()
+    zero_col[:, int(y[0])] = 0.0
+    torch.testing.assert_close(transition_posterior(y_hat, y, zero_col)[0], y_hat[0])
+
+
+def test_training_on_the_posterior_takes_glc_forward_correction_gradient():
+    """With α = β = 0 the transition-aware corrector's soft labels are the posterior π, and
+    the soft cross-entropy to π (detached) has the gradient of GLC's corrected loss
+    −log (softmax(z) T)_y: both are p − π."""
+    from mslc.baselines import glc_loss
+    from mslc.corrector import transition_posterior
+
+    y, _, _, _, _ = _inputs()
+    logits = torch.randn(N, C, dtype=torch.float64, requires_grad=True)
+    t = torch.softmax(torch.randn(C, C, dtype=torch.float64), 1)
+    p = torch.softmax(logits, 1)
+    target = transition_posterior(p.detach(), y, t)
+    g_soft, = torch.autograd.grad(soft_cross_entropy(logits, target), logits)
+    g_glc, = torch.autograd.grad(glc_loss(logits, y, t), logits)
+    torch.testing.assert_close(g_soft, g_glc)
+
+    c = Corrector(hidden=8, fixed_beta=0.0, num_classes=C, transition=True).double()
+    c.set_transition(t)
+    with torch.no_grad():
+        c.alpha_net.fc2.bias.fill_(-60.0)  # α = σ(−60) ≈ 0
+    soft, alpha, _ = c(p.detach(), y, torch.softmax(torch.randn(N, C, dtype=torch.float64), 1))
+    assert float(alpha.max()) < 1e-20
+    torch.testing.assert_close(soft, target)
+
+
+def test_transition_is_part_of_the_state_only_when_asked_for():
+    plain = Corrector(hidden=4, kind="class", num_classes=C)
+    assert "transition" not in plain.state_dict() and plain.transition is None
+    aware = Corrector(hidden=4, kind="class", num_classes=C, transition=True)
+    t = torch.softmax(torch.randn(C, C), 1)
+    aware.set_transition(t)
+    other = Corrector(hidden=4, kind="class", num_classes=C, transition=True)
+    other.load_state_dict(aware.state_dict())
+    torch.testing.assert_close(other.transition, t)
+    import pytest
+
+    with pytest.raises(ValueError, match="shape"):
+        aware.set_transition(torch.ones(C + 1, C + 1))
+    with pytest.raises(ValueError, match="without transition"):
+        plain.set_transition(t)
+    with pytest.raises(ValueError, match="num_classes"):
+        Corrector(hidden=4, transition=True)
+
+
+def test_alpha_prior_prediction_starts_alpha_at_the_models_probability_of_the_given_label():
+    """meta.alpha_prior=prediction: α = σ(logit ŷ_y + α_net's logit), so with α_net's output
+    at 0 α is ŷ_y (trust the given label as much as the model does), for both kinds."""
+    import pytest
+
+    y, y_hat, y_prev, _, _ = _inputs()
+    p_given = y_hat[torch.arange(N), y]
+    for kind in ("loss", "class"):
+        c = Corrector(hidden=8, kind=kind, num_classes=C, alpha_prior="prediction")
+        with torch.no_grad():
+            c.alpha_net.fc2.weight.zero_()
+            c.alpha_net.fc2.bias.zero_()
+        _, alpha, _ = c(y_hat, y, y_prev)
+        torch.testing.assert_close(alpha, p_given)
+        with torch.no_grad():
+            c.alpha_net.fc2.bias.fill_(1.0)
+        _, alpha, _ = c(y_hat, y, y_prev)
+        torch.testing.assert_close(torch.logit(alpha), torch.logit(p_given) + 1.0)
+    with pytest.raises(ValueError, match="alpha_prior"):
+        Corrector(hidden=8, alpha_prior="given")

@@ -1,11 +1,16 @@
 """Golden-values regression: the ``smoke`` preset on CPU with a fixed seed must give the
 per-epoch numbers committed in ``tests/assets/golden/smoke.json``.
 
-It is what tells a refactor that it changed the numbers. On the machine that wrote the
-file the run is bit-identical; the tolerances below only absorb another CPU's float
-summation order:
+It is what tells a refactor that it changed the numbers. The run goes in a child process
+whose kernels do not depend on the CPU (:data:`PINNED`: ATen's portable kernels instead of
+the AVX2/AVX-512 ones, MKL's reproducible mode, no oneDNN), so that it is nearly the same on
+any x86 machine with the same thread count: with the machine's own fastest kernels a 3-epoch
+run moved by 18 of 500 test samples between two CPUs. The tolerances below absorb what
+is left of another platform's float summation order:
 
-* losses (train, meta): relative 1e-4;
+* losses (train, meta): relative 1e-3 (even with the portable kernels, the epoch-3 losses moved
+  by 3e-4 relative between the CPU that wrote the file and an AMD EPYC, every accuracy
+  the same to the sample);
 * accuracies: within 2 samples of the split they are measured on (validation: 100
   samples, i.e. 0.02; corrected-label accuracy: the 1,500 training samples or their
   clean / noisy part, i.e. 2 / count).
@@ -26,10 +31,11 @@ import pytest
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "assets" / "golden" / "smoke.json"
+PINNED = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}  # set before torch loads; oneDNN off in the child
 OVERRIDES = ["run.seed=0", "scale.threads=2", "run.tensorboard=false", "run.report=false"]
 LOSSES = ("train_loss", "meta_loss")
 ACCURACIES = ("val_acc", "test_acc", "corrected_all", "corrected_clean", "corrected_noisy")
-REL_LOSS = 1e-4
+REL_LOSS = 1e-3
 SAMPLES = 2
 
 
@@ -65,8 +71,22 @@ def close(key: str, got, want, counts: dict) -> bool:
     return abs(got - want) <= SAMPLES / counts[key] + 1e-12
 
 
+def pinned_smoke_epochs(tmp: Path) -> tuple[list[dict], dict]:
+    """:func:`smoke_epochs` in a child process with the CPU-independent kernels."""
+    import subprocess
+    import sys
+
+    out = tmp / "epochs.json"
+    env = {**os.environ, **PINNED, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "tests.test_golden", str(tmp), str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    return got["epochs"], got["counts"]
+
+
 def test_smoke_run_matches_the_golden_values(tmp_path):
-    epochs, counts = smoke_epochs(tmp_path)
+    epochs, counts = pinned_smoke_epochs(tmp_path)
     if os.environ.get("MSLC_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(json.dumps({"preset": "smoke", "overrides": OVERRIDES, "counts": counts,
@@ -79,3 +99,13 @@ def test_smoke_run_matches_the_golden_values(tmp_path):
              for e, g in zip(epochs, golden["epochs"]) for k in g
              if k != "epoch" and (e[k] != g[k] if k == "phase" else not close(k, e[k], g[k], counts))]
     assert not diffs, "the smoke run's numbers moved:\n" + "\n".join(diffs)
+
+
+if __name__ == "__main__":  # the child of pinned_smoke_epochs: python -m tests.test_golden TMP OUT
+    import sys
+
+    import torch
+
+    torch.backends.mkldnn.enabled = False
+    epochs, counts = smoke_epochs(Path(sys.argv[1]))
+    Path(sys.argv[2]).write_text(json.dumps({"epochs": epochs, "counts": counts}))

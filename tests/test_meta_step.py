@@ -190,3 +190,88 @@ def test_forward_mode_meta_gradient_equals_double_backward():
     assert torch.allclose(m1, m2)
     for a, b in zip(db, fw):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def naive_trusted_meta_loss(model, corrector, x, y, y_prev, xm, ym, lr, xt, yt):
+    """:func:`naive_meta_loss` whose SGD step also trains on trusted samples ``(xt, yt)``
+    with their one-hot labels (the loss: the mean over every row)."""
+    m = copy.deepcopy(model)
+    logits = m(torch.cat([x, xt]))
+    with torch.no_grad():
+        soft, _, _ = corrector(torch.softmax(logits[: len(y)], 1), y, y_prev)
+    target = torch.cat([soft, F.one_hot(yt, logits.shape[1]).to(soft.dtype)])
+    grads = torch.autograd.grad(soft_cross_entropy(logits, target), list(m.parameters()))
+    with torch.no_grad():
+        for p, g in zip(m.parameters(), grads):
+            p -= lr * g
+        return F.cross_entropy(m(xm), ym).item()
+
+
+@pytest.mark.parametrize("impl", ["double-backward", "jvp"])
+def test_trusted_samples_take_part_in_the_virtual_and_the_real_step(impl):
+    """meta.trusted_passes: the θ-gradient is that of a look-ahead whose step also trains on
+    the trusted samples (finite differences of a naive one), and the real step trains on
+    the batch and the trusted samples together; only the batch's rows come back."""
+    model, corrector, x, y, y_prev, xm, ym = tiny_problem(seed=4)
+    g = torch.Generator().manual_seed(5)
+    xt, yt = torch.randn(3, 5, generator=g, dtype=x.dtype), torch.randint(0, 3, (3,), generator=g)
+    fixed = F.one_hot(yt, 3).to(x.dtype)
+    xa = torch.cat([x, xt])
+    grads, meta = meta_gradient(model, corrector, model(xa), y, y_prev, xm, ym, lr_virtual=LR, impl=impl, x=xa,
+                                fixed=fixed)
+    assert meta.item() == pytest.approx(naive_trusted_meta_loss(model, corrector, x, y, y_prev, xm, ym, LR, xt, yt),
+                                        rel=1e-10)
+    eps, checked = 1e-6, 0
+    for p, gr in zip(corrector.parameters(), grads):
+        flat = p.data.view(-1)
+        for i in range(0, flat.numel(), 3):  # every third coordinate: enough to catch a wrong weighting
+            old = flat[i].item()
+            flat[i] = old + eps
+            up = naive_trusted_meta_loss(model, corrector, x, y, y_prev, xm, ym, LR, xt, yt)
+            flat[i] = old - eps
+            down = naive_trusted_meta_loss(model, corrector, x, y, y_prev, xm, ym, LR, xt, yt)
+            flat[i] = old
+            assert gr.view(-1)[i].item() == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-9)
+            checked += 1
+    assert checked > 10 and max(gr.abs().max().item() for gr in grads) > 1e-4
+    plain, _ = meta_gradient(model, corrector, model(x), y, y_prev, xm, ym, lr_virtual=LR, impl=impl, x=x)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, plain))  # the trusted rows change it
+
+    ref_model, ref_corr = copy.deepcopy(model), copy.deepcopy(corrector)
+    opt_w, opt_t = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(corrector.parameters(), lr=0.3)
+    res = mslc_step(model, corrector, x, y, y_prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=LR,
+                    impl=impl, trusted=(xt, yt))
+    with torch.no_grad():
+        for p, gr in zip(ref_corr.parameters(), grads):
+            p -= 0.3 * gr
+    logits = ref_model(xa)
+    with torch.no_grad():
+        soft, _, _ = ref_corr(torch.softmax(logits[:6], 1), y, y_prev)
+    g_w = torch.autograd.grad(soft_cross_entropy(logits, torch.cat([soft, fixed])), list(ref_model.parameters()))
+    with torch.no_grad():
+        for p, gr in zip(ref_model.parameters(), g_w):
+            p -= 0.1 * gr
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q)
+    assert res.soft.shape == (6, 3) and res.y_hat.shape == (6, 3)
+    torch.testing.assert_close(res.soft, soft)
+
+
+def test_lagged_step_with_trusted_samples_reuses_the_virtual_steps_gradient():
+    """The lagged step's real gradient is the virtual step's, trusted rows included."""
+    model, corrector, x, y, y_prev, xm, ym = tiny_problem(seed=6)
+    xt, yt = torch.randn(2, 5, dtype=x.dtype), torch.tensor([0, 2])
+    ref = copy.deepcopy(model)
+    opt_w, opt_t = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.SGD(corrector.parameters(), lr=0.0)
+    mslc_step(model, corrector, x, y, y_prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=LR, lagged=True,
+              trusted=(xt, yt))
+    logits = ref(torch.cat([x, xt]))
+    with torch.no_grad():
+        soft, _, _ = corrector(torch.softmax(logits[:6], 1), y, y_prev)
+    target = torch.cat([soft, F.one_hot(yt, 3).to(soft.dtype)])
+    g_w = torch.autograd.grad(soft_cross_entropy(logits, target), list(ref.parameters()))
+    with torch.no_grad():
+        for p, gr in zip(ref.parameters(), g_w):
+            p -= 0.1 * gr
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q)

@@ -126,3 +126,41 @@ def json_epochs(result):
     import json
 
     return json.loads(open(result["metrics"]).read())["epochs"]
+
+
+def test_trusted_batch_size_follows_the_passes_and_the_data_sizes():
+    """meta.trusted_passes: each clean meta sample about that many times an epoch, so the
+    per-step count scales with meta / train (at least 1, at most the batch)."""
+    from pipeline.training.state import trusted_batch_size
+
+    assert trusted_batch_size(10, meta=1000, train=10000, batch=128) == 128
+    assert trusted_batch_size(10, meta=1000, train=58000, batch=128) == 22
+    assert trusted_batch_size(10, meta=7000, train=1_000_000, batch=32) == 2
+    assert trusted_batch_size(10, meta=100, train=10**7, batch=64) == 1
+    assert trusted_batch_size(50, meta=1000, train=1000, batch=64) == 64
+    assert trusted_batch_size(0, meta=1000, train=10000, batch=128) == 0
+
+
+def test_trusted_training_and_the_transition_estimate_in_a_run(fake_shards, fake_data_cfg, tmp_path):
+    """The recommended MSLC: a trusted sampler of its own over the meta set, drawing
+    independently of the meta loss's; the transition estimated once, at the first MSLC
+    epoch, from the warm-up's model, and kept in the checkpoint (method and corrector)."""
+    from pipeline.training.state import build_data, build_state, trusted_batch_size
+    from tests.test_resume import RECOMMENDED
+
+    cfg = _cfg(fake_data_cfg, tmp_path, "trusted", 2, RECOMMENDED)
+    data = build_data(cfg, torch.device("cpu"))
+    st = build_state(cfg, data, torch.device("cpu"))
+    want = trusted_batch_size(10, meta=len(data.meta_y), train=data.manifest["splits"]["train"]["count"],
+                              batch=cfg.optim.batch_size)
+    assert st.trusted is not None and st.trusted.batch_size == min(want, len(data.meta_y))
+    st.meta.reset(1), st.trusted.reset(2)
+    assert not torch.equal(st.meta.next()[1], st.trusted.next()[1][: st.meta.batch_size])
+    for off in (["meta.trusted_passes=0"], ["meta.method=glc"]):
+        assert build_state(apply_overrides(cfg, off), data, torch.device("cpu")).trusted is None
+    res = run(cfg, LocalReporter(tmp_path / "trusted"), log=quiet)
+    state = torch.load(tmp_path / "trusted" / "checkpoints" / "epoch_0002" / "state.pt", weights_only=True)
+    c_hat = state["method"]["c_hat"]
+    assert c_hat.shape == (10, 10) and torch.allclose(c_hat.sum(1), torch.ones(10))
+    torch.testing.assert_close(state["corrector"]["transition"], c_hat)
+    assert res["summary"]["final"]["phase"] == "mslc" and np.isfinite(res["summary"]["final"]["meta_loss"])

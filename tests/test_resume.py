@@ -10,6 +10,10 @@ from pipeline.training.cli import absolutize, load_config
 from pipeline.training.loop import run
 
 
+RECOMMENDED = ("meta.corrector=class", "meta.virtual_lr=initial", "meta.trusted_passes=10", "meta.transition=estimated",
+               "meta.alpha_prior=prediction")  # the user-facing presets' MSLC (presets.recommended_meta)
+
+
 def _cfg(data_cfg, storage, name, epochs, extra=()):
     return absolutize(load_config("smoke", [*extra,
         f"data.shard_root={data_cfg.shard_root}", f"data.n_meta={data_cfg.n_meta}", f"data.n_val={data_cfg.n_val}",
@@ -18,7 +22,7 @@ def _cfg(data_cfg, storage, name, epochs, extra=()):
     ]))
 
 
-@pytest.mark.parametrize("extra", [(), ("meta.corrector=class", "meta.virtual_lr=initial")], ids=["paper", "class"])
+@pytest.mark.parametrize("extra", [(), RECOMMENDED], ids=["paper", "recommended"])
 def test_resumed_run_equals_uninterrupted_run(fake_shards, fake_data_cfg, tmp_path, extra):
     quiet = lambda s: None  # noqa: E731
     full = run(_cfg(fake_data_cfg, tmp_path, "full", 3, extra), LocalReporter(tmp_path / "full"), log=quiet)
@@ -112,13 +116,15 @@ def _assert_same_run(a: dict, b: dict) -> None:
     assert [strip(h) for h in json_epochs(a)] == [strip(h) for h in json_epochs(b)]
 
 
-@pytest.mark.parametrize("extra", [(), ("data.transform=cifar",), ("meta.method=u-correction",)],
-                         ids=["mslc", "augmented", "ucorrection"])
+@pytest.mark.parametrize("extra", [(), ("data.transform=cifar",), ("meta.method=u-correction",), RECOMMENDED],
+                         ids=["mslc", "augmented", "ucorrection", "recommended"])
 def test_crash_inside_an_epoch_then_resume_is_bit_identical(fake_shards, fake_data_cfg, tmp_path, extra):
     """Checkpoints every 5 steps (8 steps an epoch); the run dies at run step 12 (epoch 2,
     step 4); resumed from the checkpoint at epoch 2 step 2, it ends bit-identical to a
     run never interrupted: weights, label table, every epoch's record. With random
-    augmentation (the global RNG) and a method whose epoch start fits a model (U-correction)."""
+    augmentation (the global RNG), a method whose epoch start fits a model (U-correction), and
+    the recommended MSLC (its transition estimated at epoch 2's start, trusted samples drawn
+    from the meta sampler)."""
     every = ("run.checkpoint_every_steps=5", *extra)
     quiet = lambda s: None  # noqa: E731
     plain = run(_cfg(fake_data_cfg, tmp_path, "plain", 3, extra), LocalReporter(tmp_path / "plain"), log=quiet)

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 
 from mslc.bank import REFRESH_POLICIES
-from mslc.corrector import CORRECTORS, LOSS_MODES
+from mslc.corrector import ALPHA_PRIORS, CORRECTORS, LOSS_MODES
 from mslc.meta_step import META_GRAD_IMPLS, META_GRADS, META_SCOPES
 from mslc.models import ARCHS
 from mslc.precision import PRECISIONS
@@ -20,6 +20,7 @@ from pipeline.prep.options import PrepareOptions
 from pipeline.training.methods import METHODS as METHOD_REGISTRY  # the one registry of training methods
 
 TRANSFORMS = ("auto", "none", "cifar", "imagenet")
+TRANSITIONS = ("none", "estimated")  # meta.transition
 
 
 @dataclass
@@ -116,6 +117,9 @@ class MetaConfig:
     fixed_beta: float | None = None  # ablation: a constant β in [0, 1] instead of β_net; None ("learned"): β_net
     grad_impl: str = "jvp"  # jvp (forward mode, measured faster) or double-backward: the same exact θ-gradient (scope last: always the latter)
     lagged: bool = False  # approximation: the real step trains on θ's soft labels before its meta update (one backward fewer)
+    alpha_prior: str = "none"  # none: α = α_net(·) (the paper); prediction: α = σ(logit ŷ_y + α_net's logit), starting near ŷ_y
+    transition: str = "none"  # MSLC: estimated: ŷ in Eq. 6 becomes its posterior under the noise transition estimated at the warm-up's end
+    trusted_passes: float = 0.0  # MSLC: the clean meta samples also train the classifier, each ~this many times an epoch (0: never, the paper)
 
     def __post_init__(self) -> None:
         require(self.method in METHOD_REGISTRY,
@@ -142,6 +146,9 @@ class MetaConfig:
             require(getattr(self, name) > 0, f"meta.{name} must be > 0, got {getattr(self, name)}")
         require(self.grad in META_GRADS, f"meta.grad must be one of {META_GRADS}, got {self.grad!r}")
         require(self.hidden >= 1 and self.meta_batch_size >= 1, "meta.hidden and meta.meta_batch_size must be >= 1")
+        require(self.alpha_prior in ALPHA_PRIORS, f"meta.alpha_prior must be one of {ALPHA_PRIORS}, got {self.alpha_prior!r}")
+        require(self.transition in TRANSITIONS, f"meta.transition must be one of {TRANSITIONS}, got {self.transition!r}")
+        require(self.trusted_passes >= 0, f"meta.trusted_passes must be >= 0 (0: none), got {self.trusted_passes}")
         require(
             self.bank_dtype in ("float32", "float16", "bfloat16"),
             f"meta.bank_dtype must be float32|float16|bfloat16, got {self.bank_dtype!r}",

@@ -100,6 +100,20 @@ def train_batches(cfg: Config, data: Data, epoch: int, plan: assign.EpochPlan, s
             yield last
 
 
+def make_batch(st: TrainState, data: Data, device: torch.device, x: torch.Tensor, y: torch.Tensor,
+               idx: torch.Tensor | None) -> methods.Batch:
+    """A step's :class:`methods.Batch`: the images normalized on ``device``, and the meta set's
+    samplers (and the trusted part's, where there is one) as callables giving normalized batches."""
+    def draw(sampler):
+        def batch():
+            xm, ym = sampler.next()
+            return normalize(xm, data, device), ym
+        return batch
+
+    return methods.Batch(normalize(x, data, device), y.to(device, non_blocking=True), idx, draw(st.meta),
+                         None if st.trusted is None else draw(st.trusted))
+
+
 def maybe_crash(cfg: Config, st: TrainState, run_dir: Path) -> None:
     """``scale.crash_at_step``: the last rank dies once at that step (for fault-tolerance tests).
 
@@ -198,7 +212,7 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
     phase = method.phase(epoch)
     exclude = None
     if resume is None:
-        st.meta.reset(position.meta_seed(cfg.run.seed, epoch))
+        position.reset_samplers(st, cfg.run.seed, epoch)
         method.start_epoch(st, data, phase)  # a resumed epoch has its start in the method's state
         at = position.fresh(len(data.labels), device, track=saver is not None)
         plan = build_plan(cfg, data, epoch)
@@ -222,15 +236,11 @@ def train_epoch(cfg: Config, st: TrainState, data: Data, epoch: int, device: tor
         progress.base, progress.total = (at.steps, at.n), last_step
     watch = DivergenceWatch(device)
 
-    def meta_batch():
-        xm, ym = st.meta.next()
-        return normalize(xm, data, device), ym
-
     stream = train_batches(cfg, data, epoch, plan, steps, exclude=exclude, device=device)
     for x, y, idx in method.batches(st, data, phase, stream, steps=steps):
         if cfg.scale.crash_at_step:
             maybe_crash(cfg, st, run_dir)
-        batch = methods.Batch(normalize(x, data, device), y.to(device, non_blocking=True), idx, meta_batch)
+        batch = make_batch(st, data, device, x, y, idx)
         res = method.step(st, data, phase, batch)
         method.write_bank(st.bank, phase, epoch, batch, res)
         n, meta_loss = len(y), res.meta_loss.to(device=device, dtype=torch.float64, non_blocking=True)

@@ -49,13 +49,15 @@ class Batch:
     x : (n, C, H, W) float, normalized, on the device; y : (n,) int64 given labels;
     idx : (n,) int64 bank rows, or None for batches that are not training samples
     (the fine-tuning epochs on the meta set); meta : a callable giving a normalized
-    clean batch ``(x_meta, y_meta)`` from the meta sampler.
+    clean batch ``(x_meta, y_meta)`` from the meta sampler; trusted : the same from the
+    trusted samples' own sampler of the meta set (MSLC with ``meta.trusted_passes``), or None.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     idx: torch.Tensor | None
     meta: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    trusted: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def forward(st: TrainState, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,8 +169,15 @@ class MSLC(Method):
     name, label = "mslc", "MSLC"
     tunable = TUNABLE
 
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.c_hat: torch.Tensor | None = None  # (C, C) the estimated transition (meta.transition=estimated)
+
     def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
         self.pulls = torch.zeros(3, device=self.device)  # Σ ‖∇θ_α meta‖, Σ wd·‖θ_α‖, meta updates
+        if phase == self.name and self.cfg.meta.transition == "estimated" and self.c_hat is None:
+            self.c_hat = estimate_transition(st, data, self.device)  # from the warm-up's model, once
+            st.corrector.set_transition(self.c_hat)
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         m = self.cfg.meta
@@ -177,7 +186,8 @@ class MSLC(Method):
         xm, ym = b.meta() if update else (None, None)
         res = mslc_step(st.model, st.corrector, b.x, b.y, y_prev.to(self.device), xm, ym, opt_w=st.opt_w,
                         opt_theta=st.opt_theta, lr_virtual=virtual_lr(self.cfg, st), meta_grad=m.grad,
-                        meta_update=update, scope=m.meta_scope, impl=m.grad_impl, lagged=m.lagged, amp=st.amp)
+                        meta_update=update, scope=m.meta_scope, impl=m.grad_impl, lagged=m.lagged, amp=st.amp,
+                        trusted=b.trusted() if b.trusted is not None else None)
         if update:
             self.pulls += theta_pulls(st.corrector.alpha_net, m.weight_decay)
         return res
@@ -193,13 +203,27 @@ class MSLC(Method):
         return {"alpha_grad_norm": g / n, "alpha_decay_pull": w / n}
 
     def state_dict(self) -> dict:
-        """The epoch's running pulls (a checkpoint inside an epoch resumes them)."""
+        """The epoch's running pulls (a checkpoint inside an epoch resumes them) and the
+        transition estimate (the corrector's buffer holds it too)."""
         pulls = getattr(self, "pulls", None)
-        return {} if pulls is None else {"pulls": pulls.cpu()}
+        return {"c_hat": self.c_hat, **({} if pulls is None else {"pulls": pulls.cpu()})}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("pulls") is not None:
             self.pulls = state["pulls"].to(self.device)
+        self.c_hat = state.get("c_hat")
+
+
+def estimate_transition(st: TrainState, data: Data, device: torch.device) -> torch.Tensor:
+    """GLC's estimate of the noise transition (:func:`mslc.baselines.glc_estimate`): the
+    current model's mean prediction on the clean meta samples of each class, (C, C) float32
+    on the CPU. Called after the warm-up, while the model has learnt the given labels' noise."""
+    st.model.eval()
+    with torch.no_grad():
+        probs = torch.cat([F.softmax(st.model(normalize(data.meta_x[i : i + 512], data, device)), 1).cpu()
+                           for i in range(0, len(data.meta_y), 512)])
+    st.model.train()
+    return torch.from_numpy(baselines.glc_estimate(probs, data.meta_y.cpu(), data.num_classes)).float()
 
 
 def theta_pulls(net: torch.nn.Module, weight_decay: float) -> torch.Tensor:
@@ -272,14 +296,8 @@ class GLC(Method):
         self.c_hat: torch.Tensor | None = None  # (C, C)
 
     def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
-        if phase != self.name or self.c_hat is not None:
-            return
-        st.model.eval()
-        with torch.no_grad():
-            probs = torch.cat([F.softmax(st.model(normalize(data.meta_x[i : i + 512], data, self.device)), 1).cpu()
-                               for i in range(0, len(data.meta_y), 512)])
-        st.model.train()
-        self.c_hat = torch.from_numpy(baselines.glc_estimate(probs, data.meta_y.cpu(), data.num_classes)).float()
+        if phase == self.name and self.c_hat is None:
+            self.c_hat = estimate_transition(st, data, self.device)
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         xm, ym = b.meta()

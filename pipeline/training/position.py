@@ -44,6 +44,14 @@ def meta_seed(seed: int, epoch: int, step: int = 0) -> int:
     return seed * 7919 + 1009 * dist.rank() + epoch + 104_729 * step
 
 
+def reset_samplers(st, seed: int, epoch: int, step: int = 0) -> None:
+    """Reseed the meta-set samplers for this rank's epoch: the meta loss's and, where there
+    is one, the trusted samples' (its own seed, so the two draw independently)."""
+    st.meta.reset(meta_seed(seed, epoch, step))
+    if st.trusted is not None:
+        st.trusted.reset(meta_seed(seed, epoch, step) + 15_485_863)
+
+
 def fresh(num_samples: int, device: torch.device, *, track: bool) -> EpochStart:
     return EpochStart(0, 0, torch.zeros(3, dtype=torch.float64, device=device),
                       np.zeros(num_samples, dtype=bool) if track else None)
@@ -56,6 +64,7 @@ def record(st, epoch: int, at: EpochStart, totals: torch.Tensor) -> dict:
     seen = torch.from_numpy(at.seen.astype(np.uint8))
     dist.all_max_(seen)
     ranks = dist.all_gather_object({"rng": checkpoint.rng_state(), "meta": st.meta.state_dict(),
+                                    "trusted": None if st.trusted is None else st.trusted.state_dict(),
                                     "totals": totals.detach().cpu(), "n": at.n})
     return {"epoch": epoch, "step": at.steps, "world": dist.world_size(), "num_samples": len(at.seen),
             "seen": torch.from_numpy(np.packbits(seen.numpy().astype(bool))), "ranks": ranks}
@@ -70,10 +79,12 @@ def restore(pos: dict, st, *, seed: int, device: torch.device) -> EpochStart:
     if pos["world"] == world:
         mine = pos["ranks"][rank]
         st.meta.load_state_dict(mine["meta"])
+        if st.trusted is not None and mine.get("trusted") is not None:
+            st.trusted.load_state_dict(mine["trusted"])
         checkpoint.set_rng_state(mine["rng"])
         return EpochStart(pos["step"], mine["n"], mine["totals"].to(device), seen)
     # a resize: rank 0 carries the old ranks' sums (the epoch's means only need their totals)
-    st.meta.reset(meta_seed(seed, pos["epoch"], pos["step"]))
+    reset_samplers(st, seed, pos["epoch"], pos["step"])
     totals = sum(r["totals"] for r in pos["ranks"]) if rank == 0 else torch.zeros(3, dtype=torch.float64)
     n = sum(r["n"] for r in pos["ranks"]) if rank == 0 else 0
     return EpochStart(pos["step"], n, totals.to(device), seen)
