@@ -209,3 +209,9 @@ def test_mid_epoch_checkpoint_keys_are_validated_and_the_sweep_turns_them_off():
     assert cfg.run.mid_epoch_checkpoints and not load_config("smoke", []).run.mid_epoch_checkpoints
     trial = trial_config(cfg.to_dict(), {}, "trial_x", "/tmp/runs")
     assert not trial.run.mid_epoch_checkpoints  # every Ray report is a Tune iteration
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b"])
+def test_a_run_name_cannot_leave_the_storage_path(name):
+    with pytest.raises(ConfigError, match="run.name"):
+        apply_overrides(load_config("smoke", []), [f"run.name={name}"])

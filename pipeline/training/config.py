@@ -219,7 +219,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         require(self.log_every_s >= 0, f"run.log_every_s must be >= 0 (0: no progress lines), got {self.log_every_s}")
-        require("/" not in self.name, f"run.name must not contain '/', got {self.name!r}")
+        require("/" not in self.name and "\\" not in self.name and "\0" not in self.name,
+                f"run.name must not contain '/', '\\' or NUL, got {self.name!r}")
+        require(self.name not in (".", ".."),
+                f"run.name {self.name!r} names a directory above or at run.storage_path, not a run in it")
         require(self.keep_checkpoints >= 0, f"run.keep_checkpoints must be >= 0 (0: all), got {self.keep_checkpoints}")
         require(self.checkpoint_every_steps >= 0 and self.checkpoint_every_min >= 0,
                 "run.checkpoint_every_steps and run.checkpoint_every_min must be >= 0 (0: only at epoch ends)")
