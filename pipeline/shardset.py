@@ -62,11 +62,50 @@ def load_manifest(shard_dir: str | Path) -> dict:
             if not isinstance(name, str) or not re.fullmatch(rf"{split}-\d{{5,}}\.tar", name):
                 raise ShardError(f"{path}: split {split!r} names the shard {name!r}; shard names must be plain "
                                  f"file names such as {split}-00000.tar, inside the shard directory")
+    check_counts(path, manifest)
     labels = manifest.get("labels", {}).get("name") if isinstance(manifest.get("labels"), dict) else None
     if labels != LABELS_FILE:
         raise ShardError(f"{path}: the label table is named {labels!r}; it must be {LABELS_FILE!r}, inside the "
                          "shard directory")
     return manifest
+
+
+def _count(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def check_counts(path: str, manifest: dict) -> None:
+    """The manifest's numbers, before anything is streamed: class count and names, and per
+    split a count ≥ 0 that its shards' counts (each ≥ 0, with a size and a sha256) add up to.
+    The training keys ``0..N-1`` run through the shards in order, so the counts fix each
+    shard's key range."""
+    c = manifest.get("num_classes")
+    if _count(c) is None or c < 2:
+        raise ShardError(f"{path}: num_classes is {c!r}; it must be an integer >= 2")
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or len(classes) != c:
+        raise ShardError(f"{path}: classes must list {c} names (num_classes), got "
+                         f"{len(classes) if isinstance(classes, list) else repr(classes)}")
+    for split in SPLITS:
+        rec = manifest["splits"][split]
+        total = _count(rec.get("count"))
+        if total is None:
+            raise ShardError(f"{path}: split {split!r} has count {rec.get('count')!r}; it must be an integer >= 0")
+        shards = rec.get("shards")
+        if not isinstance(shards, list):
+            raise ShardError(f"{path}: split {split!r} has no list of shards")
+        added = 0
+        for r in shards:
+            n = _count(r.get("count"))
+            if n is None or _count(r.get("bytes")) is None or not re.fullmatch(r"[0-9a-f]{64}", str(r.get("sha256"))):
+                raise ShardError(f"{path}: split {split!r}, shard {r['name']}: count {r.get('count')!r}, bytes "
+                                 f"{r.get('bytes')!r} and sha256 must be integers >= 0 and a hex digest")
+            added += n
+        if added != total:
+            raise ShardError(f"{path}: split {split!r} counts {total} samples but its shards' counts add up to "
+                             f"{added}")
+    if manifest["splits"]["train"]["count"] == 0:
+        raise ShardError(f"{path}: the training split is empty")
 
 
 def _check_file(path: str, record: dict, level: str) -> None:

@@ -10,17 +10,21 @@ starts a local one). Outputs land in ``run.storage_path/run.name``.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.training.cli import parse_args, run_cli
+from pipeline.storage import NO_SPACE, disk_full_error
+from pipeline.training.cli import parse_args, raise_terminated, run_cli
+from pipeline.training.checkpoint import STATE_FILE, checkpoint_order
 from pipeline.training.config import Config
 from pipeline.training.launch import build_trainer, check_data, name_run, start_ray
 
 
-def known_error(e: BaseException) -> BaseException | None:
-    """The first :class:`PipelineError` or :class:`ConfigError` behind ``e``: through
+def known_error(e: BaseException, *, storage: str = "run.storage_path") -> BaseException | None:
+    """The first :class:`PipelineError` or :class:`ConfigError` behind ``e`` (a full disk
+    becomes a :class:`~pipeline.errors.DiskFullError`): through
     ``__cause__`` / ``__context__``, Ray Train's ``worker_failures`` (by rank) and
     ``controller_failure``, and Ray's wrapped ``cause``; None when there is none."""
     seen, todo = set(), [e]
@@ -31,6 +35,8 @@ def known_error(e: BaseException) -> BaseException | None:
         seen.add(id(x))
         if isinstance(x, (PipelineError, ConfigError)):
             return x
+        if isinstance(x, OSError) and x.errno in NO_SPACE:  # a full disk met by Ray's checkpoint copy, say
+            return disk_full_error(x.filename or storage)
         failures = getattr(x, "worker_failures", None) or {}
         todo += [failures[r] for r in sorted(failures)]
         todo += [getattr(x, "controller_failure", None), getattr(x, "cause", None), x.__cause__, x.__context__]
@@ -43,16 +49,31 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def resume_hint(run_dir: Path) -> str:
+    """What an interrupted run kept and how to go on from it."""
+    found = sorted((p for p in run_dir.glob("checkpoint_epoch_*") if (p / STATE_FILE).is_file()),
+                   key=lambda p: checkpoint_order(p.name.removeprefix("checkpoint_")))
+    if not found:
+        return "no checkpoint was complete yet: rerun the command with another run.name"
+    return f"its checkpoints are kept: go on with run.resume_from={found[-1]} and another run.name"
+
+
 def main_body(cfg: Config) -> int:
     cfg = name_run(cfg)
     print(f"run directory: {Path(cfg.run.storage_path) / cfg.run.name}", flush=True)
     check_data(cfg)
     start_ray()
+    signal.signal(signal.SIGTERM, raise_terminated)  # ray.init installed its own (a stack dump and exit 134)
     trainer = build_trainer(cfg)
     try:
         trainer.fit()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers (the last whole checkpoint stays), then say so
+        import ray
+
+        ray.shutdown()
+        raise KeyboardInterrupt(resume_hint(Path(cfg.run.storage_path) / cfg.run.name)) from None
     except Exception as e:  # the workers' error, already printed by Ray with its traceback
-        known = known_error(e)
+        known = known_error(e, storage=cfg.run.storage_path)
         import ray
 
         ray.shutdown()  # flushes the workers' forwarded logs now, so that the line below comes last
@@ -64,6 +85,10 @@ def main_body(cfg: Config) -> int:
             cause = cause.__cause__
         print(f"error: training failed: {type(cause).__name__}: {first_line(cause)}", file=sys.stderr)
         return 1
+    import ray
+
+    ray.shutdown()  # the workers' last forwarded lines come now, before the summary, not after it
+    sys.stderr.flush()
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
     print(f"\nrun directory:     {run_dir}")
     print(f"model:             {run_dir / 'model.pt'}")

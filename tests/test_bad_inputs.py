@@ -112,6 +112,54 @@ def test_a_missing_shard_is_named(fake_shards):
         list(streaming.stream(urls, num_classes=10, shuffle_seed=None))
 
 
+def _relabel_in_shard(shard_dir: Path, shard: int, *, keep_manifest_true: bool = True) -> tuple[Path, str, int]:
+    """Change the first sample's ``label.cls`` in train shard ``shard`` (the table unchanged)
+    and record the new tar's size and sha256 in the manifest, as an edit would. Returns the
+    shard, the sample's key and its new label."""
+    import hashlib
+    import io
+    import tarfile
+
+    mpath = shard_dir / "manifest.json"
+    m = json.loads(mpath.read_text())
+    rec = m["splits"]["train"]["shards"][shard]
+    path = shard_dir / rec["name"]
+    with tarfile.open(path) as tar:
+        members = [(i, tar.extractfile(i).read()) for i in tar.getmembers()]
+    key, new = None, None
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        for info, data in members:
+            if key is None and info.name.endswith(".label.cls"):
+                key = info.name.split(".")[0]
+                new = (int(data) + 1) % 10
+                data = str(new).encode()
+                info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    rec["bytes"], rec["sha256"] = path.stat().st_size, hashlib.sha256(buf.getvalue()).hexdigest()
+    mpath.write_text(json.dumps(m))
+    return path, key, new
+
+
+@pytest.mark.parametrize("bad_samples", ["error", "skip"])
+def test_a_shard_that_disagrees_with_the_label_table_is_named_not_trained_on(fake_shards, fake_data_cfg, tmp_path,
+                                                                             bad_samples):
+    """Issue 26: the label table is the one source of given labels; a shard whose ``.cls``
+    disagrees (its checksum updated) stops the run naming the shard and key, even under
+    ``data.bad_samples=skip``, before anything is exported."""
+    shard, key, new = _relabel_in_shard(fake_shards, 1)
+    table = shardset.read_labels_table(fake_shards, shardset.load_manifest(fake_shards))
+    shardset.verify(fake_shards, shardset.load_manifest(fake_shards), level="full")  # checksums agree
+    cfg = _smoke(fake_data_cfg, tmp_path, "mismatch", f"data.bad_samples={bad_samples}")
+    with pytest.raises(ShardError, match=rf"shard {shard}, sample {key}: label {new} in the shard, "
+                                         rf"{table['label'][int(key)]} in train-labels.parquet: the shards and the "
+                                         "label table disagree"):
+        run(cfg, LocalReporter(tmp_path / "mismatch"), log=lambda s: None)
+    assert not (tmp_path / "mismatch" / "model.pt").exists()
+    assert not (tmp_path / "mismatch" / "corrected_labels.parquet").exists()
+
+
 @pytest.mark.parametrize("index", [300, -5])
 def test_label_listing_rows_outside_the_raw_training_set_are_errors(tmp_path, index):
     archive, a = fakes.make_cifar_archive(tmp_path / "raw")

@@ -4,6 +4,8 @@ one a config reads, if it is missing."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,7 +19,7 @@ from pipeline.prep.options import PrepareOptions, prepared_with
 from pipeline.prep.plan import plan_splits
 from pipeline.prep.readers import Items, Source, read_source
 from pipeline.prep.writer import finish, plan_fingerprint, pool_map, shard_tasks, write_all
-from pipeline.storage import atomic_write_text, exists, is_url, join
+from pipeline.storage import atomic_write_text, disk_full_named, exists, is_url, join
 
 SCAN_CHUNK = 512
 
@@ -126,6 +128,45 @@ def prepare(data: PrepareOptions, out: str | Path, *, raw: ImageArrays | None = 
     it is; one prepared with other options is an error (nothing is overwritten).
     """
     out = Path(out)
+    ready = finished(data, out, raw, log)
+    if ready is not None:
+        return ready
+    with disk_full_named(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out, log):
+        ready = finished(data, out, raw, log)  # another writer may have finished while this one waited
+        return ready if ready is not None else _prepare_locked(data, out, raw, log)
+
+
+@contextlib.contextmanager
+def writer_lock(out: Path, log):
+    """Hold ``.OUT.lock`` beside ``out`` (an advisory ``flock``, released when this process
+    ends, however it ends): a second writer of the same shards waits, saying for whom, and
+    then finds them written. The file is removed once the shards are whole (only then: a
+    waiter on a removed file re-checks under its lock and finds them)."""
+    path = out.parent / f".{out.name}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            log(f"{out}: another process (pid {holder}) is writing these shards; waiting for it to finish ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+            path.unlink(missing_ok=True)  # the shards are whole: a later writer takes a new lock file, finds them
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def finished(data: PrepareOptions, out: Path, raw: ImageArrays | None, log) -> Path | None:
+    """``out`` when it already holds shards prepared with ``data``'s options; an error when
+    it holds other shards or other files; None when there is nothing there yet."""
     if (out / "manifest.json").is_file():
         have = json.loads((out / "manifest.json").read_text()).get("prepared_with")
         if have is not None and raw is None and have != prepared_with(data):
@@ -136,6 +177,10 @@ def prepare(data: PrepareOptions, out: str | Path, *, raw: ImageArrays | None = 
         return out
     if out.exists() and any(out.iterdir()):
         raise PipelineError(f"{out}: exists, is not empty and holds no manifest.json; choose another --out")
+    return None
+
+
+def _prepare_locked(data: PrepareOptions, out: Path, raw: ImageArrays | None, log) -> Path:
     partial = partial_dir(out)
     partial.mkdir(parents=True, exist_ok=True)
     for stale in partial.glob(".*.tmp-*"):  # a file an interrupted run of this machine was writing

@@ -28,7 +28,7 @@ from pipeline.prep.listings import Bad
 from pipeline.prep.options import PrepareOptions, prepared_with
 from pipeline.prep.plan import Plan
 from pipeline.shardset import FORMAT, LABELS_FILE
-from pipeline.storage import atomic_write_text, sha256_file
+from pipeline.storage import atomic_path, atomic_write_text, sha256_file
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -75,22 +75,16 @@ def image_member(s: ShardSample) -> tuple[str, bytes]:
 def write_shard(path: Path, samples: Iterable[ShardSample]) -> dict:
     """Write one tar shard atomically (a temporary file renamed into place); returns
     its record ``{name, count, bytes, sha256}``. Same inputs, same bytes."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for s in samples:
-                ext, data = image_member(s)
-                _add_member(tar, f"{s.key}.{ext}", data)
-                _add_member(tar, f"{s.key}.label.cls", str(int(s.label)).encode())
-                if s.true >= 0:
-                    _add_member(tar, f"{s.key}.true.cls", str(int(s.true)).encode())
-                _add_member(tar, f"{s.key}.key.txt", s.source_key.encode())
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for s in samples:
+            ext, data = image_member(s)
+            _add_member(tar, f"{s.key}.{ext}", data)
+            _add_member(tar, f"{s.key}.label.cls", str(int(s.label)).encode())
+            if s.true >= 0:
+                _add_member(tar, f"{s.key}.true.cls", str(int(s.true)).encode())
+            _add_member(tar, f"{s.key}.key.txt", s.source_key.encode())
+            count += 1
     return {"name": path.name, "count": count, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
@@ -137,7 +131,8 @@ def write_labels_table(
             "true_label": true,
         }
     )
-    pq.write_table(table, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 

@@ -21,6 +21,7 @@ from mslc.metrics import confusion_matrix
 from pipeline import shardset
 from pipeline.errors import PipelineError
 from pipeline.review import charts, images, page
+from pipeline.storage import atomic_path, disk_full_error, disk_full_in
 from pipeline.review.select import doubtful_clean, read_table, relabel_rows, review_numbers, suspected_errors, top_suspects
 
 REPORT_DIR = "report"
@@ -41,6 +42,21 @@ def run_shard_dir(run_dir: Path, metrics: dict) -> str:
                             "pass --shards DIR") from None
 
 
+def same_data(path: Path, table: dict, shard_dir: str, manifest: dict) -> None:
+    """The run's table and the shards must be the same data set: each sample's key and given
+    label as the shards' label table has them (the same row count is not enough)."""
+    shards = shardset.read_labels_table(shard_dir, manifest)
+    keys = np.asarray([str(k) for k in shards["key"]], dtype=object)
+    for name, mine, theirs in (("key", table["key"].astype(str), keys.astype(str)),
+                               ("given label", table["given"], shards["label"])):
+        bad = np.flatnonzero(mine != theirs)
+        if bad.size:
+            i = int(bad[0])
+            raise PipelineError(f"{path}: sample {i} has {name} {mine[i]!r}, the shards at {shard_dir} "
+                                f"{theirs[i]!r} ({bad.size} of {len(mine)} differ): the run used other shards; "
+                                "pass the run's own with --shards DIR")
+
+
 def load_run(run_dir: str | Path, shard_dir: str | None = None) -> dict:
     """``{run_dir, metrics, table, manifest, shard_dir, classes}`` of a finished run."""
     run_dir = Path(run_dir)
@@ -58,6 +74,7 @@ def load_run(run_dir: str | Path, shard_dir: str | None = None) -> dict:
     if len(table["index"]) != n or not np.array_equal(table["index"], np.arange(n)):
         raise PipelineError(f"{run_dir / 'corrected_labels.parquet'}: {len(table['index'])} rows, but the shards at "
                             f"{shard_dir} hold {n} training samples (other shards? pass --shards DIR)")
+    same_data(run_dir / "corrected_labels.parquet", table, shard_dir, manifest)
     for name in ("given", "corrected", "true"):
         bad = np.flatnonzero((table[name] < (-1 if name == "true" else 0)) | (table[name] >= c))
         if bad.size:
@@ -74,15 +91,13 @@ def write_relabel(run: dict, *, threshold: float = 0.0, path: str | Path | None 
     ``given_label``, the two class names and ``alpha`` for whoever reviews it."""
     t, classes = run["table"], run["classes"]
     path = Path(path) if path is not None else run["run_dir"] / RELABEL_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["key", "label", "confidence", "given_label", "label_name", "given_name", "alpha"])
         for r in relabel_rows(t, threshold=threshold):
             a = t["alpha"][r]
             w.writerow([t["key"][r], int(t["corrected"][r]), f"{t['prob'][r]:.6f}", int(t["given"][r]),
                         classes[t["corrected"][r]], classes[t["given"][r]], "" if np.isnan(a) else f"{a:.6f}"])
-    os.replace(tmp, path)
     return path
 
 
@@ -161,8 +176,8 @@ def write_report(run: dict, *, top: int = 16, log=print) -> Path:
     out = run["run_dir"] / REPORT_DIR
     tmp = out.with_name(f".{REPORT_DIR}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "img").mkdir(parents=True)
     try:
+        (tmp / "img").mkdir(parents=True)
         for i, im in thumbs.items():
             im.save(tmp / "img" / f"{i:08d}.png")
         figures = build_charts(run, numbers)
@@ -174,8 +189,10 @@ def write_report(run: dict, *, top: int = 16, log=print) -> Path:
         (tmp / "index.html").write_text(html, encoding="utf-8")
         (tmp / "numbers.json").write_text(json.dumps(numbers, indent=1, default=float))
         swap_in(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full_in(e):
+            raise disk_full_error(out) from None
         raise
     for i, why in sorted(errors.items()):
         log(f"report: sample {i}: {why}")

@@ -7,7 +7,6 @@ A *reporter* hides whether we run under Ray Train (``ray.train.report`` and
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import tempfile
@@ -15,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipeline.errors import CheckpointError
+from pipeline.storage import atomic_path, atomic_torch_save, disk_full_error, disk_full_in, disk_full_named
 
 STATE_FILE = "state.pt"
 
@@ -32,27 +34,66 @@ def set_rng_state(s: dict) -> None:
 
 def save_state(state: dict, directory: Path) -> Path:
     """Write ``state`` to ``directory/state.pt`` atomically (temp file, then rename)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    with disk_full_named(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     final = directory / STATE_FILE
-    tmp = directory / f"state.tmp-{os.getpid()}.pt"
-    torch.save(state, tmp)
-    os.replace(tmp, final)
+    atomic_torch_save(state, final)
     return final
 
 
 def copy_state(src: Path, directory: Path) -> Path:
     """Copy ``src/state.pt`` to ``directory/state.pt`` atomically (no second serialization)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    with disk_full_named(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     final = directory / STATE_FILE
-    tmp = directory / f"state.tmp-{os.getpid()}.pt"
-    shutil.copyfile(Path(src) / STATE_FILE, tmp)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        shutil.copyfile(Path(src) / STATE_FILE, tmp)
     return final
 
 
 def load_state(directory: str | Path) -> dict:
+    """The state in ``directory/state.pt``; a missing, truncated, foreign or unsafe file is a
+    :class:`CheckpointError` naming it (only tensors and plain containers are loaded)."""
     path = Path(directory) / STATE_FILE
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        what = "no such directory" if not Path(directory).exists() else f"it holds no {STATE_FILE}"
+        raise CheckpointError(f"{path}: no checkpoint there ({what})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several kinds: UnpicklingError, RuntimeError, EOFError …
+        text = str(e)
+        why = ("it holds objects other than tensors and plain containers, which are not loaded (not a checkpoint "
+               "written by this project)" if "Weights only load failed" in text else
+               f"cannot be read: {type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}; "
+               "truncated (a disk that filled?) or not a checkpoint")
+        raise CheckpointError(f"{path}: {why}") from None
+    missing = [k for k in ("model", "bank", "epoch", "history") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint of this project (no {', '.join(missing)})")
+    return state
+
+
+def state_mismatch(state: dict, *, model: dict, num_samples: int, num_classes: int) -> str | None:
+    """What keeps ``state`` (a :func:`load_state` dict) from resuming this run, or None.
+
+    model : the new run's model ``state_dict()`` (names and shapes are compared);
+    num_samples, num_classes : the training split's size and class count (the bank's shape).
+    """
+    got = state["model"]
+    extra, lacking = sorted(set(got) - set(model)), sorted(set(model) - set(got))
+    if extra or lacking:
+        return (f"its model is another architecture ({len(lacking)} of this run's parameters missing, e.g. "
+                f"{(lacking or ['-'])[0]!r}; {len(extra)} unknown, e.g. {(extra or ['-'])[0]!r}); check model.arch")
+    for name, t in model.items():
+        if tuple(got[name].shape) != tuple(t.shape):
+            return (f"its parameter {name!r} has shape {tuple(got[name].shape)}, this run's {tuple(t.shape)} "
+                    "(another class count, image size or model.arch?)")
+    bank = state["bank"].get("y_tilde") if isinstance(state["bank"], dict) else None
+    if bank is None or tuple(bank.shape) != (num_samples, num_classes):
+        shape = None if bank is None else tuple(bank.shape)
+        return (f"its label bank has shape {shape}, this run's data ({num_samples} training samples, "
+                f"{num_classes} classes) needs {(num_samples, num_classes)}: it was written for other shards")
+    return None
 
 
 BEST_DIR = "checkpoint_best"
@@ -83,6 +124,7 @@ class LocalReporter:
         self.keep = keep
 
     def restore(self) -> dict | None:
+        self.source = f"run.resume_from={self.resume_from}" if self.resume_from else None
         return load_state(self.resume_from) if self.resume_from else None
 
     def report(self, metrics: dict, state: dict | None, epoch: int, *, best: bool = False,
@@ -121,7 +163,9 @@ class RayReporter:
 
         ckpt = ray.train.get_checkpoint()  # set after a failure: the run's latest checkpoint
         if ckpt is None:
+            self.source = f"run.resume_from={self.resume_from}" if self.resume_from else None
             return load_state(self.resume_from) if self.resume_from else None
+        self.source = f"the run's latest checkpoint {ckpt.path}"
         with ckpt.as_directory() as d:
             return load_state(d)
 
@@ -134,9 +178,30 @@ class RayReporter:
                 save_state(state, Path(tmp))
                 if best:
                     copy_state(Path(tmp), self.run_dir / BEST_DIR)
-                ray.train.report(
-                    metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=f"checkpoint_{checkpoint_name(epoch, step)}",
-                )
+                name = f"checkpoint_{checkpoint_name(epoch, step)}"
+                try:
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                     checkpoint_dir_name=name)
+                except Exception as e:
+                    if not disk_full_in(e):
+                        raise
+                    raise self.unpersisted(self.run_dir / name) from None
+                self.check_persisted(Path(tmp) / STATE_FILE, self.run_dir / name / STATE_FILE)
             else:
                 ray.train.report(metrics)
+
+    @staticmethod
+    def unpersisted(target: Path) -> Exception:
+        """Ray's copy of a checkpoint into ``target`` met a full disk: remove the part copied
+        (Ray did not register it; the previous checkpoint stays the latest) and say so."""
+        part = target / STATE_FILE
+        written = part.stat().st_size if part.is_file() else None
+        shutil.rmtree(target, ignore_errors=True)
+        return disk_full_error(part, written=written)
+
+    @staticmethod
+    def check_persisted(src: Path, dst: Path) -> None:
+        """After Ray persisted a checkpoint to local (or mounted) storage: the copy is whole."""
+        if dst.is_file() and dst.stat().st_size != src.stat().st_size:
+            raise CheckpointError(f"{dst}: the persisted checkpoint has {dst.stat().st_size:,} bytes, the one "
+                                  f"written {src.stat().st_size:,}: the storage did not keep it whole")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from pipeline.training.config import LEARNED, Config, ConfigError, apply_overrides, merge
-from pipeline.errors import INTERRUPTED, PipelineError
+from pipeline.errors import INTERRUPTED, KEPT, TERMINATED, PipelineError, Terminated
+from pipeline.storage import NO_SPACE, disk_full_error
 from pipeline.training.methods import METHODS
 from pipeline.training.presets import DEFAULT_PRESET, PRESETS
 
@@ -99,14 +102,33 @@ def absolutize(cfg: Config) -> Config:
     return Config.from_dict(d)
 
 
+SIGNALLED: set[int] = set()  # SIGTERM, once received (a library may re-raise our Terminated as a plain KeyboardInterrupt)
+
+
+def raise_terminated(signum, frame) -> None:
+    SIGNALLED.add(signum)
+    raise Terminated()
+
+
 def run_cli(parse: Callable[[], Config], body: Callable[[Config], int]) -> int:
-    """Run ``body(parse())``; a bad config or bad data is one ``error:`` line and exit 2,
-    Ctrl-C one line and exit 130."""
+    """Run ``body(parse())``; a bad config or bad data is one ``error:`` line and exit 2 (a
+    full disk too, wherever it is met), Ctrl-C one line and exit 130, SIGTERM one line and
+    exit 143. What was written whole is kept in every case (files appear complete or not at all)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return body(parse())
     except (ConfigError, PipelineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # its argument, where the body gave one, says what was kept and how to go on
+        term = isinstance(e, Terminated) or signal.SIGTERM in SIGNALLED
+        kept = e.args[0] if e.args and isinstance(e.args[0], str) else None
+        line = TERMINATED if term else INTERRUPTED
+        print(line if kept is None else line.replace(KEPT, kept), file=sys.stderr)
+        return 143 if term else 130
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        print(f"error: {disk_full_error(e.filename or os.getcwd())}", file=sys.stderr)
+        return 2

@@ -12,18 +12,34 @@ import time
 from pathlib import Path
 
 from pipeline import shardset
+from pipeline.errors import CheckpointError
 from pipeline.prep.job import ensure_shards
+from pipeline.training import checkpoint
 from pipeline.training.config import Config, ConfigError, replace
-from pipeline.training.state import build_transforms
+from pipeline.training.state import build_bare_model, build_transforms
 
 
 def name_run(cfg: Config) -> Config:
     """Give the run a unique name unless one was set; refuse to reuse an existing run dir."""
     name = cfg.run.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    check_storage(cfg.run.storage_path)
     run_dir = Path(cfg.run.storage_path) / name
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"run.name={name!r}: {run_dir} already holds a run; choose another name")
     return replace(cfg, run=dataclasses.replace(cfg.run, name=name))
+
+
+def check_storage(storage_path: str) -> None:
+    """``run.storage_path`` must be (or be creatable as) a writable directory: checked here,
+    before Ray starts, rather than met by the first checkpoint inside a worker."""
+    if "://" in storage_path:
+        return  # an object store: Ray's storage layer checks it
+    p = Path(storage_path)
+    existing = next(q for q in (p, *p.parents) if q.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"run.storage_path={storage_path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.storage_path={storage_path}: {existing} is not writable by this user")
 
 
 def check_data(cfg: Config) -> None:
@@ -36,7 +52,21 @@ def check_data(cfg: Config) -> None:
                           f"use --config {manifest.get('dataset')} or set data.dataset")
     shardset.verify(shard_dir, manifest, level=cfg.data.verify)
     shardset.read_labels_table(shard_dir, manifest)
-    build_transforms(cfg, manifest)
+    _, _, size = build_transforms(cfg, manifest)
+    if cfg.run.resume_from:
+        check_resume(cfg, manifest, size)
+
+
+def check_resume(cfg: Config, manifest: dict, size: int) -> None:
+    """Open ``run.resume_from`` here, before Ray starts, and check that it fits this run
+    (format, model, class count, sample count): :class:`CheckpointError` says what differs."""
+    state = checkpoint.load_state(cfg.run.resume_from)
+    c = manifest["num_classes"]
+    model = build_bare_model(cfg, num_classes=c, channels=manifest["image"]["channels"], size=size)
+    why = checkpoint.state_mismatch(state, model=model.state_dict(), num_samples=manifest["splits"]["train"]["count"],
+                                    num_classes=c)
+    if why is not None:
+        raise CheckpointError(f"run.resume_from={cfg.run.resume_from}: cannot resume this run from it: {why}")
 
 
 def resolve_use_gpu(setting: str, *, now: dict, can_add: dict | None, warn=None) -> bool:
@@ -129,9 +159,14 @@ def start_ray() -> None:
     import ray
     from ray._private.utils import get_ray_address_file, read_ray_address
 
-    address, recorded = None, read_ray_address()
-    if not os.environ.get("RAY_ADDRESS") and stale_ray_address(recorded):
+    address, recorded, env = None, read_ray_address(), os.environ.get("RAY_ADDRESS")
+    if not env and stale_ray_address(recorded):
         print(f"warning: {get_ray_address_file(None)} names the Ray cluster {recorded}, but nothing answers "
               "there (a `ray start` cluster stopped without `ray stop`); starting a local one", file=sys.stderr)
         address = "local"
+    elif env and env != "local":
+        print(f"ray: joining the cluster at {env} (RAY_ADDRESS)", flush=True)
+    elif not env and recorded:
+        print(f"ray: joining the cluster at {recorded}, which `ray start` left running on this machine "
+              f"({get_ray_address_file(None)}); RAY_ADDRESS=local runs on a Ray instance of this run's own", flush=True)
     ray.init(address=address)

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from mslc import dist
-from pipeline.errors import DivergedError, PipelineError
+from pipeline.errors import CheckpointError, DivergedError, PipelineError
 from pipeline.review import report as review
+from pipeline.storage import atomic_torch_save
 from pipeline.training import assign, checkpoint, device_decode, failures, methods, outputs, position, streaming
 from pipeline.training.config import Config
 from pipeline.training.evaluate import bank_metrics, evaluate, progress_line
@@ -72,7 +73,8 @@ def train_batches(cfg: Config, data: Data, epoch: int, plan: assign.EpochPlan, s
     on_device = cfg.data.decode == "gpu"
     ds = streaming.stream(plan.parts[rank], num_classes=data.num_classes, shuffle_seed=seed,
                           shuffle_buffer=cfg.data.shuffle_buffer, channels=data.channels, transform=data.train_tf,
-                          bad_samples=cfg.data.bad_samples, exclude=exclude, raw=on_device)
+                          bad_samples=cfg.data.bad_samples, exclude=exclude, raw=on_device,
+                          labels=data.labels)
     batches = streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers,
                                seed=seed * 4099 + rank, collate_fn=streaming.collate_raw if on_device else None,
                                pin_memory=device.type == "cuda")
@@ -304,6 +306,21 @@ def is_best(history: list[dict]) -> bool:
     return all(vals[-1] > v for v in vals[:-1])
 
 
+def resume_state(st: TrainState, saved: dict, data: Data, *, source: str) -> None:
+    """Load ``saved`` into ``st``, or raise :class:`CheckpointError` naming ``source`` and
+    what differs (another model, class count or data size) rather than torch's text."""
+    why = checkpoint.state_mismatch(saved, model=st.model.state_dict(), num_samples=len(data.labels),
+                                    num_classes=data.num_classes)
+    if why is None:
+        try:
+            st.load_state_dict(saved)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            text = str(e).strip()
+            why = f"{type(e).__name__}: {text.splitlines()[0] if text else ''} (written with other settings?)"
+    if why is not None:
+        raise CheckpointError(f"{source}: cannot resume this run from it: {why}")
+
+
 def resumed_line(st: TrainState, pos: dict | None) -> str:
     if pos is None:
         return f"resumed from the checkpoint of epoch {st.epoch} (run step {st.steps_done})"
@@ -352,7 +369,7 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
     saved = reporter.restore()
     resume = None
     if saved is not None:
-        st.load_state_dict(saved)
+        resume_state(st, saved, data, source=getattr(reporter, "source", None) or "the checkpoint")
         resume = saved.get("position")
         log(resumed_line(st, resume))
     saver = MidEpochSaver(cfg, reporter, log if lead else None) if cfg.run.mid_epoch_checkpoints else None
@@ -407,7 +424,7 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
             run_dir / "corrected_labels.parquet", keys=data.keys, given=data.labels, soft=t["y_tilde"],
             alpha=t["alpha"], beta=t["beta"], true=data.true, epoch=t["epoch"]))
         result["metrics"] = str(outputs.write_metrics(run_dir, st.history, extra))
-        torch.save(st.model.state_dict(), run_dir / "model.pt")
+        atomic_torch_save(st.model.state_dict(), run_dir / "model.pt")
         result["model"] = str(run_dir / "model.pt")
         result.update(write_review(cfg, run_dir, data, log))
         if tb:

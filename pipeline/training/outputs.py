@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 
 from mslc.metrics import confusion_matrix
 from pipeline.review.charts import confusion_png
+from pipeline.storage import atomic_path, atomic_write_text
 
 LAST_K = 5
 
@@ -80,9 +80,7 @@ def summarize(history: list[dict]) -> dict:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_clean(obj), indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_clean(obj), indent=1))
 
 
 def write_metrics(run_dir: Path, history: list[dict], extra: dict) -> Path:
@@ -128,9 +126,8 @@ def write_corrected_labels(
     )
     if epoch is not None:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"labels_epoch": str(epoch).encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 

@@ -187,11 +187,16 @@ def build_data(cfg: Config, device: torch.device) -> Data:
     return data
 
 
+def build_bare_model(cfg: Config, *, num_classes: int, channels: int, size: int) -> nn.Module:
+    """The run's model, untrained and on the CPU (``model.arch``; the stem from the input size)."""
+    return build_model(cfg.model.arch, num_classes=num_classes, in_channels=channels,
+                       stem="imagenet" if size > 64 else "cifar")
+
+
 def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
     """Model, optimizers, schedule, corrector, bank and meta sampler, seeded by ``run.seed``."""
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model.arch, num_classes=data.num_classes, in_channels=data.channels,
-                        stem="imagenet" if data.size > 64 else "cifar").to(device)
+    model = build_bare_model(cfg, num_classes=data.num_classes, channels=data.channels, size=data.size).to(device)
     if cfg.model.pretrained:
         load_imagenet_weights(model)
     model = model.to(memory_format=data.memory_format)

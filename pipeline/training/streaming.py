@@ -18,8 +18,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from pipeline.errors import ShardError
-from pipeline.shardset import IMAGE_EXTS, expected_counts, shard_urls
+from pipeline.errors import LabelMismatchError, ShardError
+from pipeline.shardset import IMAGE_EXTS, LABELS_FILE, expected_counts, shard_urls
 from pipeline.storage import open_read
 from pipeline.training.tarstream import tar_samples
 
@@ -85,25 +85,49 @@ def checked_fields(sample: dict) -> tuple[str, str]:
     return where, img_field
 
 
+def checked_label(sample: dict, where: str, *, num_classes: int, table: np.ndarray | None) -> tuple[int, int]:
+    """``(label, index)`` of a raw sample. With ``table`` ((N,) int64, the label table's given
+    labels by index) the shard's ``.cls`` must agree with it: the table is the one source of
+    the given labels (training, the exported ``given_label`` and the metrics all read it), so
+    a shard that disagrees was written by another preparation and is refused
+    (:class:`LabelMismatchError`, never skipped)."""
+    label = decode_label(sample["label.cls"], where=where, num_classes=num_classes)
+    index = sample_index(sample)
+    if table is not None:
+        if not 0 <= index < len(table):
+            raise LabelMismatchError(f"{where}: key {index} is not a row of {LABELS_FILE} (0..{len(table) - 1}): the "
+                                     "shards and the label table come from different preparations; rerun "
+                                     "pipeline/prepare.py")
+        if label != table[index]:
+            raise LabelMismatchError(f"{where}: label {label} in the shard, {int(table[index])} in {LABELS_FILE}: the "
+                                     "shards and the label table disagree (edited, or from different preparations); "
+                                     "rerun pipeline/prepare.py")
+    return label, index
+
+
 class Decoder:
     """Whitelisted decode of one raw WebDataset sample → ``(image (C, H, W) uint8, label, index)``.
 
     ``index`` is the key as an integer: the bank row for train shards, the position
     otherwise. ``transform`` (uint8 CHW → uint8 CHW, e.g. random crop) runs last.
+    ``labels`` ((N,) int64, train shards): the label table's given labels, which each
+    sample's ``.cls`` must match (:func:`checked_label`).
     """
 
-    def __init__(self, num_classes: int, *, channels: int = 0, transform: Callable | None = None) -> None:
+    def __init__(self, num_classes: int, *, channels: int = 0, transform: Callable | None = None,
+                 labels: np.ndarray | None = None) -> None:
         self.num_classes, self.channels, self.transform = num_classes, channels, transform
+        self.labels = labels
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int]:
         where, img_field = checked_fields(sample)
+        label, index = checked_label(sample, where, num_classes=self.num_classes, table=self.labels)
         img = decode_image(sample[img_field], where=where, channels=self.channels)
-        label = decode_label(sample["label.cls"], where=where, num_classes=self.num_classes)
         x = torch.from_numpy(img.copy())
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
         if self.transform is not None:
             x = self.transform(x)
-        return x, label, sample_index(sample)
+        return x, label, index
 
 
 class RawDecoder(Decoder):
@@ -112,9 +136,9 @@ class RawDecoder(Decoder):
 
     def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int, str]:
         where, img_field = checked_fields(sample)
-        label = decode_label(sample["label.cls"], where=where, num_classes=self.num_classes)
+        label, index = checked_label(sample, where, num_classes=self.num_classes, table=self.labels)
         blob = torch.frombuffer(bytearray(sample[img_field]), dtype=torch.uint8)
-        return blob, label, sample_index(sample), where
+        return blob, label, index, where
 
 
 def collate_raw(batch: list[tuple]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, list[str]]:
@@ -149,14 +173,15 @@ def count_check(expected: dict[str, int]):
 
 def decode_stage(decoder: Decoder, bad_samples: str):
     """Decode every sample; with ``bad_samples='skip'`` one that fails is reported on
-    stderr and left out (its bank row keeps its previous soft label this epoch)."""
+    stderr and left out (its bank row keeps its previous soft label this epoch). A shard
+    that disagrees with the label table is never skipped."""
 
     def stage(samples):
         for s in samples:
             try:
                 yield decoder(s)
             except ShardError as e:
-                if bad_samples != "skip":
+                if bad_samples != "skip" or isinstance(e, LabelMismatchError):
                     raise
                 print(f"warning: skipping a bad sample: {e}", file=sys.stderr, flush=True)
 
@@ -175,6 +200,7 @@ def stream(
     bad_samples: str = "error",
     exclude: np.ndarray | None = None,
     raw: bool = False,
+    labels: np.ndarray | None = None,
 ) -> ShardStream:
     """A WebDataset pipeline yielding ``(image (C, H, W) uint8, label, index)``.
 
@@ -189,7 +215,9 @@ def stream(
     samples out after the shuffle, before decoding: a run resumed inside an epoch skips
     what it already trained on, and the rest come in the order they would have come.
     ``raw=True`` leaves the images encoded (:class:`RawDecoder`; batch them with
-    ``loader(..., collate_fn=collate_raw)``) and ignores ``transform``.
+    ``loader(..., collate_fn=collate_raw)``) and ignores ``transform``. ``labels`` ((N,)
+    int64, for train shards): the label table's given labels; a sample whose ``.cls``
+    differs raises :class:`~pipeline.errors.LabelMismatchError` naming its shard and key.
     """
     sources = list(sources)
     if sources and isinstance(sources[0], str):
@@ -205,8 +233,8 @@ def stream(
         ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
     if exclude is not None:
         ds = ds.select(lambda s: not exclude[sample_index(s)])
-    decoder = RawDecoder(num_classes, channels=channels) if raw else Decoder(num_classes, channels=channels,
-                                                                              transform=transform)
+    decoder = (RawDecoder(num_classes, channels=channels, labels=labels) if raw
+               else Decoder(num_classes, channels=channels, transform=transform, labels=labels))
     return ds.compose(decode_stage(decoder, bad_samples))
 
 

@@ -62,10 +62,14 @@ def tar_members(f: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of each regular file in the tar stream ``f`` in order."""
     long_name: str | None = None
     pax: dict[str, str] = {}
+    first = True
     while True:
         header = f.read(BLOCK)
         if len(header) == 0:
+            if first:  # not even an end-of-archive marker: no shard is written this way
+                raise _corrupt(url, "the file is empty (0 bytes)")
             return  # a bare end of stream (no end-of-archive blocks): what tarfile accepts too
+        first = False
         if len(header) != BLOCK:
             raise _corrupt(url, f"unexpected end of data in a header ({len(header)} of {BLOCK} bytes)")
         if header.count(0) == BLOCK:
