@@ -16,9 +16,11 @@ PAPER_SETTINGS = ["meta.corrector=loss", "meta.alpha_lr=1e-3", "meta.beta_lr=1e-
                   "meta.alpha_prior=none"]
 
 
-def publish(out: str | Path, markdown: str, payload: dict) -> None:
-    """Print ``markdown`` and write ``out.md`` and ``out.json`` (``out`` without extension)."""
-    print(markdown)
+def publish(out: str | Path, markdown: str, payload: dict, *, quiet: bool = False) -> None:
+    """Print ``markdown`` (unless ``quiet``: a partial table written while a benchmark runs) and
+    write ``out.md`` and ``out.json`` (``out`` without extension)."""
+    if not quiet:
+        print(markdown)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown)

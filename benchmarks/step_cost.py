@@ -232,21 +232,6 @@ def main() -> int:
               "--precision", a.precision, "--size", str(a.size), "--stem", a.stem]
     chosen = ["CE", *(v for v in VARIANTS if v in a.variants and v != "CE")]  # in the table's order, CE first
     runs: dict[str, list[dict]] = {name: [] for name in chosen}
-    for rep in range(a.repeat):  # rounds over all variants, so slow drift hits every variant alike
-        for name in chosen if rep % 2 == 0 else reversed(chosen):
-            out = subprocess.run([sys.executable, __file__, "--one", name, *common],
-                                 capture_output=True, text=True, check=True)
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"round {rep + 1}, {name}: {runs[name][-1]['ms_per_step']:.1f} ms", file=sys.stderr)
-    rows = [min(v, key=lambda r: r["ms_per_step"]) | {"ms_all_rounds": [r["ms_per_step"] for r in v]}
-            for v in runs.values()]
-    ce = rows[0]
-    for r in rows:
-        r["x_ce_time"] = r["ms_per_step"] / ce["ms_per_step"]
-        r["x_ce_memory"] = r["peak_mb"] / ce["peak_mb"] if ce["peak_mb"] > 0 else float("nan")
-    phase_rows = [json.loads(subprocess.run([sys.executable, __file__, "--phases-of", name, *common], capture_output=True,
-                                            text=True, check=True).stdout.strip().splitlines()[-1])
-                  for name in PHASE_VARIANTS if name in chosen]
     info = {"device": a.device, "arch": a.arch, "input": f"{input_side(a.arch, a.size)} px",
             "stem": a.stem if a.arch != "small-cnn" else "-", "batch": a.batch, "meta_batch": a.batch,
             "steps": a.steps, "precision": a.precision,
@@ -254,15 +239,43 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     if a.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
-    md = [f"# Step cost\n\n`python benchmarks/step_cost.py {shlex.join(sys.argv[1:])}`\n",
-          "| variant | ms / step | × CE | peak memory MB | × CE |", "|---|---|---|---|---|"]
+    out = a.out or str(RESULTS / ("step_cost_gpu" if a.device.startswith("cuda") else "step_cost"))
+    phase_rows: list[dict] = []
+    for rep in range(a.repeat):  # rounds over all variants, so slow drift hits every variant alike
+        for name in chosen if rep % 2 == 0 else reversed(chosen):
+            res = subprocess.run([sys.executable, __file__, "--one", name, *common],
+                                 capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(f"round {rep + 1}, {name}: {runs[name][-1]['ms_per_step']:.1f} ms", file=sys.stderr)
+            write_table(out, runs, phase_rows, info, done=False)  # each row as soon as it exists: a timeout keeps it
+    for name in PHASE_VARIANTS:
+        if name in chosen:
+            res = subprocess.run([sys.executable, __file__, "--phases-of", name, *common], capture_output=True,
+                                 text=True, check=True)
+            phase_rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            write_table(out, runs, phase_rows, info, done=False)
+    write_table(out, runs, phase_rows, info, done=True)
+    return 0
+
+
+def write_table(out: str, runs: dict[str, list[dict]], phase_rows: list[dict], info: dict, *, done: bool) -> None:
+    """The table of what is measured so far (``done=False`` says so in it)."""
+    rows = [min(v, key=lambda r: r["ms_per_step"]) | {"ms_all_rounds": [r["ms_per_step"] for r in v]}
+            for v in runs.values() if v]
+    ce = next((r for r in rows if r["variant"] == "CE"), None)
+    for r in rows:
+        r["x_ce_time"] = r["ms_per_step"] / ce["ms_per_step"] if ce else float("nan")
+        r["x_ce_memory"] = r["peak_mb"] / ce["peak_mb"] if ce and ce["peak_mb"] > 0 else float("nan")
+    md = [f"# Step cost\n\n`python benchmarks/step_cost.py {shlex.join(sys.argv[1:])}`\n"]
+    if not done:
+        md.append("*Incomplete: written while it ran; the rows so far.*\n")
+    md += ["| variant | ms / step | × CE | peak memory MB | × CE |", "|---|---|---|---|---|"]
     md += [f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['x_ce_time']:.2f} | {r['peak_mb']:.0f} | "
            f"{r['x_ce_memory']:.2f} |" for r in rows]
     md += ["", *(f"- {k}: {v}" for k, v in info.items())]
-    md += phase_table(phase_rows) + [""]
-    out = a.out or str(RESULTS / ("step_cost_gpu" if a.device.startswith("cuda") else "step_cost"))
-    publish(out, "\n".join(md), {"rows": rows, "phases": phase_rows, "info": info})
-    return 0
+    md += (phase_table(phase_rows) if phase_rows else []) + [""]
+    publish(out, "\n".join(md), {"rows": rows, "phases": phase_rows, "info": info, "complete": done},
+            quiet=not done)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,19 @@ def measure(cfg, device: torch.device, steps: int, what: str) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run_rows(tree: Path, shards: Path, device: torch.device, a) -> list[dict]:
+def finish_rows(rows: list[dict]) -> list[dict]:
+    """Each row's share of the model-only ceiling and its time against CE's (CE is measured first)."""
+    for r in rows:
+        ceiling = next((c["compute_only"] for c in rows if c["method"] == "CE" and c["precision"] == r["precision"]),
+                       float("nan"))
+        r["of_ceiling"] = r["end_to_end"] / ceiling
+        ce = next((c["end_to_end"] for c in rows if c["method"] == "CE" and c["precision"] == r["precision"]
+                   and c["decode"] == r["decode"]), float("nan"))
+        r["x_ce_time"] = ce / r["end_to_end"]
+    return rows
+
+
+def run_rows(tree: Path, shards: Path, device: torch.device, a, on_row=lambda rows: None) -> list[dict]:
     from pipeline.prep.job import ensure_shards
     from pipeline.training.cli import load_config
 
@@ -134,12 +146,8 @@ def run_rows(tree: Path, shards: Path, device: torch.device, a) -> list[dict]:
                              "bound": "loader" if loader[decode] < compute else "compute"})
                 print(f"{name} {precision} decode={decode}: {e2e:.0f} img/s (compute {compute:.0f})",
                       file=sys.stderr, flush=True)
-    for r in rows:
-        ceiling = next(c["compute_only"] for c in rows if c["method"] == "CE" and c["precision"] == r["precision"])
-        r["of_ceiling"] = r["end_to_end"] / ceiling
-        r["x_ce_time"] = next(c["end_to_end"] for c in rows if c["method"] == "CE" and c["precision"] == r["precision"]
-                              and c["decode"] == r["decode"]) / r["end_to_end"]
-    return rows
+                on_row(finish_rows(rows))  # written at once: a timeout keeps the rows measured
+    return finish_rows(rows)
 
 
 def markdown(rows: list[dict], info: dict, command: str) -> str:
@@ -170,15 +178,20 @@ def main(argv: list[str] | None = None) -> int:
             "steps": a.steps, "batch": a.batch, "images": a.images, "torch": torch.__version__}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
+    command = f"python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    out = a.out or str(RESULTS / ("throughput_gpu" if device.type == "cuda" else "throughput"))
+
+    def partial(rows):
+        publish(out, markdown(rows, {**info, "complete": "no: written while it ran"}, command),
+                {"rows": rows, "info": info, "complete": False}, quiet=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work or tmp)
         tree = work / "tree"
         if not tree.exists():
             synthetic_tree(tree, a.images)
-        rows = run_rows(tree, work / "shards", device, a)
-    command = f"python benchmarks/throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
-    out = a.out or str(RESULTS / ("throughput_gpu" if device.type == "cuda" else "throughput"))
-    publish(out, markdown(rows, info, command), {"rows": rows, "info": info})
+        rows = run_rows(tree, work / "shards", device, a, on_row=partial)
+    publish(out, markdown(rows, info, command), {"rows": rows, "info": info, "complete": True})
     return 0
 
 

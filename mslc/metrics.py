@@ -72,3 +72,90 @@ def group_mean(values: np.ndarray, mask: np.ndarray) -> float:
     v = np.asarray(values, dtype=np.float64)[np.asarray(mask, dtype=bool)]
     v = v[~np.isnan(v)]
     return float(v.mean()) if v.size else float("nan")
+
+
+def label_posterior(y_hat: np.ndarray, given: np.ndarray, transition: np.ndarray | None) -> np.ndarray:
+    """The probability of each class being a sample's true one, from the model and the given
+    label, without any true label: ``π_ic ∝ ŷ_ic · T[c, y_i]`` (Bayes, the model's prediction as
+    the prior and the noise transition as the likelihood of the given label).
+
+    Parameters
+    ----------
+    y_hat : (N, C)
+        The model's predictions, rows sum to 1.
+    given : (N,) int64
+        Given (noisy) labels.
+    transition : (C, C) or None
+        ``T[true, given]``, estimated on trusted data (GLC's estimate); None: ``π = ŷ``.
+
+    Returns
+    -------
+    (N, C) rows sum to 1 (``ŷ`` where a row's evidence is all zero).
+    """
+    import torch
+
+    from mslc.corrector import transition_posterior
+
+    y_hat = np.asarray(y_hat, dtype=np.float64)
+    if transition is None:
+        return y_hat
+    return transition_posterior(torch.from_numpy(y_hat), torch.as_tensor(np.asarray(given), dtype=torch.int64),
+                                torch.as_tensor(np.asarray(transition), dtype=torch.float64)).numpy()
+
+
+def review_budget(confidence: np.ndarray, flagged: np.ndarray, right: np.ndarray,
+                  thresholds: np.ndarray | None = None) -> list[dict]:
+    """For each confidence threshold ``t``: how many flags have confidence ≥ t and the
+    estimated share of them that are right (the mean of ``right`` over them).
+
+    Parameters
+    ----------
+    confidence : (N,) float
+        The probability of each sample's corrected label under ỹ (what ``relabel.csv`` is cut on).
+    flagged : (N,) bool
+        Corrected label ≠ given label.
+    right : (N,) float
+        Each sample's estimated probability that its corrected label is the true one (for
+        example :func:`label_posterior` at the corrected class; or true correctness, 0/1, to
+        measure the estimate).
+    thresholds : (K,) float, default 0, 0.05, …, 0.95
+
+    Returns
+    -------
+    K rows ``{threshold, flags, precision, right, wrong}``: ``precision`` NaN where no flag
+    passes; ``right`` / ``wrong`` the expected counts.
+    """
+    t = np.round(np.arange(0.0, 1.0, 0.05), 2) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    conf, r = np.asarray(confidence, dtype=np.float64), np.asarray(right, dtype=np.float64)
+    fl = np.asarray(flagged, dtype=bool)
+    rows = []
+    for th in t:
+        sel = fl & (conf >= th)
+        n = int(sel.sum())
+        hit = float(r[sel].sum())
+        rows.append({"threshold": float(th), "flags": n, "precision": hit / n if n else float("nan"),
+                     "right": hit, "wrong": n - hit})
+    return rows
+
+
+def choose_threshold(budget: list[dict], *, target: float = 0.95) -> float:
+    """The lowest threshold of ``budget`` (:func:`review_budget`) whose estimated precision is
+    at least ``target``, and every higher one too (more flags at the same trust); 1.0 (no
+    flag) when none is."""
+    ok = [row["flags"] == 0 or row["precision"] >= target for row in budget]
+    for i, row in enumerate(budget):
+        if all(ok[i:]) and row["flags"] > 0:
+            return row["threshold"]
+    return 1.0
+
+
+def wilson_interval(k: np.ndarray, n: np.ndarray, *, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of the proportions ``k / n`` (elementwise; 95% at ``z = 1.96``);
+    ``(0, 1)`` where ``n = 0``."""
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    safe = np.maximum(n, 1.0)
+    p = k / safe
+    den = 1.0 + z * z / safe
+    mid = (p + z * z / (2 * safe)) / den
+    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe)) / den
+    return np.where(n > 0, mid - half, 0.0), np.where(n > 0, mid + half, 1.0)

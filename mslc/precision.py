@@ -24,13 +24,16 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` → ``bf16`` on a CUDA device that supports it, else ``fp32`` (CPU included);
-    an explicit name is returned as it is."""
+    """``auto`` → ``bf16`` on a CUDA device with native bf16 (Ampere and later), ``fp16`` (with
+    loss scaling) on an older CUDA device, where bf16 would only be emulated, slower than fp32;
+    ``fp32`` on the CPU. An explicit name is returned as it is."""
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
     if name != "auto":
         return name
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 @dataclass

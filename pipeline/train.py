@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 from pipeline.errors import ConfigError, PipelineError
@@ -58,7 +59,31 @@ def resume_hint(run_dir: Path) -> str:
     return f"its checkpoints are kept: go on with run.resume_from={found[-1]} and another run.name"
 
 
+def outcome_lines(run_dir: Path, *, seconds: float) -> list[str]:
+    """What the run found and what a person does next, from its files (no true label needed)."""
+    import json
+
+    m = json.loads((run_dir / "metrics.json").read_text())
+    labels = m["summary"]["labels"]
+    rec = next(e for e in m["epochs"] if e["epoch"] == labels["epoch"])
+    lines = [f"done in {seconds / 60:.1f} min; exported: the labels of epoch {labels['epoch']} "
+             f"({labels['selected_by']}: clean validation {100 * rec['val_acc']:.2f}%)"]
+    if (run_dir / "review_budget.json").is_file() and (run_dir / "noise_matrix.json").is_file():
+        b = json.loads((run_dir / "review_budget.json").read_text())
+        total = sum(map(sum, json.loads((run_dir / "noise_matrix.json").read_text())["counts"]))
+        flags, prec = b["rows"][0]["flags"], b.get("relabel_precision")
+        lines.append(f"flags: {flags} of {total} labels ({100 * flags / max(total, 1):.1f}%) differ from the given "
+                     f"ones; estimated {100 * b['rows'][0]['precision']:.1f}% of them right (no true labels used)"
+                     if flags else f"flags: none of {total} labels differs from the given ones")
+        lines.append(f"next: review relabel.csv ({b['relabel_rows']} flags with confidence >= "
+                     f"{b['relabel_threshold']:.2f}, estimated {'-' if prec is None else f'{100 * prec:.1f}%'} right; "
+                     "review_budget.json gives every cut), then pipeline/prepare.py --labels relabel.csv for a "
+                     "second round")
+    return lines
+
+
 def main_body(cfg: Config) -> int:
+    t0 = time.time()
     cfg = name_run(cfg)
     print(f"run directory: {Path(cfg.run.storage_path) / cfg.run.name}", flush=True)
     check_data(cfg)
@@ -90,6 +115,9 @@ def main_body(cfg: Config) -> int:
     ray.shutdown()  # the workers' last forwarded lines come now, before the summary, not after it
     sys.stderr.flush()
     run_dir = Path(cfg.run.storage_path) / cfg.run.name
+    print()
+    for line in outcome_lines(run_dir, seconds=time.time() - t0):
+        print(line)
     print(f"\nrun directory:     {run_dir}")
     print(f"model:             {run_dir / 'model.pt'}")
     print(f"tensorboard logs:  {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")

@@ -117,3 +117,27 @@ def test_rebatch_gives_exact_batches_from_loader_processes_short_ones():
     out = list(rebatch([batch(n) for n in sizes], 8))
     assert [len(b[2]) for b in out] == [8, 8, 8, 8, 2]
     assert torch.equal(torch.cat([b[2] for b in out]), torch.arange(sum(sizes)))
+
+
+def test_batches_for_a_gpu_are_pinned_after_rebatching(fake_shards, fake_data_cfg, monkeypatch):
+    """With loader processes the batches are re-cut with ``torch.cat``, whose result is pageable
+    memory even from pinned inputs: for a CUDA device each re-cut batch is pinned (the loader
+    itself no longer pins). Pinning needs CUDA, so the pin is recorded instead of done."""
+    import torch
+
+    from pipeline.training import loop
+    from pipeline.training.cli import absolutize, load_config
+    from pipeline.training.state import build_data
+
+    pinned, loader_pin = [], []
+    monkeypatch.setattr(loop, "pin_batch", lambda b: pinned.append(b) or b)
+    cfg = absolutize(load_config("smoke", [f"data.shard_root={fake_data_cfg.shard_root}",
+                                           f"data.n_meta={fake_data_cfg.n_meta}", f"data.n_val={fake_data_cfg.n_val}",
+                                           "data.max_train=0", "data.max_test=0", "data.loader_workers=2"]))
+    data = build_data(cfg, torch.device("cpu"))
+    real_loader = streaming.loader
+    monkeypatch.setattr(streaming, "loader", lambda *a, **k: loader_pin.append(k["pin_memory"]) or real_loader(*a, **k))
+    plan = loop.build_plan(cfg, data, 1)
+    got = list(loop.train_batches(cfg, data, 1, plan, plan.steps, device=torch.device("cuda")))
+    assert loader_pin == [False] and len(pinned) == len(got) > 0
+    assert all(len(b[1]) == cfg.optim.batch_size for b in got[:-1])

@@ -115,3 +115,54 @@ def test_decode_option_is_validated():
     with pytest.raises(Exception, match="data.decode must be cpu\\|gpu"):
         DataConfig(decode="nvjpeg")
 
+
+
+def test_a_jpeg_the_device_decoder_refuses_falls_back_to_the_cpu(c1m_shards, monkeypatch):
+    """nvJPEG refuses some valid JPEGs (CMYK, 12-bit): such an image is decoded on the CPU and
+    moved, not failed or skipped. The refusal is simulated: the device decoder raises for one
+    blob, as nvJPEG does, and the batch must still come out whole and equal to the CPU's."""
+    m = shardset.load_manifest(c1m_shards)
+    urls = shardset.shard_urls(c1m_shards, m, "val")
+    raw = list(streaming.loader(streaming.stream(urls, num_classes=14, shuffle_seed=None, channels=3, raw=True),
+                                batch_size=8, workers=0, collate_fn=streaming.collate_raw))
+    blobs, y, idx, where = raw[0]
+    refused = blobs[2]
+    real = device_decode.decode_jpeg
+
+    def nvjpeg(data, **kw):
+        if isinstance(data, list) and any(d is refused for d in data) or data is refused:
+            raise RuntimeError("nvjpegDecode failed: NVJPEG_STATUS_JPEG_NOT_SUPPORTED")
+        return real(data, **kw)
+
+    expected, _ = device_decode.decode_images(blobs, where, device=torch.device("cpu"), channels=3)
+    monkeypatch.setattr(device_decode, "decode_jpeg", nvjpeg)
+    got, kept = device_decode.decode_images(blobs, where, device=torch.device("cpu"), channels=3)
+    assert kept == list(range(len(blobs)))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_short_run_of_the_real_loop_with_device_decode_and_channels_last(c1m_shards, tmp_path, device):
+    """The training loop itself (not only its parts) with ``data.decode=gpu``,
+    ``model.channels_last=true`` and ``optim.precision=auto`` (bf16 on a GPU that has it):
+    two epochs of MSLC on Clothing1M-format JPEG shards finish with finite losses and a
+    label table. On a CPU it is the same code on the CPU device."""
+    import json
+    import math
+
+    from pipeline.training.checkpoint import LocalReporter
+    from pipeline.training.cli import absolutize, load_config
+    from pipeline.training.loop import run
+
+    cfg = absolutize(load_config("clothing1m", [
+        f"data.shards={c1m_shards}", "data.decode=gpu", "model.channels_last=true", "optim.precision=auto",
+        f"model.arch={'resnet18' if device == 'cuda' else 'small-cnn'}", "model.pretrained=false",
+        "data.image_size=32", "data.loader_workers=0",
+        "optim.epochs=2", "meta.warmup_epochs=1", "optim.milestones=[2]", "optim.batch_size=16",
+        "meta.meta_batch_size=8", "data.n_val=0", f"run.storage_path={tmp_path}", "run.name=epoch",
+        "run.tensorboard=false", "run.report=false", "scale.use_gpu=false"]))
+    res = run(cfg, LocalReporter(tmp_path / "epoch"), torch.device(device), log=lambda s: None)
+    epochs = json.loads((tmp_path / "epoch" / "metrics.json").read_text())["epochs"]
+    assert [e["phase"] for e in epochs] == ["warmup", "mslc"]
+    assert all(math.isfinite(e["train_loss"]) for e in epochs)
+    assert (tmp_path / "epoch" / "corrected_labels.parquet").is_file() and res["summary"]

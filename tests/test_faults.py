@@ -283,3 +283,46 @@ def test_sigterm_stops_a_parallel_prepare_with_one_line_and_a_rerun_resumes(tmp_
     assert again.returncode == 0, again.stderr
     out = Path(again.stdout.strip().splitlines()[-1])
     shardset.verify(out, shardset.load_manifest(out), level="full")
+
+
+# --- pretrained weights without internet -----------------------------------------------------
+
+def test_weights_from_a_file_or_a_url_are_fetched_once_per_node_and_checked(tmp_path, monkeypatch):
+    import fsspec
+
+    from mslc.models import SmallCNN
+    from pipeline.errors import ConfigError
+    from pipeline.weights import cached_path, fetch, load_into
+
+    monkeypatch.setenv("MSLC_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    src = SmallCNN(10, 1)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    model = SmallCNN(10, 1)
+    load_into(model, str(tmp_path / "w.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values()))
+    with fsspec.open("memory://bucket/w.pt", "wb") as f:  # an object store, in memory
+        f.write((tmp_path / "w.pt").read_bytes())
+    first = fetch("memory://bucket/w.pt")
+    assert first == cached_path("memory://bucket/w.pt") and first.read_bytes() == (tmp_path / "w.pt").read_bytes()
+    fsspec.filesystem("memory").rm("bucket/w.pt")
+    assert fetch("memory://bucket/w.pt") == first  # the node's copy: not fetched again
+    with pytest.raises(ConfigError, match=r"model.weights=.*other.pt: no such file \(on this node\)"):
+        fetch(str(tmp_path / "other.pt"))
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match=r"model.weights=.*bad.pt: does not fit model.arch"):
+        load_into(SmallCNN(10, 1), str(tmp_path / "bad.pt"))
+
+
+def test_weights_that_cannot_be_had_stop_the_run_before_ray_starts(fake_shards, fake_data_cfg, tmp_path, monkeypatch):
+    url = "http://127.0.0.1:9/resnet50.pth"  # nothing listens there: as a node without internet
+    out = subprocess.run(
+        [sys.executable, "pipeline/train.py", "--config", "smoke", f"data.shard_root={fake_data_cfg.shard_root}",
+         f"data.n_meta={fake_data_cfg.n_meta}", f"data.n_val={fake_data_cfg.n_val}", "data.max_train=0",
+         "data.max_test=0", f"run.storage_path={tmp_path / 'runs'}", "model.pretrained=true", f"model.weights={url}"],
+        cwd=ROOT, env={**ray_env(), "MSLC_WEIGHTS_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
+        timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: model.weights={url}: cannot be downloaded on this node (URLError")
+    assert "Traceback" not in out.stderr and "TrainController" not in out.stderr
+    assert not list((tmp_path / "cache").glob("*.pth"))

@@ -103,6 +103,20 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale(device):
 
 def test_precision_resolution_and_validation():
     assert resolve_precision("auto", CPU) == "fp32" and Amp.build("auto", CPU).dtype is None
+
+
+@pytest.mark.parametrize("native, want", [(True, "bf16"), (False, "fp16")])
+def test_auto_takes_bf16_only_where_the_gpu_has_it_natively(monkeypatch, native, want):
+    """A V100 or T4 reports bf16 as supported through emulation (slower than fp32): auto gives
+    it fp16 with loss scaling instead; the question asked excludes emulation."""
+    asked = []
+
+    def supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert resolve_precision("auto", torch.device("cuda")) == want and asked == [False]
     assert Amp.build("bf16", CPU).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", CPU)

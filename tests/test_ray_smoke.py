@@ -59,6 +59,12 @@ def test_console_progress_and_paths(smoke_run):
     for what in ("model:", "tensorboard logs:", "corrected labels:", "metrics:", "relabel file:", "review report:"):
         assert what in stdout
     assert str(run_dir / "corrected_labels.parquet") in stdout
+    tail = stdout[stdout.index("done in "):]  # what the run found and what to do next, before the paths
+    assert re.search(r"done in [\d.]+ min; exported: the labels of epoch \d", tail)
+    assert re.search(r"flags: \d+ of 1500 labels \([\d.]+%\) differ from the given ones; estimated [\d.]+% of "
+                     r"them right", tail)
+    assert re.search(r"next: review relabel.csv \(\d+ flags with confidence >= [\d.]+, estimated", tail)
+    assert tail.index("next: review") < tail.index("run directory:")
 
 
 def test_checkpoint_per_epoch_with_everything_to_resume(smoke_run):
@@ -90,11 +96,24 @@ def test_metrics_json(smoke_run):
 def test_corrected_label_table(smoke_run):
     run_dir, _ = smoke_run
     t = pq.read_table(run_dir / "corrected_labels.parquet").to_pydict()
-    assert set(t) == {"index", "key", "given_label", "corrected_label", "corrected_prob", "alpha", "beta",
-                      "true_label", "is_noisy"}
+    assert set(t) == {"index", "key", "given_label", "given_name", "given_prob", "corrected_label", "corrected_name",
+                      "corrected_prob", "flagged", "est_correct", "predicted_label", "predicted_prob", "review_rank",
+                      "alpha", "beta", "true_label", "is_noisy"}
     assert t["index"] == list(range(1500)) and len(set(t["key"])) == 1500
     assert all(0 <= c < 10 for c in t["corrected_label"])
     assert all(p is not None and 0.1 <= p <= 1.0 for p in t["corrected_prob"])
+    classes = json.loads(pq.read_schema(run_dir / "corrected_labels.parquet").metadata[b"classes"])
+    assert len(classes) == 10 and [classes[g] for g in t["given_label"]] == t["given_name"]
+    assert [classes[c] for c in t["corrected_label"]] == t["corrected_name"]
+    assert t["flagged"] == [g != c for g, c in zip(t["given_label"], t["corrected_label"])]
+    assert all(0.0 <= v <= 1.0 for k in ("given_prob", "est_correct", "predicted_prob") for v in t[k])
+    assert all(g <= c + 1e-6 for g, c in zip(t["given_prob"], t["corrected_prob"]))  # the arg-max is the largest
+    rank = np.asarray(t["review_rank"])
+    assert sorted(rank) == list(range(1, 1501))
+    by_rank = np.argsort(rank)
+    n_flag = sum(t["flagged"])
+    assert all(t["flagged"][i] for i in by_rank[:n_flag])  # flags first, least likely given label first
+    assert np.all(np.diff(np.asarray(t["given_prob"])[by_rank[:n_flag]]) >= 0)
     assert all(a is not None for a in t["alpha"])  # every sample was visited by an MSLC step
     assert t["is_noisy"] == [g != y for g, y in zip(t["given_label"], t["true_label"])]
     # the exported labels are those of the best validation epoch after the warm-up, and say so
@@ -110,13 +129,50 @@ def test_corrected_label_table(smoke_run):
         chosen["corrected_all"])
 
 
+def test_budget_and_noise_matrix_files(smoke_run):
+    """The truth-free estimates a run writes: columns and sums, and relabel.csv cut where the
+    budget says (estimated precision ≥ run.relabel_precision, 0.95)."""
+    run_dir, _ = smoke_run
+    t = pq.read_table(run_dir / "corrected_labels.parquet").to_pydict()
+    flagged, n = sum(t["flagged"]), len(t["index"])
+    b = json.loads((run_dir / "review_budget.json").read_text())
+    assert b["target"] == 0.95 and b["estimated_by"] == "transition posterior"
+    assert [r["threshold"] for r in b["rows"]] == pytest.approx(np.arange(0, 1, 0.05))
+    assert b["rows"][0]["flags"] == flagged
+    assert all(a["flags"] >= c["flags"] for a, c in zip(b["rows"], b["rows"][1:]))
+    est = np.asarray(t["est_correct"])
+    for r in b["rows"]:
+        sel = np.asarray(t["flagged"]) & (np.asarray(t["corrected_prob"]) >= r["threshold"])
+        assert r["flags"] == sel.sum()
+        if sel.any():
+            assert r["precision"] == pytest.approx(est[sel].mean(), rel=1e-5)
+            assert r["right"] + r["wrong"] == pytest.approx(r["flags"])
+    ok = [r for r in b["rows"] if r["threshold"] >= b["threshold"] and r["flags"]]
+    assert all(r["precision"] >= 0.95 for r in ok)
+    rows = (run_dir / "relabel.csv").read_text().splitlines()[1:]
+    assert b["relabel_threshold"] == b["threshold"] and len(rows) == b["relabel_rows"]
+    assert all(float(r.split(",")[2]) >= b["threshold"] for r in rows)
+    m = json.loads((run_dir / "noise_matrix.json").read_text())
+    counts = np.asarray(m["counts"])
+    assert counts.shape == (10, 10) and counts.sum() == n
+    assert n - np.trace(counts) == flagged == sum(c["flagged"] for c in m["per_class"])
+    assert np.allclose(np.asarray(m["rates"]).sum(1), 1.0, atol=1e-5)
+    for c in m["per_class"]:
+        lo, hi = c["interval95"]
+        assert lo <= c["est_noise_rate"] <= hi and 0 <= lo and hi <= 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    e = metrics["epochs"]
+    assert e[0]["churn"] is None and all(isinstance(x["churn"], int) for x in e[1:])
+    assert e[metrics["summary"]["labels"]["epoch"] - 1]["flags"] == flagged  # the exported epoch's count
+
+
 def test_tensorboard_events(smoke_run):
     run_dir, _ = smoke_run
     files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(files) == 1
     tags = read_event_tags(files[0])
     for tag in ("train_loss", "test_acc", "val_acc", "corrected/all", "corrected/clean", "corrected/noisy",
-                "alpha/clean", "alpha/noisy", "detect/precision", "detect/recall", "detect/f1"):
+                "alpha/clean", "alpha/noisy", "detect/precision", "detect/recall", "detect/f1", "flags", "churn"):
         assert ("scalar", 3) in tags[tag], tag
     for tag in ("hist/alpha", "hist/beta", "hist/alpha_clean", "hist/alpha_noisy"):
         assert ("histo", 3) in tags[tag], tag
@@ -143,6 +199,9 @@ def test_review_page_of_the_smoke_run(smoke_run):
     for key, v in parquet_numbers(run_dir / "corrected_labels.parquet", 10).items():
         assert nums[key] == pytest.approx(v), key
     assert nums["flagged"] > 0 and sum(s.startswith("img/") for s in srcs) >= 10 * 16
+    assert "budget.png" in srcs  # the review budget's chart
+    budget = json.loads((run_dir / "review_budget.json").read_text())
+    assert nums["budget_threshold"] == pytest.approx(budget["threshold"])
     for src in srcs:
         with Image.open(index.parent / src) as im:
             im.load()
@@ -168,7 +227,9 @@ def test_relabel_file_round_trip_through_prepare(smoke_run, tmp_path):
     new = pq.read_table(next(tmp_path.glob("*/train-labels.parquet"))).to_pydict()
     t = pq.read_table(run_dir / "corrected_labels.parquet").to_pydict()
     assert new["key"] == t["key"]
-    flagged = {k: c for k, g, c in zip(t["key"], t["given_label"], t["corrected_label"]) if g != c}
+    cut = json.loads((run_dir / "review_budget.json").read_text())["relabel_threshold"]
+    flagged = {k: c for k, g, c, p in zip(t["key"], t["given_label"], t["corrected_label"], t["corrected_prob"])
+               if g != c and p >= cut}
     assert len(flagged) == len(rows) - 1
     assert new["label"] == [flagged.get(k, g) for k, g in zip(t["key"], t["given_label"])]
 

@@ -44,7 +44,9 @@ def random_table(n=300, c=5, known="all", seed=0) -> dict:
     alpha[5] = np.nan
     return {"index": np.arange(n), "key": np.asarray([f"k/{i}.jpg" for i in range(n)], dtype=object),
             "given": given, "corrected": corrected, "prob": soft[np.arange(n), corrected], "alpha": alpha,
-            "beta": rng.random(n), "true": true, "labels_epoch": 3, "soft": soft}
+            "beta": rng.random(n), "true": true, "labels_epoch": 3, "soft": soft,
+            "est_correct": np.clip(soft[np.arange(n), corrected] + rng.normal(0, 0.05, n), 0, 1),
+            "est_correct_by": "transition posterior"}
 
 
 @pytest.mark.parametrize("known", ["all", "part", "none"])
@@ -173,6 +175,8 @@ def parquet_numbers(path: Path, c: int) -> dict:
     g, k, y = t["given_label"], t["corrected_label"], t["true_label"]
     flagged = [a != b for a, b in zip(g, k)]
     out = {"samples": len(g), "flagged": sum(flagged), "flagged_share": sum(flagged) / len(g)}
+    if "est_correct" in t:
+        out["est_flag_precision"] = float(np.mean([e for e, f in zip(t["est_correct"], flagged) if f]))
     for cls in range(c):
         mine = [f for f, a in zip(flagged, g) if a == cls]
         out[f"class{cls}_given"], out[f"class{cls}_flagged"] = len(mine), sum(mine)

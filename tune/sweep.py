@@ -30,6 +30,7 @@ from pipeline.training.config import Config, apply_overrides, replace
 from pipeline.training.methods import METHODS, TUNABLE
 
 METRIC = "val_acc"
+TUNE_METRIC = "best_val_acc"  # each report's best val_acc so far: Tune's "current best trial" and ASHA rank as the table does
 # search-space name → config key
 SWEPT = {key.split(".", 1)[1]: key for key in TUNABLE}
 
@@ -117,7 +118,7 @@ def build_tuner(cfg: Config, *, name: str, samples: int, scheduler: str, resume:
     return tune.Tuner(
         trainable,
         param_space={"base": cfg.to_dict(), "runs_dir": runs_dir, **build_space(cfg)},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=samples, scheduler=sched,
+        tune_config=tune.TuneConfig(metric=TUNE_METRIC, mode="max", num_samples=samples, scheduler=sched,
                                     max_concurrent_trials=concurrent_trials(cfg)),
         run_config=tune.RunConfig(name=name, storage_path=storage),
     )

@@ -109,3 +109,26 @@ def rates_png(classes: list[str], series: dict[str, list[float]], *, title: str)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def budget_png(budget: dict) -> bytes:
+    """The review budget (:func:`pipeline.review.select.budget`): estimated precision of the
+    flags at or above each confidence threshold (and the true one where known), with the
+    number of flags on a second axis and the chosen threshold marked."""
+    plt = _plt()
+    rows = budget["rows"]
+    t = np.array([r["threshold"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6.0, 3.4), dpi=80)
+    ax.plot(t, [100 * r["precision"] for r in rows], marker="o", ms=3, label="estimated precision (no true labels)")
+    if "true_precision" in rows[0]:
+        ax.plot(t, [100 * r["true_precision"] for r in rows], marker="x", ms=3, ls="--", label="true precision")
+    ax.axhline(100 * budget["target"], color="grey", lw=0.8, ls=":")
+    ax.axvline(budget["threshold"], color="tab:red", lw=0.8, label=f"relabel.csv cut: {budget['threshold']:.2f}")
+    ax.set_xlabel("confidence threshold (corrected label's probability)")
+    ax.set_ylabel("% of flags right")
+    ax.legend(fontsize=7, loc="lower right")
+    ax2 = ax.twinx()
+    ax2.bar(t, [r["flags"] for r in rows], width=0.035, alpha=0.25, color="tab:green")
+    ax2.set_ylabel("flags at or above", fontsize=8)
+    ax.set_title("review budget", fontsize=9)
+    return _png(fig)

@@ -42,7 +42,13 @@ def _row(cells: list[str], head: bool = False) -> str:
 def summary_section(n: dict) -> str:
     rows = [["training samples", num("samples", n["samples"], "int")],
             ["flagged (corrected ≠ given)", num("flagged", n["flagged"], "int")],
-            ["flagged share", num("flagged_share", n["flagged_share"])]]
+            ["flagged share", num("flagged_share", n["flagged_share"])],
+            ["estimated share of the flags that are right (no true labels)",
+             num("est_flag_precision", n["est_flag_precision"])],
+            ["the lowest confidence cut whose flags are estimated ≥ 95% right (relabel.csv's by default)",
+             num("budget_threshold", n["budget_threshold"], "float")],
+            ["… flags at or above it", num("budget_flags", n["budget_flags"], "int")],
+            ["… their estimated precision", num("budget_precision", n["budget_precision"])]]
     if n["known"]:
         rows += [["samples whose true label is known", num("known", n["known"], "int")],
                  ["true noise rate (known samples)", num("true_noise_rate", n["true_noise_rate"])],
@@ -85,7 +91,8 @@ def figure(entry: dict, classes: list[str]) -> str:
         img = f'<div class="bad">{escape(entry.get("error", "no image"))}</div>'
     lines = [f'<span class="key">{escape(str(entry["key"]))}</span>',
              f'{escape(classes[entry["given"]])} → <b>{escape(classes[entry["corrected"]])}</b>',
-             f'p {entry["prob"]:.2f}, α ' + ("n/a" if math.isnan(entry["alpha"]) else f'{entry["alpha"]:.2f}')]
+             f'p {entry["prob"]:.2f}, est. right {100 * entry.get("est_correct", entry["prob"]):.0f}%, α '
+             + ("n/a" if math.isnan(entry["alpha"]) else f'{entry["alpha"]:.2f}')]
     if entry["true"] >= 0:
         lines.append(f'true: {escape(classes[entry["true"]])}')
     return f'<figure data-index="{entry["index"]}">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
@@ -111,7 +118,11 @@ def render(info: dict, numbers: dict, classes: list[str], charts: list[tuple[str
                  + "".join(f'<img src="{escape(f)}" alt="{escape(a)}" title="{escape(a)}">' for f, a in charts)
                  + "</div>")
     parts.append(classes_section(numbers, classes))
-    parts.append('<h2 id="galleries">Samples to review, per given class</h2>')
+    parts.append('<h2 id="galleries">Samples to review, per given class</h2><p>Each card: key, given → '
+                 'corrected label; p: the corrected label\'s probability under ỹ; est. right: the estimated chance '
+                 'that this label is the true one (from the model and the noise estimated on the trusted set, no '
+                 'true label); α: how much the corrector trusted the given label (0: not at all, 1: fully). A '
+                 'corrector sure of a correction sets α near 0, so the most confident flags read α 0.00.</p>')
     for g in galleries:
         k = g["class"]
         parts.append(f'<h3 id="class-{k}">{escape(classes[k])}</h3>')

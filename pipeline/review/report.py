@@ -21,8 +21,9 @@ from mslc.metrics import confusion_matrix
 from pipeline import shardset
 from pipeline.errors import PipelineError
 from pipeline.review import charts, images, page
-from pipeline.storage import atomic_path, disk_full_error, disk_full_in
-from pipeline.review.select import doubtful_clean, read_table, relabel_rows, review_numbers, suspected_errors, top_suspects
+from pipeline.storage import atomic_path, atomic_write_text, disk_full_error, disk_full_in
+from pipeline.review.select import (RELABEL_PRECISION, budget, doubtful_clean, noise_matrix, read_table, relabel_rows,
+                                    review_numbers, suspected_errors, top_suspects)
 
 REPORT_DIR = "report"
 RELABEL_FILE = "relabel.csv"
@@ -84,6 +85,25 @@ def load_run(run_dir: str | Path, shard_dir: str | None = None) -> dict:
             "classes": list(manifest["classes"])}
 
 
+BUDGET_FILE = "review_budget.json"
+MATRIX_FILE = "noise_matrix.json"
+
+
+def write_estimates(run: dict, *, target: float = RELABEL_PRECISION, threshold: float | None = None) -> dict:
+    """``RUN_DIR/review_budget.json`` and ``RUN_DIR/noise_matrix.json`` from the run's table
+    (nothing there needs a true label); returns the budget, whose ``relabel_threshold`` is
+    ``threshold`` or, when None, the one chosen for ``target``."""
+    b = budget(run["table"], target=target)
+    b["relabel_threshold"] = b["threshold"] if threshold is None else threshold
+    sel = relabel_rows(run["table"], threshold=b["relabel_threshold"])
+    b["relabel_rows"] = int(len(sel))
+    b["relabel_precision"] = float(run["table"]["est_correct"][sel].mean()) if len(sel) else None
+    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in b["rows"]]
+    atomic_write_text(run["run_dir"] / BUDGET_FILE, json.dumps({**b, "rows": rows}, indent=1))
+    atomic_write_text(run["run_dir"] / MATRIX_FILE, json.dumps(noise_matrix(run["table"], run["classes"]), indent=1))
+    return b
+
+
 def write_relabel(run: dict, *, threshold: float = 0.0, path: str | Path | None = None) -> Path:
     """``path`` (default ``RUN_DIR/relabel.csv``): the flagged samples with corrected-label probability at least
     ``threshold``, most confident first, in the ``--labels`` format ``prepare.py`` reads
@@ -128,6 +148,7 @@ def build_charts(run: dict, numbers: dict) -> list[tuple[str, str, bytes]]:
     for name, sym in (("alpha", "α"), ("beta", "β")):
         out.append((f"{name}.png", f"{sym} distribution",
                     charts.histogram_png(_groups(t[name], t), title=f"{sym} per sample", xlabel=sym)))
+    out.append(("budget.png", "review budget: estimated precision per threshold", charts.budget_png(budget(t))))
     history = run["metrics"].get("epochs") or []
     if history:
         out.append(("curves.png", "accuracy over epochs", charts.curves_png(history, labels_epoch=t["labels_epoch"])))
@@ -138,7 +159,8 @@ def entry(table: dict, row: int, thumbs: dict, errors: dict) -> dict:
     i = int(table["index"][row])
     e = {"index": i, "key": table["key"][row], "given": int(table["given"][row]),
          "corrected": int(table["corrected"][row]), "prob": float(table["prob"][row]),
-         "alpha": float(table["alpha"][row]), "true": int(table["true"][row])}
+         "alpha": float(table["alpha"][row]), "true": int(table["true"][row]),
+         "est_correct": float(table["est_correct"][row])}
     if i in thumbs:
         e["image"] = f"img/{i:08d}.png"
     else:

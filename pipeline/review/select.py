@@ -3,8 +3,9 @@ samples of each gallery, the flagged rows of the relabel file.
 
 A *table* here is the run's ``corrected_labels.parquet`` as arrays (:func:`read_table`):
 ``index (N,) int64``, ``key (N,) str``, ``given (N,)``, ``corrected (N,) int64``, ``prob (N,)
-float64`` (the corrected label's probability in ỹ), ``alpha``, ``beta`` ``(N,) float64``
-(NaN where never computed) and ``true (N,) int64`` (-1 where unknown). A sample is
+float64`` (the corrected label's probability in ỹ), ``est_correct (N,) float64`` (the estimated
+probability that the corrected label is right, computed without true labels), ``alpha``,
+``beta`` ``(N,) float64`` (NaN where never computed) and ``true (N,) int64`` (-1 where unknown). A sample is
 *flagged* (a suspected label error) when its corrected label differs from its given one.
 """
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mslc.metrics import confusion_matrix, corrected_label_accuracy, detection_scores
+from mslc.metrics import (choose_threshold, confusion_matrix, corrected_label_accuracy, detection_scores,
+                          review_budget, wilson_interval)
 from pipeline.errors import PipelineError
 
 COLUMNS = ("index", "key", "given_label", "corrected_label", "corrected_prob", "alpha", "beta", "true_label")
@@ -38,11 +40,15 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
 
     true = t.column("true_label").fill_null(-1).to_numpy().astype(np.int64)
     epoch = (t.schema.metadata or {}).get(b"labels_epoch")
+    prob = floats("corrected_prob")
     return {"index": t.column("index").to_numpy().astype(np.int64),
+            # est_correct: a table from before it was written stands in ỹ's own probability
+            "est_correct": floats("est_correct") if "est_correct" in t.column_names else prob,
+            "est_correct_by": ((t.schema.metadata or {}).get(b"est_correct_by") or b"soft label").decode(),
             "key": np.asarray(t.column("key").to_pylist(), dtype=object),
             "given": t.column("given_label").to_numpy().astype(np.int64),
             "corrected": t.column("corrected_label").to_numpy().astype(np.int64),
-            "prob": floats("corrected_prob"), "alpha": floats("alpha"), "beta": floats("beta"), "true": true,
+            "prob": prob, "alpha": floats("alpha"), "beta": floats("beta"), "true": true,
             "labels_epoch": int(epoch) if epoch else None}
 
 
@@ -58,7 +64,9 @@ def _share(count: int, total: int) -> float:
 def review_numbers(table: dict, num_classes: int) -> dict:
     """The report's numbers, computed from ``table`` alone.
 
-    Returns ``samples``, ``flagged``, ``flagged_share``; per given class ``c`` (list of
+    Returns ``samples``, ``flagged``, ``flagged_share``, ``est_flag_precision`` (the estimated
+    share of flags that are right) and the review budget's cut for the default precision
+    (``budget_threshold``, ``budget_flags``, ``budget_precision``); per given class ``c`` (list of
     dicts): ``given`` (samples given ``c``), ``flagged`` (of those, flagged) and
     ``est_noise_rate`` (their share: the estimated rate of wrong labels among samples
     given ``c``); ``top_flips``: the most frequent ``(given, corrected, count)``. Where
@@ -72,7 +80,12 @@ def review_numbers(table: dict, num_classes: int) -> dict:
     flag = flagged(table)
     given, corrected, true = table["given"], table["corrected"], table["true"]
     out: dict = {"samples": n, "flagged": int(flag.sum()), "flagged_share": _share(int(flag.sum()), n),
-                 "known": int((true >= 0).sum())}
+                 "known": int((true >= 0).sum()),
+                 "est_flag_precision": float(table["est_correct"][flag].mean()) if flag.any() else float("nan")}
+    b = budget(table)
+    cut = [r for r in b["rows"] if r["threshold"] == b["threshold"]]
+    out.update({"budget_threshold": b["threshold"], "budget_flags": cut[0]["flags"] if cut else 0,
+                "budget_precision": cut[0]["precision"] if cut else float("nan")})
     per_given = np.bincount(given, minlength=c)
     per_flag = np.bincount(given[flag], minlength=c)
     classes = [{"class": k, "given": int(per_given[k]), "flagged": int(per_flag[k]),
@@ -95,6 +108,43 @@ def review_numbers(table: dict, num_classes: int) -> dict:
             out.update({f"label_acc_{name}" + ("" if k == "all" else f"_{k}"): v for k, v in acc.items()})
     out["classes"] = classes
     return out
+
+
+RELABEL_PRECISION = 0.95  # the default relabel.csv keeps the flags whose estimated precision is at least this
+
+
+def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
+    """The review budget, without true labels: per confidence threshold (0, 0.05, … 0.95)
+    the flags at or above it and the estimated share of them that are right (the mean of
+    ``est_correct``), the expected right and wrong relabels; ``threshold``: the lowest
+    threshold whose estimated precision is at least ``target`` (and every higher one's too).
+    Where true labels are known, ``true_precision`` per row, to check the estimate."""
+    fl = flagged(table)
+    rows = review_budget(table["prob"], fl, table["est_correct"])
+    known = table["true"] >= 0
+    if known.all():
+        right = (table["corrected"] == table["true"]).astype(np.float64)
+        for row, true_row in zip(rows, review_budget(table["prob"], fl, right)):
+            row["true_precision"] = true_row["precision"]
+    return {"target": target, "threshold": choose_threshold(rows, target=target),
+            "estimated_by": table["est_correct_by"], "rows": rows}
+
+
+def noise_matrix(table: dict, classes: list[str]) -> dict:
+    """The estimated noise, as data: ``counts[g][c]`` samples given ``g`` whose corrected
+    label is ``c`` (and ``rates``, each row over its given count); per given class the
+    flagged share (the estimated noise rate) with a 95% Wilson interval."""
+    c = len(classes)
+    counts = confusion_matrix(table["given"], table["corrected"], c)
+    given = counts.sum(1)
+    wrong = given - np.diag(counts)
+    lo, hi = wilson_interval(wrong, given)
+    rates = counts / np.maximum(given, 1)[:, None]
+    return {"classes": list(classes), "rows": "given label", "columns": "corrected label",
+            "counts": counts.tolist(), "rates": rates.round(6).tolist(),
+            "per_class": [{"class": classes[k], "given": int(given[k]), "flagged": int(wrong[k]),
+                           "est_noise_rate": _share(int(wrong[k]), int(given[k])),
+                           "interval95": [float(lo[k]), float(hi[k])]} for k in range(c)]}
 
 
 def suspected_errors(table: dict, cls: int, k: int) -> np.ndarray:

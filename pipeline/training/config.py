@@ -54,14 +54,17 @@ class DataConfig(PrepareOptions):
 @dataclass
 class ModelConfig:
     arch: str = "small-cnn"
-    pretrained: bool = False  # ImageNet weights (resnet50 only)
+    pretrained: bool = False  # start from pretrained weights: model.weights, or torchvision's ImageNet ResNet-50 from download.pytorch.org
+    weights: str = ""  # those weights: a file (local or shared storage) or URL (http(s), s3, gs), fetched once per node
     channels_last: str = "auto"  # memory format of the model and its inputs; auto: on CUDA devices
 
     def __post_init__(self) -> None:
         require(self.channels_last in ("auto", "true", "false"),
                 f"model.channels_last must be auto|true|false, got {self.channels_last!r}")
         require(self.arch in ARCHS, f"model.arch must be one of {ARCHS}, got {self.arch!r}")
-        require(not self.pretrained or self.arch == "resnet50", "model.pretrained needs model.arch=resnet50")
+        require(not self.pretrained or self.arch == "resnet50" or self.weights,
+                "model.pretrained without model.weights loads torchvision's ResNet-50: it needs model.arch=resnet50")
+        require(not self.weights or self.pretrained, "model.weights is read with model.pretrained=true")
 
 
 @dataclass
@@ -215,7 +218,9 @@ class RunConfig:
     checkpoint_every_min: float = 0.0  # > 0: ... or every this many minutes (checked every 50 steps); 0: epoch ends only
     report: bool = True  # at the end: report/index.html, the suspected label errors as pictures (pipeline/report.py)
     report_top: int = 16  # samples per class in each of the report's galleries
-    relabel_threshold: float = 0.0  # relabel.csv: flagged samples whose corrected label has at least this probability
+    relabel_threshold: float | None = None  # relabel.csv: flags whose corrected label has at least this probability; None: from relabel_precision
+    relabel_precision: float = 0.95  # ... the lowest threshold whose flags are estimated (no true labels) this share right
+    export_soft: bool = False  # corrected_labels.parquet also holds each sample's whole ỹ row (column soft)
 
     def __post_init__(self) -> None:
         require(self.log_every_s >= 0, f"run.log_every_s must be >= 0 (0: no progress lines), got {self.log_every_s}")
@@ -227,8 +232,11 @@ class RunConfig:
         require(self.checkpoint_every_steps >= 0 and self.checkpoint_every_min >= 0,
                 "run.checkpoint_every_steps and run.checkpoint_every_min must be >= 0 (0: only at epoch ends)")
         require(self.report_top >= 1, f"run.report_top must be >= 1 (samples per class shown), got {self.report_top}")
-        require(0.0 <= self.relabel_threshold <= 1.0,
-                f"run.relabel_threshold is a probability in [0, 1], got {self.relabel_threshold}")
+        require(self.relabel_threshold is None or 0.0 <= self.relabel_threshold <= 1.0,
+                f"run.relabel_threshold is a probability in [0, 1] (or null: chosen from run.relabel_precision), "
+                f"got {self.relabel_threshold}")
+        require(0.0 < self.relabel_precision <= 1.0,
+                f"run.relabel_precision is a share in (0, 1], got {self.relabel_precision}")
 
     @property
     def mid_epoch_checkpoints(self) -> bool:

@@ -7,8 +7,9 @@ training process then decodes a batch's JPEGs in one call to torchvision's batch
 torchvision v2 transform the CPU path runs) on each image there, and stacks the batch.
 On a CPU device the same code decodes in the training process.
 
-Images that are not JPEG (a PNG in an image folder) are decoded on the CPU with
-``torchvision.io.decode_image`` and moved. A sample that does not decode is named by its
+Images that are not JPEG (a PNG in an image folder), and JPEGs the device's decoder refuses
+(nvJPEG: CMYK, 12-bit), are decoded on the CPU with ``torchvision.io.decode_image`` and moved.
+On CUDA the batched decode first waits for the current stream (:func:`wait_for_the_stream`). A sample that does not decode is named by its
 shard and key, as on the CPU path; with ``data.bad_samples=skip`` it is left out of its
 batch (the batch is one smaller).
 
@@ -44,9 +45,24 @@ def _read_mode(channels: int) -> ImageReadMode:
 
 
 def _decode_one(blob: torch.Tensor, *, mode: ImageReadMode, device: torch.device) -> torch.Tensor:
+    """One image on ``device``: a JPEG by the device's decoder, and where that refuses it
+    (nvJPEG: CMYK, 12-bit, some progressive files) by the CPU's; anything else on the CPU."""
     if is_jpeg(blob):
-        return decode_jpeg(blob, mode=mode, device=device)
+        try:
+            return decode_jpeg(blob, mode=mode, device=device)
+        except RuntimeError:
+            pass  # the CPU decoder below: it raises, naming the reason, if the file is really broken
     return decode_image(blob, mode=mode).to(device, non_blocking=True)
+
+
+def wait_for_the_stream(device: torch.device) -> None:
+    """Before a batched CUDA decode: torchvision's ``decode_jpeg`` takes its outputs from the
+    caching allocator on the current stream but writes them on a stream of its own that does
+    not wait for the current one (pytorch/vision#9606), so memory the previous step's kernels
+    still read could be overwritten. Waiting for the current stream closes that (one host
+    wait a step, only with ``data.decode=gpu`` on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def decode_images(blobs: list[torch.Tensor], where: list[str], *, device: torch.device, channels: int,
@@ -70,9 +86,10 @@ def decode_images(blobs: list[torch.Tensor], where: list[str], *, device: torch.
     jpeg = [i for i, b in enumerate(blobs) if is_jpeg(b)]
     out: dict[int, torch.Tensor] = {}
     if jpeg:
+        wait_for_the_stream(device)
         try:
             out.update(zip(jpeg, decode_jpeg([blobs[i] for i in jpeg], mode=mode, device=device)))
-        except RuntimeError:  # one of them is broken: decode them one by one to name it
+        except RuntimeError:  # one is broken or refused: one by one, the CPU for those the device refuses
             out.clear()
     for i, b in enumerate(blobs):
         if i in out:

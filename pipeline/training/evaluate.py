@@ -116,6 +116,8 @@ def progress_line(cfg: Config, r: dict) -> str:
               f"noisy {pct(r['corrected_noisy'])})")
     if "detect_f1" in r:
         s += f" detect P/R/F1 {pct(r['detect_precision'])}/{pct(r['detect_recall'])}/{pct(r['detect_f1'])}"
+    if "flags" in r:
+        s += f" flags {r['flags']}" + ("" if r.get("churn") is None else f" (changed {r['churn']})")
     if r["phase"] == "mslc" and "alpha_clean" in r:
         s += f" alpha clean {r['alpha_clean']:.2f} noisy {r['alpha_noisy']:.2f}"
     return s + f" {r['epoch_seconds']:.0f}s"

@@ -17,6 +17,7 @@ from pipeline.prep.job import ensure_shards
 from pipeline.training import checkpoint
 from pipeline.training.config import Config, ConfigError, replace
 from pipeline.training.state import build_bare_model, build_transforms
+from pipeline.weights import load_into, weights_source
 
 
 def name_run(cfg: Config) -> Config:
@@ -55,6 +56,9 @@ def check_data(cfg: Config) -> None:
     _, _, size = build_transforms(cfg, manifest)
     if cfg.run.resume_from:
         check_resume(cfg, manifest, size)
+    if weights_source(cfg.model):  # fetched here too (a URL is cached on this node): one line if it cannot be had
+        load_into(build_bare_model(cfg, num_classes=manifest["num_classes"], channels=manifest["image"]["channels"],
+                                   size=size), weights_source(cfg.model))
 
 
 def check_resume(cfg: Config, manifest: dict, size: int) -> None:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mslc import dist
@@ -58,6 +59,12 @@ def rebatch(batches, batch_size: int):
         yield tuple(_cat(f) for f in zip(*held))
 
 
+def pin_batch(batch: tuple) -> tuple:
+    """Every tensor of ``batch`` in page-locked memory (``non_blocking`` copies to the GPU then
+    overlap); lists (encoded images) as they are."""
+    return tuple(f.pin_memory() if torch.is_tensor(f) else f for f in batch)
+
+
 def train_batches(cfg: Config, data: Data, epoch: int, plan: assign.EpochPlan, steps: int, *, exclude=None,
                   device: torch.device | None = None):
     """This rank's ``steps`` training batches ``(x, y, idx)`` of the epoch: its parts of the
@@ -75,11 +82,14 @@ def train_batches(cfg: Config, data: Data, epoch: int, plan: assign.EpochPlan, s
                           shuffle_buffer=cfg.data.shuffle_buffer, channels=data.channels, transform=data.train_tf,
                           bad_samples=cfg.data.bad_samples, exclude=exclude, raw=on_device,
                           labels=data.labels)
+    cuda, rebatching = device.type == "cuda", cfg.data.loader_workers > 1
     batches = streaming.loader(ds, batch_size=cfg.optim.batch_size, workers=cfg.data.loader_workers,
                                seed=seed * 4099 + rank, collate_fn=streaming.collate_raw if on_device else None,
-                               pin_memory=device.type == "cuda")
-    if cfg.data.loader_workers > 1:
+                               pin_memory=cuda and not rebatching)
+    if rebatching:  # torch.cat of pinned batches is pageable again: pin what comes out instead
         batches = rebatch(batches, cfg.optim.batch_size)
+        if cuda:
+            batches = (pin_batch(b) for b in batches)
     if on_device:
         batches = device_decode.device_batches(batches, device=device, channels=data.channels,
                                                transform=data.train_tf, seed=seed * 4099 + rank,
@@ -393,13 +403,18 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
                   if lead else nan,
                   "test_acc": evaluate(st.model, data, "test", device, cfg_bad_samples=cfg.data.bad_samples)
                   if lead else nan}
+        record["best_val_acc"] = max([record["val_acc"], *(h["val_acc"] for h in st.history)])  # so far (Tune ranks by it)
         label_stats, table = bank_metrics(st.bank, data)
         record.update(label_stats)
+        corrected = table["y_tilde"].argmax(1)
+        record.update(outputs.flag_counts(corrected, data.labels, None if st.corrected is None else st.corrected.numpy()))
+        st.corrected = torch.from_numpy(corrected.astype(np.int32))
         record["epoch_seconds"] = time.time() - t0
         st.epoch = epoch
         st.history.append(record)
         if lead and outputs.labels_epoch(st.history) == epoch:
-            st.labels = {"epoch": epoch, **{k: torch.from_numpy(table[k].copy()) for k in ("y_tilde", "alpha", "beta")}}
+            st.labels = {"epoch": epoch, **{k: torch.from_numpy(table[k].copy())
+                                            for k in ("y_tilde", "y_hat", "alpha", "beta")}}
         if lead:
             log(progress_line(cfg, record))
             outputs.write_metrics(run_dir, st.history, extra)
@@ -422,7 +437,9 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
             "accuracy after the warm-up)")
         result["corrected_labels"] = str(outputs.write_corrected_labels(
             run_dir / "corrected_labels.parquet", keys=data.keys, given=data.labels, soft=t["y_tilde"],
-            alpha=t["alpha"], beta=t["beta"], true=data.true, epoch=t["epoch"]))
+            alpha=t["alpha"], beta=t["beta"], true=data.true, epoch=t["epoch"], y_hat=t.get("y_hat"),
+            transition=methods.transition_estimate(st), classes=data.manifest["classes"],
+            soft_rows=cfg.run.export_soft))
         result["metrics"] = str(outputs.write_metrics(run_dir, st.history, extra))
         atomic_torch_save(st.model.state_dict(), run_dir / "model.pt")
         result["model"] = str(run_dir / "model.pt")
@@ -438,7 +455,8 @@ def write_review(cfg: Config, run_dir: Path, data: Data, log) -> dict:
     just exported. A page that cannot be made (a training shard gone since it was read) is
     logged, not fatal: the model and the labels are already written."""
     run = review.load_run(run_dir, data.shard_dir)
-    out = {"relabel": str(review.write_relabel(run, threshold=cfg.run.relabel_threshold))}
+    budget = review.write_estimates(run, target=cfg.run.relabel_precision, threshold=cfg.run.relabel_threshold)
+    out = {"relabel": str(review.write_relabel(run, threshold=budget["relabel_threshold"])), "budget": budget}
     if cfg.run.report:
         try:
             out["report"] = str(review.write_report(run, top=cfg.run.report_top, log=log))

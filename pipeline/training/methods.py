@@ -66,9 +66,10 @@ def forward(st: TrainState, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return logits, F.softmax(logits.detach(), 1)
 
 
-def no_meta_loss() -> torch.Tensor:
-    """The ``meta_loss`` of a step that has no meta step (NaN: left out of the epoch's mean)."""
-    return torch.tensor(float("nan"))
+def no_meta_loss(like: torch.Tensor) -> torch.Tensor:
+    """The ``meta_loss`` of a step that has no meta step (NaN: left out of the epoch's mean),
+    made on ``like``'s device (no host-to-device copy per step)."""
+    return torch.full((), float("nan"), device=like.device)
 
 
 def virtual_lr(cfg: Config, st: TrainState) -> float:
@@ -214,6 +215,13 @@ class MSLC(Method):
         self.c_hat = state.get("c_hat")
 
 
+def transition_estimate(st: TrainState) -> np.ndarray | None:
+    """(C, C) the noise transition the run estimated on its trusted meta set (MSLC with
+    ``meta.transition=estimated``, GLC), or None."""
+    c_hat = getattr(st.method, "c_hat", None)
+    return None if c_hat is None else c_hat.detach().cpu().double().numpy()
+
+
 def estimate_transition(st: TrainState, data: Data, device: torch.device) -> torch.Tensor:
     """GLC's estimate of the noise transition (:func:`mslc.baselines.glc_estimate`): the
     current model's mean prediction on the clean meta samples of each class, (C, C) float32
@@ -279,7 +287,7 @@ class GCE(Method):
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         logits, p = forward(st, b.x)
         loss = real_step(st.model, baselines.gce_loss(logits, b.y, self.cfg.meta.gce_q), opt_w=st.opt_w, amp=st.amp)
-        return StepResult(loss, no_meta_loss(), p, F.one_hot(b.y, p.shape[1]).to(p.dtype))
+        return StepResult(loss, no_meta_loss(p), p, F.one_hot(b.y, p.shape[1]).to(p.dtype))
 
 
 class GLC(Method):
@@ -306,7 +314,7 @@ class GLC(Method):
         loss = (baselines.glc_loss(logits[:n], b.y, self.c_hat.to(self.device)) * n
                 + F.cross_entropy(logits[n:], ym) * k) / (n + k)
         p = F.softmax(logits[:n].detach(), 1)
-        return StepResult(real_step(st.model, loss, opt_w=st.opt_w, amp=st.amp), no_meta_loss(), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w, amp=st.amp), no_meta_loss(p), p, p)
 
     def state_dict(self) -> dict:
         return {"c_hat": self.c_hat}
@@ -356,7 +364,7 @@ class BootstrapSoft(Method):
         beta = self.cfg.meta.bootstrap_beta or self.default_beta
         target = baselines.bootstrap_target(b.y, p, beta, hard=self.hard)
         loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w, amp=st.amp)
-        return StepResult(loss, no_meta_loss(), p, target)
+        return StepResult(loss, no_meta_loss(p), p, target)
 
 
 class BootstrapHard(BootstrapSoft):
@@ -381,7 +389,7 @@ class JointOpt(Method):
         prior = torch.full((data.num_classes,), 1.0 / data.num_classes, device=self.device)
         m = self.cfg.meta
         loss = baselines.joint_opt_loss(logits, labels.to(self.device), prior, alpha=m.joint_alpha, beta=m.joint_beta)
-        return StepResult(real_step(st.model, loss, opt_w=st.opt_w, amp=st.amp), no_meta_loss(), p, p)
+        return StepResult(real_step(st.model, loss, opt_w=st.opt_w, amp=st.amp), no_meta_loss(p), p, p)
 
 
 class UCorrection(Method):
@@ -410,7 +418,7 @@ class UCorrection(Method):
         w = self.w_noisy[b.idx.cpu()].to(self.device, non_blocking=True)
         target = baselines.dynamic_bootstrap_target(b.y, p, w, hard=True)
         loss = real_step(st.model, soft_cross_entropy(logits, target), opt_w=st.opt_w, amp=st.amp)
-        return StepResult(loss, no_meta_loss(), p, target, alpha=1.0 - w)
+        return StepResult(loss, no_meta_loss(p), p, target, alpha=1.0 - w)
 
     def state_dict(self) -> dict:
         """The epoch's fit (a run resumed inside the epoch must not refit it on a later bank)."""

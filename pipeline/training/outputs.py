@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mslc.metrics import confusion_matrix
+from mslc.metrics import confusion_matrix, label_posterior
 from pipeline.review.charts import confusion_png
 from pipeline.storage import atomic_path, atomic_write_text
 
@@ -48,6 +48,14 @@ def labels_epoch(history: list[dict]) -> int:
     n = pool[vals.index(best)].get("val_samples") or 0
     se = math.sqrt(best * (1.0 - best) / n) if n else 0.0
     return [h for h, v in zip(pool, vals) if v >= best - se][-1]["epoch"]
+
+
+def flag_counts(corrected: np.ndarray, given: np.ndarray, prev: np.ndarray | None) -> dict:
+    """Truth-free per-epoch figures: ``flags`` (corrected ≠ given) and ``churn`` (corrected
+    labels that changed since the previous epoch; None for the first epoch a run saw).
+    ``corrected``, ``given``, ``prev`` : (N,) int64."""
+    return {"flags": int((corrected != given).sum()),
+            "churn": None if prev is None else int((corrected != prev).sum())}
 
 
 LABEL_KEYS = ("corrected_all", "corrected_clean", "corrected_noisy", "detect_precision", "detect_recall", "detect_f1")
@@ -89,6 +97,37 @@ def write_metrics(run_dir: Path, history: list[dict], extra: dict) -> Path:
     return path
 
 
+def label_columns(given: np.ndarray, soft: np.ndarray, y_hat: np.ndarray | None,
+                  transition: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The per-sample figures a practitioner acts on, all without true labels.
+
+    given : (N,) int64; soft : (N, C) ỹ, rows sum to 1; y_hat : (N, C) the model's
+    predictions at the same epoch (None: ỹ stands in); transition : (C, C) the noise
+    transition estimated on the trusted meta set, or None.
+
+    Returns (N,) arrays: ``corrected`` (arg-max ỹ) and ``corrected_prob``; ``given_prob``
+    (ỹ's probability of the given label: the label-quality score, low = likely wrong);
+    ``flagged``; ``est_correct`` (the estimated probability that the corrected label is the
+    true class: the model's prediction times the transition's likelihood of the given label,
+    :func:`mslc.metrics.label_posterior`; ỹ's own probability where the run has no
+    transition estimate); ``predicted`` / ``predicted_prob`` (the model); ``review_rank``
+    (1 = review first: flagged samples before the rest, each by ``given_prob`` ascending).
+    """
+    n = len(given)
+    rows = np.arange(n)
+    corrected = soft.argmax(1)
+    pred = soft if y_hat is None else y_hat
+    post = label_posterior(pred, given, transition) if transition is not None else soft
+    given_prob = soft[rows, given]
+    flagged = corrected != given
+    order = np.lexsort((rows, given_prob, ~flagged))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    return {"corrected": corrected, "corrected_prob": soft[rows, corrected], "given_prob": given_prob,
+            "flagged": flagged, "est_correct": post[rows, corrected], "predicted": pred.argmax(1),
+            "predicted_prob": pred.max(1), "review_rank": rank}
+
+
 def write_corrected_labels(
     path: Path,
     *,
@@ -99,33 +138,53 @@ def write_corrected_labels(
     beta: np.ndarray,
     true: np.ndarray | None,
     epoch: int | None = None,
+    y_hat: np.ndarray | None = None,
+    transition: np.ndarray | None = None,
+    classes: list[str] | None = None,
+    soft_rows: bool = False,
 ) -> Path:
-    """One row per training sample: index, key, given_label, corrected_label (argmax ỹ),
-    corrected_prob, alpha, beta, and true_label / is_noisy (null where unknown).
+    """One row per training sample (the columns are listed in the README's output table):
+    index, key; given_label, given_name, given_prob; corrected_label, corrected_name,
+    corrected_prob, flagged, est_correct; predicted_label, predicted_prob; review_rank;
+    alpha, beta; true_label / is_noisy (null where unknown); ``soft`` (ỹ's full row) with
+    ``soft_rows``. See :func:`label_columns`.
 
     ``soft`` (N, C) rows sum to 1; ``alpha``, ``beta`` (N,) NaN where never computed;
     ``true`` (N,) int with -1 for unknown, or None; ``epoch``: the epoch the labels are
-    from, kept in the file's metadata (``labels_epoch``). Written to a temp file, then renamed.
+    from, kept in the file's metadata (``labels_epoch``). Written whole or not at all.
     """
-    n = len(given)
-    corrected = soft.argmax(1)
+    n, c = soft.shape
+    names = np.asarray(classes if classes is not None else [str(i) for i in range(c)], dtype=object)
+    col = label_columns(given, soft, y_hat, transition)
     known = None if true is None else true >= 0
-    table = pa.table(
-        {
-            "index": pa.array(np.arange(n, dtype=np.int64)),
-            "key": pa.array([str(k) for k in keys]),
-            "given_label": pa.array(given.astype(np.int64)),
-            "corrected_label": pa.array(corrected.astype(np.int64)),
-            "corrected_prob": pa.array(soft[np.arange(n), corrected].astype(np.float32)),
-            "alpha": pa.array(alpha.astype(np.float32), mask=np.isnan(alpha)),
-            "beta": pa.array(beta.astype(np.float32), mask=np.isnan(beta)),
-            "true_label": pa.array(np.where(known, true, 0).astype(np.int64), mask=~known)
-            if true is not None else pa.nulls(n, pa.int64()),
-            "is_noisy": pa.array(given != true, mask=~known) if true is not None else pa.nulls(n, pa.bool_()),
-        }
-    )
+    cols = {
+        "index": pa.array(np.arange(n, dtype=np.int64)),
+        "key": pa.array([str(k) for k in keys]),
+        "given_label": pa.array(given.astype(np.int64)),
+        "given_name": pa.array(names[given].tolist()),
+        "given_prob": pa.array(col["given_prob"].astype(np.float32)),
+        "corrected_label": pa.array(col["corrected"].astype(np.int64)),
+        "corrected_name": pa.array(names[col["corrected"]].tolist()),
+        "corrected_prob": pa.array(col["corrected_prob"].astype(np.float32)),
+        "flagged": pa.array(col["flagged"]),
+        "est_correct": pa.array(col["est_correct"].astype(np.float32)),
+        "predicted_label": pa.array(col["predicted"].astype(np.int64)),
+        "predicted_prob": pa.array(col["predicted_prob"].astype(np.float32)),
+        "review_rank": pa.array(col["review_rank"]),
+        "alpha": pa.array(alpha.astype(np.float32), mask=np.isnan(alpha)),
+        "beta": pa.array(beta.astype(np.float32), mask=np.isnan(beta)),
+        "true_label": pa.array(np.where(known, true, 0).astype(np.int64), mask=~known)
+        if true is not None else pa.nulls(n, pa.int64()),
+        "is_noisy": pa.array(given != true, mask=~known) if true is not None else pa.nulls(n, pa.bool_()),
+    }
+    if soft_rows:
+        cols["soft"] = pa.FixedSizeListArray.from_arrays(pa.array(soft.astype(np.float32).ravel()), c)
+    table = pa.table(cols)
+    meta = {b"classes": json.dumps(list(map(str, names))).encode(),
+            b"est_correct_by": b"transition posterior" if transition is not None else b"soft label"}
     if epoch is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"labels_epoch": str(epoch).encode()})
+        meta[b"labels_epoch"] = str(epoch).encode()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path

@@ -86,7 +86,7 @@ def clothing1m() -> Config:
             dataset="clothing1m", raw_dir="data/raw/clothing1m", noise="none", noise_rate=0.0, n_meta=7000,
             n_val=0, shard_size=5000, verify="size", loader_workers=8, transform="imagenet", image_size=224,
         ),
-        model=ModelConfig(arch="resnet50", pretrained=True),
+        model=ModelConfig(arch="resnet50", pretrained=True),  # weights: model.weights, else TORCHVISION_RESNET50
         optim=OptimConfig(epochs=10, batch_size=32, lr=8e-4, weight_decay=1e-3, milestones=[6]),
         meta=recommended_meta(warmup_epochs=1, meta_batch_size=32),
         scale=ScaleConfig(use_gpu="true"),

@@ -21,6 +21,7 @@ from mslc.precision import Amp
 from pipeline import shardset
 from pipeline.training import checkpoint, streaming, transforms
 from pipeline.errors import PipelineError
+from pipeline.weights import load_into, weights_source
 
 if TYPE_CHECKING:  # type hints only: the config module imports the methods, which import this one
     from pipeline.training.config import Config
@@ -51,6 +52,14 @@ class Data:
     size: int = 0
     eval_cache: dict = field(default_factory=dict)  # split → (images, labels) decoded once (small splits)
     memory_format: torch.memory_format = torch.contiguous_format  # of the model's inputs (model.channels_last)
+    norm_cache: dict = field(default_factory=dict)  # device → (mean, std) there: copied once, not every step
+
+    def norm_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` (1, C, 1, 1) on ``device``, copied there once."""
+        key = str(device)
+        if key not in self.norm_cache:
+            self.norm_cache[key] = (self.mean.to(device), self.std.to(device))
+        return self.norm_cache[key]
 
     @property
     def num_classes(self) -> int:
@@ -117,7 +126,8 @@ class TrainState:
     epoch: int = 0
     steps_done: int = 0
     history: list[dict] = field(default_factory=list)
-    labels: dict | None = None  # rank 0: the soft labels to export, {epoch, y_tilde, alpha, beta} as tensors
+    labels: dict | None = None  # rank 0: the soft labels to export, {epoch, y_tilde, y_hat, alpha, beta} as tensors
+    corrected: torch.Tensor | None = None  # (N,) int32: arg-max ỹ at the last epoch's end (each epoch's churn)
 
     def state_dict(self) -> dict:
         return {
@@ -125,7 +135,7 @@ class TrainState:
             "corrector": self.corrector.state_dict(), "opt_theta": self.opt_theta.state_dict(),
             "bank": self.bank.state_dict(), "epoch": self.epoch, "steps_done": self.steps_done,
             "history": self.history, "rng": checkpoint.rng_state(), "method": self.method.state_dict(),
-            "labels": self.labels, "amp": self.amp.state_dict(),
+            "labels": self.labels, "amp": self.amp.state_dict(), "corrected": self.corrected,
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -138,6 +148,7 @@ class TrainState:
         self.epoch, self.steps_done, self.history = s["epoch"], s["steps_done"], list(s["history"])
         self.method.load_state_dict(s.get("method", {}))
         self.labels = s.get("labels")
+        self.corrected = s.get("corrected")
         self.amp.load_state_dict(s.get("amp", {}))
         checkpoint.set_rng_state(s["rng"])
 
@@ -146,7 +157,8 @@ def normalize(x: torch.Tensor, data: Data, device: torch.device) -> torch.Tensor
     """uint8 (n, C, H, W) → float (n, C, H, W), normalized, on ``device``, in
     ``data.memory_format`` (channels-last for a convolutional model on CUDA)."""
     x = x.to(device, non_blocking=True)
-    x = (x.float() / 255.0 - data.mean.to(device, non_blocking=True)) / data.std.to(device, non_blocking=True)
+    mean, std = data.norm_on(device)
+    x = (x.float() / 255.0 - mean) / std
     return x.contiguous(memory_format=data.memory_format)
 
 
@@ -197,8 +209,8 @@ def build_state(cfg: Config, data: Data, device: torch.device) -> TrainState:
     """Model, optimizers, schedule, corrector, bank and meta sampler, seeded by ``run.seed``."""
     torch.manual_seed(cfg.run.seed)
     model = build_bare_model(cfg, num_classes=data.num_classes, channels=data.channels, size=data.size).to(device)
-    if cfg.model.pretrained:
-        load_imagenet_weights(model)
+    if weights_source(cfg.model):
+        load_into(model, weights_source(cfg.model))
     model = model.to(memory_format=data.memory_format)
     o = cfg.optim
     opt_w = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -242,12 +254,3 @@ def build_meta_samplers(cfg: Config, data: Data) -> tuple[MetaSampler, MetaSampl
     k = trusted_batch_size(m.trusted_passes, meta=len(data.meta_y),
                            train=int(data.manifest["splits"]["train"]["count"]), batch=cfg.optim.batch_size)
     return meta, (MetaSampler(data.meta_x, data.meta_y, k) if k else None)
-
-
-def load_imagenet_weights(model: nn.Module) -> None:
-    """torchvision's ImageNet ResNet-50 weights, all but the classifier layer."""
-    import torchvision
-
-    sd = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    model.load_state_dict(sd, strict=False)

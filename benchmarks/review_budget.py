@@ -1,0 +1,158 @@
+"""The review budget against the truth: is the precision a run estimates for its flags,
+without true labels, the precision they have?
+
+    python benchmarks/review_budget.py [--noises sym-40 asym-40 instance-40] [--seeds 0] [--quick]
+                                       [--device cpu|cuda] [key=value ...]
+
+Each run is the default run (preset ``fmnist-sym40``, all of Fashion-MNIST) with only
+``data.noise`` / ``data.noise_rate`` changed. A run estimates, for each flag (corrected label ≠
+given label), the probability that its corrected label is right (``est_correct``: the model's
+prediction times the likelihood of the given label under the noise transition estimated on the
+trusted meta set; no true training label is read). Per band of confidence (the corrected
+label's probability under ỹ, on which ``relabel.csv`` is cut) this prints the estimated
+precision (the mean ``est_correct`` of the band's flags) beside the true one (the share whose
+corrected label is the true label), and for the threshold the run chose (the lowest whose
+flags are estimated ≥ 95% right) the true precision of ``relabel.csv``. One run per noise and
+seed; several seeds give mean ± std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+import numpy as np
+import torch
+
+from common import publish  # benchmarks/common.py, beside this script
+
+RESULTS = ROOT / "benchmarks" / "results"
+PRESET = "fmnist-sym40"
+NOISES = ["sym-40", "asym-40", "instance-40"]
+BANDS = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001]
+QUICK = ["data.max_train=1500", "data.max_test=500", "data.n_meta=200", "data.n_val=200", "optim.epochs=3",
+         "meta.warmup_epochs=1", "optim.milestones=[2]", "data.shard_size=500"]
+
+
+def bands(table: dict) -> list[dict]:
+    """Per confidence band of the flags: count, estimated and true precision."""
+    fl = table["flagged"]
+    out = []
+    for lo, hi in zip(BANDS[:-1], BANDS[1:]):
+        sel = fl & (table["prob"] >= lo) & (table["prob"] < hi)
+        n = int(sel.sum())
+        out.append({"band": f"[{lo:.2f}, {min(hi, 1.0):.2f}{']' if hi > 1 else ')'}", "flags": n,
+                    "estimated": float(table["est_correct"][sel].mean()) if n else None,
+                    "true": float(table["right"][sel].mean()) if n else None})
+    return out
+
+
+def one_run(noise: str, seed: int, extra: list[str], storage: str, device: str) -> dict:
+    from pipeline.review.select import budget, read_table
+    from pipeline.training.checkpoint import LocalReporter
+    from pipeline.training.cli import absolutize, load_config
+    from pipeline.training.loop import run
+    from pipeline.prep.job import ensure_shards
+
+    kind, _, pct = noise.rpartition("-")
+    name = f"budget-{noise}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    cfg = absolutize(load_config(PRESET, [f"data.noise={kind}", f"data.noise_rate={int(pct) / 100}",
+                                          f"run.seed={seed}", f"run.name={name}", f"run.storage_path={storage}",
+                                          "run.tensorboard=false", "run.report=false", "run.keep_checkpoints=1",
+                                          "run.keep_best=false", *extra]))
+    ensure_shards(cfg.data, log=lambda s: None)
+    t0 = time.time()
+    res = run(cfg, LocalReporter(Path(storage) / name, keep=1), torch.device(device), log=lambda s: None)
+    t = read_table(res["corrected_labels"])
+    t["flagged"] = t["corrected"] != t["given"]
+    t["right"] = (t["corrected"] == t["true"]).astype(np.float64)
+    b = budget(t)
+    cut = next(r for r in b["rows"] if r["threshold"] == b["threshold"]) if b["threshold"] < 1 else None
+    return {"noise": noise, "seed": seed, "wall_s": time.time() - t0, "flags": int(t["flagged"].sum()),
+            "samples": len(t["given"]), "threshold": b["threshold"], "estimated_by": b["estimated_by"],
+            "cut_flags": cut["flags"] if cut else 0, "cut_estimated": cut["precision"] if cut else None,
+            "cut_true": cut["true_precision"] if cut else None, "bands": bands(t),
+            "thresholds": [{k: r[k] for k in ("threshold", "flags", "precision", "true_precision")}
+                           for r in b["rows"]],
+            "labels": res["summary"]["labels"].get("corrected_all")}
+
+
+def pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def mean_std(vals: list) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    return f"{100 * np.mean(vals):.1f}" + (f" ± {100 * np.std(vals, ddof=1):.1f}" if len(vals) > 1 else "")
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -> str:
+    lines = ["# Review budget: estimated against true precision of the flags", "",
+             f"Made by `python benchmarks/review_budget.py{' --quick' if args.quick else ''}`. Preset `{PRESET}` "
+             f"(the default run{', tiny' if args.quick else ', all of Fashion-MNIST'}), overrides "
+             f"`{' '.join(overrides) or 'none'}`; seeds {args.seeds} (one seed per cell is one run: a probe, not "
+             f"a mean); torch {torch.__version__}, device {args.device}.", "",
+             "A flag is a sample whose corrected label differs from its given one. *estimated*: the mean of the "
+             "run's `est_correct` over the band's flags (computed without any true training label); *true*: the "
+             "share of them whose corrected label is the true label. Bands are of the corrected label's "
+             "probability under ỹ (the column `relabel.csv` is cut on). *cut*: the threshold the run chose for "
+             "`relabel.csv` (the lowest whose flags are estimated ≥ 95% right) and the true precision of what "
+             "it keeps.", ""]
+    for noise in args.noises:
+        rs = [r for r in rows if r["noise"] == noise]
+        if not rs:
+            continue
+        lines += [f"## {noise}", "",
+                  f"flags {mean_std([r['flags'] / r['samples'] for r in rs])}% of the labels; exported labels "
+                  f"{mean_std([r['labels'] for r in rs])}% right; estimate by {rs[0]['estimated_by']}; "
+                  f"wall {np.mean([r['wall_s'] for r in rs]):.0f} s per run", "",
+                  "| confidence band | flags | estimated % | true % | estimated − true |", "|---|---|---|---|---|"]
+        for i, band in enumerate(rs[0]["bands"]):
+            est = [r["bands"][i]["estimated"] for r in rs]
+            tru = [r["bands"][i]["true"] for r in rs]
+            diff = [e - t for e, t in zip(est, tru) if e is not None and t is not None]
+            lines.append(f"| {band['band']} | {np.mean([r['bands'][i]['flags'] for r in rs]):.0f} | "
+                         f"{mean_std(est)} | {mean_std(tru)} | {mean_std(diff) if diff else '–'} |")
+        lines += ["", "| cut | flags kept | estimated % | true % |", "|---|---|---|---|",
+                  "| " + ", ".join(f"{r['threshold']:.2f}" for r in rs) + " | "
+                  f"{np.mean([r['cut_flags'] for r in rs]):.0f} | {mean_std([r['cut_estimated'] for r in rs])} | "
+                  f"{mean_std([r['cut_true'] for r in rs])} |", ""]
+    worst = [abs(b["estimated"] - b["true"]) for r in rows for b in r["bands"]
+             if b["estimated"] is not None and b["true"] is not None and b["flags"] >= 100]
+    if worst:
+        lines += [f"Largest |estimated − true| over bands with ≥ 100 flags: {100 * max(worst):.1f} points.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--noises", nargs="+", default=NOISES)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--quick", action="store_true", help="a tiny smoke test of this script")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--storage", default="", help="where runs go (default: a new directory under runs/)")
+    ap.add_argument("--out", default="", help="output path without extension")
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    a = ap.parse_args(argv)
+    overrides = (QUICK if a.quick else []) + a.overrides
+    storage = a.storage or str(ROOT / "runs" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(a.out or RESULTS / ("review_budget" + ("_quick" if a.quick else "")))
+    rows = []
+    for noise in a.noises:
+        for seed in a.seeds:
+            rows.append(one_run(noise, seed, overrides, storage, a.device))
+            print(f"{noise} seed {seed}: {rows[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    publish(out, markdown(rows, a, overrides), {"preset": PRESET, "overrides": overrides, "seeds": a.seeds,
+                                                "torch": torch.__version__, "device": a.device, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
