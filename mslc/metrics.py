@@ -159,3 +159,59 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, *, z: float = 1.96) -> tuple[n
     mid = (p + z * z / (2 * safe)) / den
     half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe)) / den
     return np.where(n > 0, mid - half, 0.0), np.where(n > 0, mid + half, 1.0)
+
+
+CALIBRATION_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001)
+
+
+def clean_split_calibration(probs: np.ndarray, labels: np.ndarray, transition: np.ndarray, *,
+                            edges=CALIBRATION_EDGES) -> list[dict]:
+    """How :func:`label_posterior`'s probability of a correction compares with how often it is
+    right, measured on a clean split the model did not train on, without any true training
+    label: each clean sample of class ``c`` is given every label ``g`` with weight
+    ``T[c, g]`` (the estimated noise), its posterior's arg-max is the correction, and where that
+    differs from ``g`` (a flag) its posterior is the estimate and ``argmax == c`` the truth.
+
+    Parameters
+    ----------
+    probs : (n, C) the model's predictions on the clean split; labels : (n,) int64 its labels;
+    transition : (C, C) ``T[true, given]`` estimated on the trusted meta set.
+
+    Returns
+    -------
+    Per bin of the estimate (``edges``): ``lo``, ``hi``, ``weight`` (the flags' total weight),
+    ``estimated`` and ``true`` (weighted means; NaN where the bin is empty).
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    t = np.asarray(transition, dtype=np.float64)
+    n, c = probs.shape
+    est_all, right_all, w_all = [], [], []
+    for g in range(c):
+        post = label_posterior(probs, np.full(n, g), t)
+        corrected = post.argmax(1)
+        flag = corrected != g
+        est_all.append(post[np.arange(n), corrected][flag])
+        right_all.append((corrected == labels)[flag])
+        w_all.append(t[labels, g][flag])
+    est, right, w = np.concatenate(est_all), np.concatenate(right_all), np.concatenate(w_all)
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (est >= lo) & (est < hi)
+        wt = float(w[sel].sum())
+        bins.append({"lo": float(lo), "hi": float(hi), "weight": wt,
+                     "estimated": float((est[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan"),
+                     "true": float((right[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan")})
+    return bins
+
+
+def calibrate(est: np.ndarray, bins: list[dict], *, min_weight: float = 10.0) -> np.ndarray:
+    """``est`` (N,) moved by its bin's measured bias (``estimated − true`` of
+    :func:`clean_split_calibration`), clipped to [0, 1]; bins weighing less than
+    ``min_weight`` flags leave it as it is."""
+    est = np.asarray(est, dtype=np.float64)
+    out = est.copy()
+    for b in bins:
+        if b["weight"] >= min_weight and np.isfinite(b["true"]):
+            sel = (est >= b["lo"]) & (est < b["hi"])
+            out[sel] = np.clip(est[sel] - (b["estimated"] - b["true"]), 0.0, 1.0)
+    return out

@@ -196,6 +196,20 @@ def test_a_manifest_that_does_not_add_up_is_named_when_read(fake_shards, edit, w
         shardset.load_manifest(fake_shards)
 
 
+def test_a_manifest_that_does_not_add_up_stops_train_py_before_ray(fake_shards, fake_data_cfg, tmp_path):
+    path = fake_shards / "manifest.json"
+    m = json.loads(path.read_text())
+    m["splits"]["val"]["count"] = -2
+    path.write_text(json.dumps(m))
+    out = _train(f"data.shard_root={fake_data_cfg.shard_root}", f"data.n_meta={fake_data_cfg.n_meta}",
+                 f"data.n_val={fake_data_cfg.n_val}", "data.max_train=0", "data.max_test=0",
+                 f"run.storage_path={tmp_path / 'runs'}", "run.name=m")
+    assert out.returncode == 2 and "TrainController" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == (f"error: {path}: split 'val' has count -2; it must be an "
+                                                   "integer >= 0")
+    assert not (tmp_path / "runs" / "m").exists() or not any((tmp_path / "runs" / "m").iterdir())
+
+
 def test_an_empty_shard_is_named_even_without_verification(fake_shards):
     m = shardset.load_manifest(fake_shards)
     victim = fake_shards / m["splits"]["meta"]["shards"][0]["name"]

@@ -136,7 +136,9 @@ def test_budget_and_noise_matrix_files(smoke_run):
     t = pq.read_table(run_dir / "corrected_labels.parquet").to_pydict()
     flagged, n = sum(t["flagged"]), len(t["index"])
     b = json.loads((run_dir / "review_budget.json").read_text())
-    assert b["target"] == 0.95 and b["estimated_by"] == "transition posterior"
+    assert b["target"] == 0.95 and b["estimated_by"] == "transition posterior, calibrated on the clean validation split"
+    bins = json.loads(pq.read_schema(run_dir / "corrected_labels.parquet").metadata[b"est_correct_calibration"])
+    assert [b_["lo"] for b_ in bins] == [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     assert [r["threshold"] for r in b["rows"]] == pytest.approx(np.arange(0, 1, 0.05))
     assert b["rows"][0]["flags"] == flagged
     assert all(a["flags"] >= c["flags"] for a, c in zip(b["rows"], b["rows"][1:]))

@@ -259,3 +259,35 @@ def test_relabel_file_round_trips_through_the_shard_writer(fake_data_cfg, fake_s
     want = dict(zip(before["key"], before["label"]))
     want.update({r["key"]: int(r["label"]) for r in rows})
     assert after["label"].tolist() == [want[k] for k in after["key"]]
+
+
+def test_the_clean_split_calibration_against_a_naive_count():
+    """:func:`mslc.metrics.clean_split_calibration` by hand on a 3-class case: every clean sample
+    given every label with its transition weight; the flags' estimate and truth per bin."""
+    from mslc.metrics import calibrate, clean_split_calibration, label_posterior
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), 40)
+    labels = rng.integers(0, 3, 40)
+    t = np.array([[0.7, 0.3, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.9]])
+    bins = clean_split_calibration(probs, labels, t)
+    rows = []
+    for i in range(40):
+        for g in range(3):
+            post = label_posterior(probs[i:i + 1], np.array([g]), t)[0]
+            k = int(post.argmax())
+            if k != g and t[labels[i], g] > 0:
+                rows.append((post[k], float(k == labels[i]), t[labels[i], g]))
+    for b in bins:
+        mine = [(e, r, w) for e, r, w in rows if b["lo"] <= e < b["hi"]]
+        wt = sum(w for _, _, w in mine)
+        assert b["weight"] == pytest.approx(wt)
+        if wt:
+            assert b["estimated"] == pytest.approx(sum(e * w for e, _, w in mine) / wt)
+            assert b["true"] == pytest.approx(sum(r * w for _, r, w in mine) / wt)
+    est = np.array([0.55, 0.97, 0.3])
+    moved = calibrate(est, bins, min_weight=0.0)
+    for e, m in zip(est, moved):
+        b = next(b for b in bins if b["lo"] <= e < b["hi"])
+        want = e if not b["weight"] else min(1.0, max(0.0, e - (b["estimated"] - b["true"])))
+        assert m == pytest.approx(want)

@@ -152,6 +152,27 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+POOL_GRACE_S = 5.0  # a stopped pool's processes may finish the shard they are writing for this long
+
+
+def stop_pool(ex: ProcessPoolExecutor) -> None:
+    """Stop a pool after Ctrl-C or SIGTERM: no new task starts; each process may finish the
+    shard it is writing for :data:`POOL_GRACE_S` (killed mid-write, one can leave
+    multiprocessing's resource tracker a torn message, which it prints as a traceback),
+    then the ones still running are terminated."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + POOL_GRACE_S
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    queue = getattr(ex, "_call_queue", None)
+    if queue is not None:  # its feeder may be blocked on a pipe nobody reads now: do not wait for it at exit
+        queue.cancel_join_thread()
+
+
 def pool_map(fn, chunks: list, workers: int):
     """``fn`` over ``chunks`` in order, in ``workers`` processes (in this one when 1).
 
@@ -175,12 +196,7 @@ def pool_map(fn, chunks: list, workers: int):
         for f in futures:  # not Executor.map: its clean-up cancels futures the broken pool then fails to set
             yield f.result()
     except BaseException:
-        for proc in list((getattr(ex, "_processes", None) or {}).values()):
-            proc.terminate()
-        queue = getattr(ex, "_call_queue", None)
-        if queue is not None:  # its feeder may be blocked on a pipe nobody reads now: do not wait for it at exit
-            queue.cancel_join_thread()
-        ex.shutdown(wait=False)
+        stop_pool(ex)
         raise
     ex.shutdown()
 

@@ -220,6 +220,7 @@ class RunConfig:
     report_top: int = 16  # samples per class in each of the report's galleries
     relabel_threshold: float | None = None  # relabel.csv: flags whose corrected label has at least this probability; None: from relabel_precision
     relabel_precision: float = 0.95  # ... the lowest threshold whose flags are estimated (no true labels) this share right
+    calibrate: bool = True  # est_correct moved by its bias measured on the clean validation split (no true training label)
     export_soft: bool = False  # corrected_labels.parquet also holds each sample's whole ỹ row (column soft)
 
     def __post_init__(self) -> None:

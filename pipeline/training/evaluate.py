@@ -121,3 +121,19 @@ def progress_line(cfg: Config, r: dict) -> str:
     if r["phase"] == "mslc" and "alpha_clean" in r:
         s += f" alpha clean {r['alpha_clean']:.2f} noisy {r['alpha_noisy']:.2f}"
     return s + f" {r['epoch_seconds']:.0f}s"
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Data, split: str, device: torch.device, batch_size: int = 512,
+            cfg_bad_samples: str = "error") -> tuple[np.ndarray, np.ndarray] | None:
+    """``(probs (n, C), labels (n,))`` of ``model`` on a clean split, or None if it has no shards."""
+    if not shard_urls(data.shard_dir, data.manifest, split):
+        return None
+    model.eval()
+    probs, labels = [], []
+    for x, y in eval_batches(data, split, batch_size=batch_size, bad_samples=cfg_bad_samples):
+        probs.append(torch.softmax(model(normalize(x, data, device)).float(), 1).cpu())
+        labels.append(y)
+    model.train()
+    return (torch.cat(probs).numpy(), torch.cat(labels).numpy()) if probs else None
+

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from mslc import dist
+from mslc.metrics import clean_split_calibration
 from pipeline.errors import CheckpointError, DivergedError, PipelineError
 from pipeline.review import report as review
 from pipeline.storage import atomic_torch_save
 from pipeline.training import assign, checkpoint, device_decode, failures, methods, outputs, position, streaming
 from pipeline.training.config import Config
-from pipeline.training.evaluate import bank_metrics, evaluate, progress_line
+from pipeline.training.evaluate import bank_metrics, evaluate, predict, progress_line
 from pipeline.training.state import Data, TrainState, build_data, build_state, normalize
 
 
@@ -435,11 +436,12 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
         t = {k: v.numpy() if torch.is_tensor(v) else v for k, v in st.labels.items()}
         log(f"exported labels: epoch {t['epoch']} (the latest within one standard error of the best clean-validation "
             "accuracy after the warm-up)")
+        transition = methods.transition_estimate(st)
         result["corrected_labels"] = str(outputs.write_corrected_labels(
             run_dir / "corrected_labels.parquet", keys=data.keys, given=data.labels, soft=t["y_tilde"],
             alpha=t["alpha"], beta=t["beta"], true=data.true, epoch=t["epoch"], y_hat=t.get("y_hat"),
-            transition=methods.transition_estimate(st), classes=data.manifest["classes"],
-            soft_rows=cfg.run.export_soft))
+            transition=transition, classes=data.manifest["classes"], soft_rows=cfg.run.export_soft,
+            calibration=val_calibration(cfg, st, data, device, transition)))
         result["metrics"] = str(outputs.write_metrics(run_dir, st.history, extra))
         atomic_torch_save(st.model.state_dict(), run_dir / "model.pt")
         result["model"] = str(run_dir / "model.pt")
@@ -448,6 +450,16 @@ def _run(cfg: Config, reporter, device: torch.device | None = None, *, log=print
             tb.close()
             result["tensorboard"] = str(run_dir / "tensorboard")
     return result
+
+
+def val_calibration(cfg: Config, st: TrainState, data: Data, device: torch.device, transition) -> list[dict] | None:
+    """How the flags' estimated precision compares with the truth on the clean validation split
+    (:func:`mslc.metrics.clean_split_calibration`), or None without a transition estimate, a
+    validation split or ``run.calibrate``."""
+    if transition is None or not cfg.run.calibrate:
+        return None
+    pv = predict(st.model, data, "val", device, cfg_bad_samples=cfg.data.bad_samples)
+    return None if pv is None else clean_split_calibration(pv[0], pv[1], transition)
 
 
 def write_review(cfg: Config, run_dir: Path, data: Data, log) -> dict:

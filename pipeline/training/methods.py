@@ -172,13 +172,16 @@ class MSLC(Method):
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         super().__init__(cfg, device)
-        self.c_hat: torch.Tensor | None = None  # (C, C) the estimated transition (meta.transition=estimated)
+        self.c_hat: torch.Tensor | None = None  # (C, C) the estimated transition (Eq. 6 with meta.transition=estimated; the review budget)
 
     def start_epoch(self, st: TrainState, data: Data, phase: str) -> None:
         self.pulls = torch.zeros(3, device=self.device)  # Σ ‖∇θ_α meta‖, Σ wd·‖θ_α‖, meta updates
-        if phase == self.name and self.cfg.meta.transition == "estimated" and self.c_hat is None:
-            self.c_hat = estimate_transition(st, data, self.device)  # from the warm-up's model, once
-            st.corrector.set_transition(self.c_hat)
+        if phase == self.name and self.c_hat is None:
+            # from the warm-up's model, once; an eval-mode pass that changes nothing the run trains. The
+            # review budget reads it in every run, Eq. 6 only with meta.transition=estimated
+            self.c_hat = estimate_transition(st, data, self.device)
+            if self.cfg.meta.transition == "estimated":
+                st.corrector.set_transition(self.c_hat)
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         m = self.cfg.meta

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mslc.metrics import confusion_matrix, label_posterior
+from mslc.metrics import calibrate, confusion_matrix, label_posterior
 from pipeline.review.charts import confusion_png
 from pipeline.storage import atomic_path, atomic_write_text
 
@@ -98,7 +98,7 @@ def write_metrics(run_dir: Path, history: list[dict], extra: dict) -> Path:
 
 
 def label_columns(given: np.ndarray, soft: np.ndarray, y_hat: np.ndarray | None,
-                  transition: np.ndarray | None) -> dict[str, np.ndarray]:
+                  transition: np.ndarray | None, calibration: list[dict] | None = None) -> dict[str, np.ndarray]:
     """The per-sample figures a practitioner acts on, all without true labels.
 
     given : (N,) int64; soft : (N, C) ỹ, rows sum to 1; y_hat : (N, C) the model's
@@ -110,7 +110,8 @@ def label_columns(given: np.ndarray, soft: np.ndarray, y_hat: np.ndarray | None,
     ``flagged``; ``est_correct`` (the estimated probability that the corrected label is the
     true class: the model's prediction times the transition's likelihood of the given label,
     :func:`mslc.metrics.label_posterior`; ỹ's own probability where the run has no
-    transition estimate); ``predicted`` / ``predicted_prob`` (the model); ``review_rank``
+    transition estimate; moved by ``calibration``'s per-bin bias where given:
+    :func:`mslc.metrics.clean_split_calibration`); ``predicted`` / ``predicted_prob`` (the model); ``review_rank``
     (1 = review first: flagged samples before the rest, each by ``given_prob`` ascending).
     """
     n = len(given)
@@ -123,8 +124,11 @@ def label_columns(given: np.ndarray, soft: np.ndarray, y_hat: np.ndarray | None,
     order = np.lexsort((rows, given_prob, ~flagged))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(1, n + 1)
+    est = post[rows, corrected]
+    if calibration is not None:
+        est = calibrate(est, calibration)
     return {"corrected": corrected, "corrected_prob": soft[rows, corrected], "given_prob": given_prob,
-            "flagged": flagged, "est_correct": post[rows, corrected], "predicted": pred.argmax(1),
+            "flagged": flagged, "est_correct": est, "predicted": pred.argmax(1),
             "predicted_prob": pred.max(1), "review_rank": rank}
 
 
@@ -142,6 +146,7 @@ def write_corrected_labels(
     transition: np.ndarray | None = None,
     classes: list[str] | None = None,
     soft_rows: bool = False,
+    calibration: list[dict] | None = None,
 ) -> Path:
     """One row per training sample (the columns are listed in the README's output table):
     index, key; given_label, given_name, given_prob; corrected_label, corrected_name,
@@ -155,7 +160,7 @@ def write_corrected_labels(
     """
     n, c = soft.shape
     names = np.asarray(classes if classes is not None else [str(i) for i in range(c)], dtype=object)
-    col = label_columns(given, soft, y_hat, transition)
+    col = label_columns(given, soft, y_hat, transition, calibration)
     known = None if true is None else true >= 0
     cols = {
         "index": pa.array(np.arange(n, dtype=np.int64)),
@@ -181,7 +186,10 @@ def write_corrected_labels(
         cols["soft"] = pa.FixedSizeListArray.from_arrays(pa.array(soft.astype(np.float32).ravel()), c)
     table = pa.table(cols)
     meta = {b"classes": json.dumps(list(map(str, names))).encode(),
-            b"est_correct_by": b"transition posterior" if transition is not None else b"soft label"}
+            b"est_correct_by": (b"soft label" if transition is None else b"transition posterior" if calibration is None
+                                else b"transition posterior, calibrated on the clean validation split")}
+    if calibration is not None:
+        meta[b"est_correct_calibration"] = json.dumps(calibration).encode()
     if epoch is not None:
         meta[b"labels_epoch"] = str(epoch).encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
