@@ -14,6 +14,7 @@ which ``benchmarks/step_cost.py --phases`` reads.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from torch.profiler import record_function
+
+# torch's forward-mode AD registers its jvp decompositions with torch.jit.script the first time a
+# dual tensor is made, and torch.jit.script itself warns it is deprecated: torch's own call, not
+# ours, so the warning is filtered by its text and module rather than shown in every worker.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning,
+                        module=r"torch\.jit\._script")
 
 from mslc import dist
 from mslc.corrector import Corrector

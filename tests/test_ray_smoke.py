@@ -46,6 +46,7 @@ def smoke_run(tmp_path_factory):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (tmp / "stderr.txt").write_text(out.stderr)
     return tmp / "runs" / "smoke-e2e", out.stdout
 
 
@@ -59,6 +60,10 @@ def test_console_progress_and_paths(smoke_run):
     for what in ("model:", "tensorboard logs:", "corrected labels:", "metrics:", "relabel file:", "review report:"):
         assert what in stdout
     assert str(run_dir / "corrected_labels.parquet") in stdout
+    err = (run_dir.parents[1] / "stderr.txt").read_text()
+    for chatter in ("is illegal; using", "Checkpoint successfully created", "torch.jit.script` is deprecated",
+                    "Reporting training result"):
+        assert chatter not in stdout + err, chatter  # library chatter kept out of the console
     tail = stdout[stdout.index("done in "):]  # what the run found and what to do next, before the paths
     assert re.search(r"done in [\d.]+ min; exported: the labels of epoch \d", tail)
     assert re.search(r"flags: \d+ of 1500 labels \([\d.]+%\) differ from the given ones; estimated [\d.]+% of "

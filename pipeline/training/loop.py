@@ -485,15 +485,17 @@ def console(line: str) -> None:
 
 
 def quiet_ray_reports() -> None:
-    """Keep Ray Train's per-report "Reporting training result ..." INFO lines (the whole
-    metrics dict, every epoch, from every rank) out of the user's console."""
+    """Keep Ray Train's per-report INFO lines out of the user's console: "Reporting training
+    result ..." (the whole metrics dict, every epoch, from every rank) and "Checkpoint
+    successfully created at: ..." (every checkpoint; they are listed in the run directory)."""
     import logging
 
     try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # an internal module: nothing to quiet if it moved
+        from ray.train.v2._internal.execution import context, storage
+    except ImportError:  # internal modules: nothing to quiet if they moved
         return
     context.logger.setLevel(logging.WARNING)
+    storage.logger.setLevel(logging.WARNING)
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -223,9 +223,9 @@ class TensorBoardLog:
             if isinstance(v, (int, float)) and k != "epoch" and v is not None and not math.isnan(v):
                 self.writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("corrected_", "alpha_", "detect_")) else k, v, e)
         for pair, v in (record.get("alpha_pairs") or {}).items():
-            for group in ("flipped", "clean"):
+            for group in ("flipped", "clean"):  # "5->1" is not a legal tag name: "5_to_1"
                 if not math.isnan(v[group]):
-                    self.writer.add_scalar(f"alpha_pair/{pair}/{group}", v[group], e)
+                    self.writer.add_scalar(f"alpha_pair/{pair.replace('->', '_to_')}/{group}", v[group], e)
         for name, arr in (("alpha", alpha), ("beta", beta)):
             vals = arr[~np.isnan(arr)]
             if vals.size:
