@@ -178,6 +178,23 @@ def test_the_driver_checks_the_resume_checkpoint_and_storage_before_ray_starts(f
     assert time.time() - t0 < 60
 
 
+def test_a_run_name_that_links_out_of_the_storage_path_is_refused(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.training.launch import name_run
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "out").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "runs" / "inside").symlink_to(tmp_path / "runs" / "real", target_is_directory=True)
+    cfg = load_config("smoke", [f"run.storage_path={tmp_path / 'runs'}", "run.name=out"])
+    with pytest.raises(ConfigError, match=rf"run.name='out': {tmp_path / 'runs' / 'out'} is a link to "
+                                          rf"{tmp_path / 'elsewhere'}, outside run.storage_path"):
+        name_run(cfg)
+    assert name_run(load_config("smoke", [f"run.storage_path={tmp_path / 'runs'}", "run.name=inside"])).run.name == \
+        "inside"
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
 # --- the manifest and the shards -------------------------------------------------------------
 
 @pytest.mark.parametrize("edit, want", [

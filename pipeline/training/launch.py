@@ -25,6 +25,11 @@ def name_run(cfg: Config) -> Config:
     name = cfg.run.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     check_storage(cfg.run.storage_path)
     run_dir = Path(cfg.run.storage_path) / name
+    if "://" not in cfg.run.storage_path and run_dir.is_symlink():
+        target = run_dir.resolve()
+        if not target.is_relative_to(Path(cfg.run.storage_path).resolve()):
+            raise ConfigError(f"run.name={name!r}: {run_dir} is a link to {target}, outside run.storage_path; "
+                              "choose another name or storage path")
     if (run_dir / "metrics.json").exists():
         raise ConfigError(f"run.name={name!r}: {run_dir} already holds a run; choose another name")
     return replace(cfg, run=dataclasses.replace(cfg.run, name=name))
