@@ -15,6 +15,8 @@ run: $(STAMP) data
 	$(PY) pipeline/train.py $(ARGS)
 
 test: $(STAMP) data browser
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
 
 venv: $(STAMP)

@@ -4,8 +4,8 @@
 
 Each variant runs the preset's full schedule once per seed in one process (the loop Ray
 Train runs, as ``benchmarks/fmnist.py`` does): ``exact`` (the preset as it is), ``lagged``
-(``meta.lagged=true``: the real step reuses the virtual step's gradient, one backward
-fewer) and ``last layer + every 5`` (``meta.meta_scope=last meta.meta_every=5``, the
+(``mslc.lagged=true``: the real step reuses the virtual step's gradient, one backward
+fewer) and ``last layer + every 5`` (``mslc.meta_scope=last mslc.meta_every=5``, the
 cheapest approximation in ``benchmarks/step_cost.py``). The table gives mean ± std over
 the seeds of the test accuracy at the epoch chosen on clean validation (``best``), the
 mean of the last 5 epochs (``last5``) and the accuracy of the exported labels, and each
@@ -24,15 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch
-
 from common import publish  # benchmarks/common.py, beside this script
 from fmnist import one_row
 
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = {
     "exact": [],
-    "lagged": ["meta.lagged=true"],
-    "last layer + every 5": ["meta.meta_scope=last", "meta.meta_every=5"],
+    "lagged": ["mslc.lagged=true"],
+    "last layer + every 5": ["mslc.meta_scope=last", "mslc.meta_every=5"],
 }
 FIELDS = (("best", "best"), ("last5", "last5"), ("label_all", "label acc"))
 
@@ -58,18 +57,31 @@ def summarize(rows: list[dict], names: list[str]) -> list[dict]:
 
 
 def markdown(summary: list[dict], rows: list[dict], command: str) -> str:
-    md = ["# MSLC approximations: accuracy against the exact step", "", f"`{command}`  ",
-          f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; torch {torch.__version__}. "
-          "Test accuracy and label accuracy in %, mean ± std over the seeds; Δ: the mean's difference from exact.",
-          "", "| variant | seeds | best | Δ best | last5 | Δ last5 | label acc | Δ label acc | wall s (mean) |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        "# MSLC approximations: accuracy against the exact step",
+        "",
+        f"`{command}`  ",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, CPU; torch {torch.__version__}. "
+        "Test accuracy and label accuracy in %, mean ± std over the seeds; Δ: the mean's difference from exact.",
+        "",
+        "| variant | seeds | best | Δ best | last5 | Δ last5 | label acc | Δ label acc | wall s (mean) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
         cells = [f"{s[k]:.2f} ± {s[k + '_std']:.2f} | {s[k + '_vs_exact']:+.2f}" for k, _ in FIELDS]
         md.append(f"| {s['variant']} | {len(s['seeds'])} | {' | '.join(cells)} | {s['wall_s']:.0f} |")
-    md += ["", "Per run:", "", "| variant | seed | best | last5 | label acc | labels epoch | wall s |",
-           "|---|---|---|---|---|---|---|"]
-    md += [f"| {r['variant']} | {r['seed']} | {100 * r['best']:.2f} | {100 * r['last5']:.2f} | "
-           f"{100 * r['label_all']:.2f} | {r['labels_epoch']} | {r['wall_s']:.0f} |" for r in rows]
+    md += [
+        "",
+        "Per run:",
+        "",
+        "| variant | seed | best | last5 | label acc | labels epoch | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['variant']} | {r['seed']} | {100 * r['best']:.2f} | {100 * r['last5']:.2f} | "
+        f"{100 * r['label_all']:.2f} | {r['labels_epoch']} | {r['wall_s']:.0f} |"
+        for r in rows
+    ]
     return "\n".join(md) + "\n"
 
 
@@ -88,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in a.seeds:
         for name in a.variants:
             print(f"{a.preset} {name} seed {seed}", flush=True)
-            row = one_row(a.preset, "mslc", seed, [*VARIANTS[name], *a.overrides], Path(a.storage).resolve(),
-                          torch.device("cpu"))
+            row = one_row(
+                a.preset, "mslc", seed, [*VARIANTS[name], *a.overrides], Path(a.storage).resolve(), torch.device("cpu")
+            )
             rows.append({"variant": name, **row})
     summary = summarize(rows, a.variants)
     command = f"python benchmarks/approximations.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()

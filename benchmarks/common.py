@@ -11,9 +11,16 @@ from pathlib import Path
 # Eq. 6, α = α_net(·)), whatever the presets recommend to users. Every run of the
 # comparison benchmarks starts from these, so a preset's default cannot move their rows (the
 # corrector is built for every method and draws from the RNG before MW-Net's weight net).
-PAPER_SETTINGS = ["meta.corrector=loss", "meta.alpha_lr=1e-3", "meta.beta_lr=1e-3", "meta.weight_decay=1e-4",
-                  "meta.virtual_lr=current", "meta.trusted_passes=0", "meta.transition=none",
-                  "meta.alpha_prior=none"]
+PAPER_SETTINGS = [
+    "mslc.corrector=loss",
+    "mslc.alpha_lr=1e-3",
+    "mslc.beta_lr=1e-3",
+    "mslc.weight_decay=1e-4",
+    "mslc.virtual_lr=current",
+    "mslc.trusted_passes=0",
+    "mslc.transition=none",
+    "mslc.alpha_prior=none",
+]
 
 
 def publish(out: str | Path, markdown: str, payload: dict, *, quiet: bool = False) -> None:

@@ -27,27 +27,53 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch
-
 from common import publish  # benchmarks/common.py, beside this script
+
 from pipeline.prep.job import ensure_shards
-from pipeline.training.checkpoint import LocalReporter
-from pipeline.training.cli import absolutize, load_config
-from pipeline.training.methods import METHODS
-from pipeline.training.loop import run
+from pipeline.training.methods.registry import METHODS
+from pipeline.training.run.checkpoint import LocalReporter
+from pipeline.training.settings.cli import absolutize, load_config
+from pipeline.worker import run
 
 RESULTS = ROOT / "benchmarks" / "results"
-COLUMNS = ("method", "noise", "realized_rate", "seed", "best", "last5", "label_all", "label_clean", "label_noisy",
-           "labels_epoch", "wall_s")
+COLUMNS = (
+    "method",
+    "noise",
+    "realized_rate",
+    "seed",
+    "best",
+    "last5",
+    "label_all",
+    "label_clean",
+    "label_noisy",
+    "labels_epoch",
+    "wall_s",
+)
 
 
 def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: Path, device: torch.device) -> dict:
     name = f"bench-{preset}-{method}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = absolutize(load_config(preset, [f"meta.method={method}", f"run.seed={seed}", f"run.name={name}",
-                                          f"run.storage_path={storage}", "run.tensorboard=false", *overrides]))
+    cfg = absolutize(
+        load_config(
+            preset,
+            [
+                f"meta.method={method}",
+                f"run.seed={seed}",
+                f"run.name={name}",
+                f"run.storage_path={storage}",
+                "run.tensorboard=false",
+                *overrides,
+            ],
+        )
+    )
     ensure_shards(cfg.data)
     t0 = time.time()
-    res = run(cfg, LocalReporter(Path(cfg.run.storage_path) / name, keep=cfg.run.keep_checkpoints), device,
-              log=lambda s: print(f"  {s}", flush=True))
+    res = run(
+        cfg,
+        LocalReporter(Path(cfg.run.storage_path) / name, keep=cfg.run.keep_checkpoints),
+        device,
+        log=lambda s: print(f"  {s}", flush=True),
+    )
     wall = time.time() - t0
     s, final, labels = res["summary"], res["summary"]["final"], res["summary"]["labels"]
     metrics = json.loads(Path(res["metrics"]).read_text())
@@ -73,16 +99,25 @@ def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: 
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    out = [header, "", "Label acc all / clean / noisy: accuracy of the label each method hands back (MSLC: argmax ỹ "
-           "of the exported labels, from the epoch in the labels-epoch column; CE "
-           "corrects nothing, so its label is the given one: 100 / 0) on samples whose given label was right / "
-           "wrong. Wall seconds: the whole run, evaluation included.", "", "| method | noise | realized rate | seed | best | last5 | label acc all | label acc clean | label acc noisy "
-           "| labels epoch | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        header,
+        "",
+        "Label acc all / clean / noisy: accuracy of the label each method hands back (MSLC: argmax ỹ "
+        "of the exported labels, from the epoch in the labels-epoch column; CE "
+        "corrects nothing, so its label is the given one: 100 / 0) on samples whose given label was right / "
+        "wrong. Wall seconds: the whole run, evaluation included.",
+        "",
+        "| method | noise | realized rate | seed | best | last5 | label acc all | label acc clean | label acc noisy "
+        "| labels epoch | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['method']} | {r['noise']} | {100 * r['realized_rate']:.2f}% | {r['seed']} | "
-                   f"{100 * r['best']:.2f} | {100 * r['last5']:.2f} | {100 * r['label_all']:.2f} | "
-                   f"{100 * r['label_clean']:.2f} | "
-                   f"{100 * r['label_noisy']:.2f} | {r['labels_epoch']} | {r['wall_s']:.0f} |")
+        out.append(
+            f"| {r['method']} | {r['noise']} | {100 * r['realized_rate']:.2f}% | {r['seed']} | "
+            f"{100 * r['best']:.2f} | {100 * r['last5']:.2f} | {100 * r['label_all']:.2f} | "
+            f"{100 * r['label_clean']:.2f} | "
+            f"{100 * r['label_noisy']:.2f} | {r['labels_epoch']} | {r['wall_s']:.0f} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -96,18 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda where present)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     a = p.parse_args(argv)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if a.device == "auto" else a.device)
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else "cpu" if a.device == "auto" else a.device
+    )
     rows = []
     for preset in a.presets:
         for seed in a.seeds:
             for method in a.methods:
                 print(f"{preset} {method} seed {seed}", flush=True)
                 rows.append(one_row(preset, method, seed, a.overrides, Path(a.storage).resolve(), device))
-    header = (f"# Fashion-MNIST: CE vs MSLC\n\nCommand: `python benchmarks/fmnist.py {' '.join(argv or sys.argv[1:])}`"
-              f"  \nMachine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-              f"{torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}; "
-              f"torch {torch.__version__}. Test accuracy in %; best = at the epoch chosen on clean validation.")
+    header = (
+        f"# Fashion-MNIST: CE vs MSLC\n\nCommand: `python benchmarks/fmnist.py {' '.join(argv or sys.argv[1:])}`"
+        f"  \nMachine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}; "
+        f"torch {torch.__version__}. Test accuracy in %; best = at the epoch chosen on clean validation."
+    )
     publish(a.out, markdown(rows, header), {"columns": COLUMNS, "rows": rows})
     return 0
 

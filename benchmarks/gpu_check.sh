@@ -49,7 +49,7 @@ part_tests() {
     local sel=()
     [ "$DEVICE" = cuda ] && sel=(-k cuda)
     [ "${QUICK:-0}" = 1 ] && sel=(-k "short_run or refuses or auto_takes")  # the dry run: make test runs them all
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_device_decode.py "${sel[@]}"
+    "$PY" -m pytest -q -p no:cacheprovider tests/pipeline/training/test_precision.py tests/pipeline/training/test_device_decode.py "${sel[@]}"
 }
 
 part_step() {  # ARCH SIZE STEM: batch 32 and 128, each variant in one round (a GPU drifts far less than this CPU)

@@ -53,7 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import torch
-
 from common import PAPER_SETTINGS  # benchmarks/common.py, beside this script
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -69,10 +68,26 @@ METHODS = {  # row name: (overrides beyond the preset, the cells it runs in)
 }
 GRID_METHODS = [m for m, (_, cells) in METHODS.items() if cells == GRID]
 BUDGET = ["data.max_train=10000", "data.max_test=2000"]
-QUICK = ["data.max_train=600", "data.max_test=300", "data.n_meta=100", "data.n_val=100", "optim.epochs=3",
-         "meta.warmup_epochs=1", "optim.milestones=[2]", "data.shard_size=300"]
-SHOWN = (("val", "val"), ("best", "best"), ("last5", "last5"), ("label_all", "labels"), ("label_clean", "clean"),
-         ("label_noisy", "noisy"), ("f1", "F1"), ("label_peak", "peak"))
+QUICK = [
+    "data.max_train=600",
+    "data.max_test=300",
+    "data.n_meta=100",
+    "data.n_val=100",
+    "optim.epochs=3",
+    "meta.warmup_epochs=1",
+    "optim.milestones=[2]",
+    "data.shard_size=300",
+]
+SHOWN = (
+    ("val", "val"),
+    ("best", "best"),
+    ("last5", "last5"),
+    ("label_all", "labels"),
+    ("label_clean", "clean"),
+    ("label_noisy", "noisy"),
+    ("f1", "F1"),
+    ("label_peak", "peak"),
+)
 
 
 def parse_noise(cell: str) -> tuple[str, float]:
@@ -86,17 +101,32 @@ def parse_noise(cell: str) -> tuple[str, float]:
 def one_run(method: str, cell: str, seed: int, budget: list[str], storage: str, device: str, threads: int) -> dict:
     """One training run in this process; its row for the table."""
     from pipeline.prep.job import ensure_shards
-    from pipeline.training.checkpoint import LocalReporter
-    from pipeline.training.cli import absolutize, load_config
-    from pipeline.training.loop import run
+    from pipeline.training.run.checkpoint import LocalReporter
+    from pipeline.training.settings.cli import absolutize, load_config
+    from pipeline.worker import run
 
     kind, rate = parse_noise(cell)
     tag = method.replace(" ", "_").replace("(", "").replace(")", "")
     name = f"grid-{cell}-{tag}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    cfg = absolutize(load_config(PRESET, [
-        f"data.noise={kind}", f"data.noise_rate={rate}", f"run.seed={seed}", f"run.name={name}",
-        f"run.storage_path={storage}", "run.tensorboard=false", "run.report=false", "run.keep_checkpoints=1",
-        "run.keep_best=false", f"scale.threads={threads}", *budget, *METHODS[method][0]]))
+    cfg = absolutize(
+        load_config(
+            PRESET,
+            [
+                f"data.noise={kind}",
+                f"data.noise_rate={rate}",
+                f"run.seed={seed}",
+                f"run.name={name}",
+                f"run.storage_path={storage}",
+                "run.tensorboard=false",
+                "run.report=false",
+                "run.keep_checkpoints=1",
+                "run.keep_best=false",
+                f"scale.threads={threads}",
+                *budget,
+                *METHODS[method][0],
+            ],
+        )
+    )
     ensure_shards(cfg.data, log=lambda s: None)
     t0 = time.time()
     res = run(cfg, LocalReporter(Path(cfg.run.storage_path) / name, keep=1), torch.device(device), log=lambda s: None)
@@ -104,25 +134,54 @@ def one_run(method: str, cell: str, seed: int, budget: list[str], storage: str, 
     m = json.loads(Path(res["metrics"]).read_text())
     s, lab = res["summary"], res["summary"]["labels"]
     after = [h for h in m["epochs"] if h["phase"] != "warmup"] or m["epochs"]
-    return {"method": method, "noise": cell, "seed": seed,
-            "val": max((h["val_acc"] for h in m["epochs"] if h.get("val_acc") is not None), default=None),
-            "best": s["best_test_acc"], "last5": s["last5_test_acc"],
-            "label_all": lab.get("corrected_all"), "label_clean": lab.get("corrected_clean"),
-            "label_noisy": lab.get("corrected_noisy"), "precision": lab.get("detect_precision"),
-            "recall": lab.get("detect_recall"), "f1": lab.get("detect_f1"), "wall_s": wall, "threads": threads,
-            "labels_epoch": lab["epoch"], "label_peak": max(h.get("corrected_all") or 0.0 for h in after),
-            "selected_epoch": s["selected_epoch"], "realized_rate": m["noise"]["realized_rate"],
-            "history": [{k: h.get(k) for k in ("epoch", "phase", "val_acc", "test_acc", "corrected_all",
-                                                "corrected_clean", "corrected_noisy", "alpha_clean", "alpha_noisy")}
-                        for h in m["epochs"]]}
+    return {
+        "method": method,
+        "noise": cell,
+        "seed": seed,
+        "val": max((h["val_acc"] for h in m["epochs"] if h.get("val_acc") is not None), default=None),
+        "best": s["best_test_acc"],
+        "last5": s["last5_test_acc"],
+        "label_all": lab.get("corrected_all"),
+        "label_clean": lab.get("corrected_clean"),
+        "label_noisy": lab.get("corrected_noisy"),
+        "precision": lab.get("detect_precision"),
+        "recall": lab.get("detect_recall"),
+        "f1": lab.get("detect_f1"),
+        "wall_s": wall,
+        "threads": threads,
+        "labels_epoch": lab["epoch"],
+        "label_peak": max(h.get("corrected_all") or 0.0 for h in after),
+        "selected_epoch": s["selected_epoch"],
+        "realized_rate": m["noise"]["realized_rate"],
+        "history": [
+            {
+                k: h.get(k)
+                for k in (
+                    "epoch",
+                    "phase",
+                    "val_acc",
+                    "test_acc",
+                    "corrected_all",
+                    "corrected_clean",
+                    "corrected_noisy",
+                    "alpha_clean",
+                    "alpha_noisy",
+                )
+            }
+            for h in m["epochs"]
+        ],
+    }
 
 
 # ------------------------------------------------------------------ the table
 
 
 def cells(rows: list[dict], method: str, noise: str, key: str) -> list[float]:
-    return [r[key] for r in rows if r["method"] == method and r["noise"] == noise and r.get(key) is not None
-            and not np.isnan(r[key])]
+    return [
+        r[key]
+        for r in rows
+        if r["method"] == method and r["noise"] == noise and r.get(key) is not None and not np.isnan(r[key])
+    ]
 
 
 def mean_std(vals: list[float]) -> str:
@@ -165,10 +224,15 @@ def compare(rows: list[dict], noise: str, key: str, a: str = "MSLC", b: str = "G
 
 
 def verdict_md(rows: list[dict], noises: list[str]) -> list[str]:
-    out = ["### MSLC against GLC, cell by cell", "",
-           "Differences in points (MSLC − GLC, means over the seeds); `tie`: below by at most the larger "
-           "standard deviation. `peak − labels`: MSLC's label peak after the warm-up minus its exported labels.", "",
-           "| noise | labels | last5 | clean labels | MSLC peak − labels | seeds (MSLC/GLC) |", "|---|---|---|---|---|---|"]
+    out = [
+        "### MSLC against GLC, cell by cell",
+        "",
+        "Differences in points (MSLC − GLC, means over the seeds); `tie`: below by at most the larger "
+        "standard deviation. `peak − labels`: MSLC's label peak after the warm-up minus its exported labels.",
+        "",
+        "| noise | labels | last5 | clean labels | MSLC peak − labels | seeds (MSLC/GLC) |",
+        "|---|---|---|---|---|---|",
+    ]
     for n in noises:
         parts = []
         for key in ("label_all", "last5", "label_clean"):
@@ -188,21 +252,32 @@ def markdown(rows: list[dict], noises: list[str], header: list[str]) -> str:
         if not here:
             continue
         rate = [r["realized_rate"] for r in rows if r["noise"] == n]
-        out += [f"### {n} (wrong labels: {100 * np.mean(rate):.1f}%)", "",
-                "| method | " + " | ".join(t for _, t in SHOWN) + " | labels from epoch | seeds | wall s |",
-                "|---|" + "---|" * (len(SHOWN) + 3)]
+        out += [
+            f"### {n} (wrong labels: {100 * np.mean(rate):.1f}%)",
+            "",
+            "| method | " + " | ".join(t for _, t in SHOWN) + " | labels from epoch | seeds | wall s |",
+            "|---|" + "---|" * (len(SHOWN) + 3),
+        ]
         for m in here:
             ep = sorted({r["labels_epoch"] for r in rows if r["method"] == m and r["noise"] == n})
             wall = cells(rows, m, n, "wall_s")
-            out.append(f"| {m} | " + " | ".join(mean_std(cells(rows, m, n, k)) for k, _ in SHOWN)
-                       + f" | {', '.join(map(str, ep))} | {len(wall)} | {np.mean(wall):.0f} |")
+            out.append(
+                f"| {m} | "
+                + " | ".join(mean_std(cells(rows, m, n, k)) for k, _ in SHOWN)
+                + f" | {', '.join(map(str, ep))} | {len(wall)} | {np.mean(wall):.0f} |"
+            )
         out.append("")
     grid = [n for n in noises if all(cells(rows, m, n, "best") for m in GRID_METHODS)]
     out += verdict_md(rows, grid)
     rk = mean_ranks(rows, GRID_METHODS, grid)
-    out += [f"### Mean rank over the grid's cells by last5 and exported labels (1 = best; {len(grid)} cells)", "",
-            "| method | mean rank |", "|---|---|", *[f"| {m} | {rk[m]:.2f} |" for m in sorted(GRID_METHODS, key=rk.get)],
-            ""]
+    out += [
+        f"### Mean rank over the grid's cells by last5 and exported labels (1 = best; {len(grid)} cells)",
+        "",
+        "| method | mean rank |",
+        "|---|---|",
+        *[f"| {m} | {rk[m]:.2f} |" for m in sorted(GRID_METHODS, key=rk.get)],
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -227,8 +302,10 @@ def load(path: Path, protocol: dict) -> dict:
         return {"protocol": protocol, "rows": []}
     payload = json.loads(path.read_text())
     if payload.get("protocol") != protocol:
-        raise SystemExit(f"error: {path} holds runs of another protocol ({payload.get('protocol')}); "
-                         f"this one is {protocol}: pass --out to start another table")
+        raise SystemExit(
+            f"error: {path} holds runs of another protocol ({payload.get('protocol')}); "
+            f"this one is {protocol}: pass --out to start another table"
+        )
     return payload
 
 
@@ -236,18 +313,22 @@ def header(payload: dict) -> list[str]:
     p = payload["protocol"]
     seeds = sorted({r["seed"] for r in payload["rows"]})
     wall = sum(r["wall_s"] for r in payload["rows"])
-    return [f"# Label noise on Fashion-MNIST: MSLC, GLC and CE at the user-facing defaults ({p['kind']})", "",
-            f"Made by `python benchmarks/noise_table.py{' --full' if p['kind'] == 'full data' else ''}"
-            f"{' --quick' if p['kind'] == 'quick smoke test' else ''}` (any part of the grid at a time; the rows "
-            f"merge). Preset `{PRESET}`, overrides of every run: `{' '.join(p['overrides']) or '(none)'}`; seeds "
-            f"{seeds}; {len(payload['rows'])} runs, {wall / 3600:.1f} h of run time; torch "
-            f"{payload.get('torch', '?')}, device {payload.get('device', '?')}.", "",
-            "Mean ± std over the seeds, in %. val: the best clean-validation accuracy; best: test accuracy at the "
-            "best clean-validation epoch; last5: mean test accuracy of the last 5 epochs; labels / clean / noisy: "
-            "accuracy of the exported labels on all / originally clean / originally noisy samples (CE: the given "
-            "labels); F1: exported label ≠ given label as a detector of wrong labels; peak: the best label accuracy "
-            "of any epoch after the warm-up; wall s: one run's time (runs went "
-            f"{payload.get('jobs', 1)} at a time on this machine)."]
+    return [
+        f"# Label noise on Fashion-MNIST: MSLC, GLC and CE at the user-facing defaults ({p['kind']})",
+        "",
+        f"Made by `python benchmarks/noise_table.py{' --full' if p['kind'] == 'full data' else ''}"
+        f"{' --quick' if p['kind'] == 'quick smoke test' else ''}` (any part of the grid at a time; the rows "
+        f"merge). Preset `{PRESET}`, overrides of every run: `{' '.join(p['overrides']) or '(none)'}`; seeds "
+        f"{seeds}; {len(payload['rows'])} runs, {wall / 3600:.1f} h of run time; torch "
+        f"{payload.get('torch', '?')}, device {payload.get('device', '?')}.",
+        "",
+        "Mean ± std over the seeds, in %. val: the best clean-validation accuracy; best: test accuracy at the "
+        "best clean-validation epoch; last5: mean test accuracy of the last 5 epochs; labels / clean / noisy: "
+        "accuracy of the exported labels on all / originally clean / originally noisy samples (CE: the given "
+        "labels); F1: exported label ≠ given label as a detector of wrong labels; peak: the best label accuracy "
+        "of any epoch after the warm-up; wall s: one run's time (runs went "
+        f"{payload.get('jobs', 1)} at a time on this machine).",
+    ]
 
 
 def merge(out: Path, protocol: dict, new: list[dict], extra: dict) -> dict:
@@ -258,13 +339,20 @@ def merge(out: Path, protocol: dict, new: list[dict], extra: dict) -> dict:
         payload = load(path, protocol)
         keep = {(r["method"], r["noise"], r["seed"]) for r in new}
         payload["rows"] = [r for r in payload["rows"] if (r["method"], r["noise"], r["seed"]) not in keep] + new
-        payload["rows"].sort(key=lambda r: (GRID.index(r["noise"]) if r["noise"] in GRID else 99,
-                                            list(METHODS).index(r["method"]), r["seed"]))
+        payload["rows"].sort(
+            key=lambda r: (
+                GRID.index(r["noise"]) if r["noise"] in GRID else 99,
+                list(METHODS).index(r["method"]),
+                r["seed"],
+            )
+        )
         payload.update(extra)
         noises = [n for n in GRID if any(r["noise"] == n for r in payload["rows"])]
-        payload["mean_rank"] = mean_ranks(payload["rows"], GRID_METHODS,
-                                          [n for n in noises if all(cells(payload["rows"], m, n, "best")
-                                                                    for m in GRID_METHODS)])
+        payload["mean_rank"] = mean_ranks(
+            payload["rows"],
+            GRID_METHODS,
+            [n for n in noises if all(cells(payload["rows"], m, n, "best") for m in GRID_METHODS)],
+        )
         md = markdown(payload["rows"], noises, header(payload))
         for target, text in ((path, json.dumps(payload, indent=1)), (out.with_suffix(".md"), md)):
             tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -276,16 +364,25 @@ def merge(out: Path, protocol: dict, new: list[dict], extra: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--noises", nargs="+", default=GRID, choices=GRID, metavar="NOISE",
-                    help=f"cells of the grid ({' '.join(GRID)})")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
-                    help=f"rows ({', '.join(METHODS)}; each runs only in its own cells)")
+    ap.add_argument(
+        "--noises", nargs="+", default=GRID, choices=GRID, metavar="NOISE", help=f"cells of the grid ({' '.join(GRID)})"
+    )
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=list(METHODS),
+        metavar="METHOD",
+        help=f"rows ({', '.join(METHODS)}; each runs only in its own cells)",
+    )
     ap.add_argument("--full", action="store_true", help="every training image (GPU machines)")
     ap.add_argument("--quick", action="store_true", help="a tiny smoke test of this script")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--storage", default="", help="where runs go (default: a new directory under runs/)")
-    ap.add_argument("--out", default="", help="output path without extension (default: results/noise_table[_full|_quick])")
+    ap.add_argument(
+        "--out", default="", help="output path without extension (default: results/noise_table[_full|_quick])"
+    )
     ap.add_argument("--list", action="store_true", help="print the runs this would make and stop")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     a = ap.parse_args(argv)
@@ -309,16 +406,23 @@ def main(argv: list[str] | None = None) -> int:
     if a.jobs > 1:
         for n in dict.fromkeys(n for _, n, _ in todo):  # shards first, one at a time: every method shares them
             prepare_shards(n, budget)
-    with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) if a.jobs > 1 else contextlib.nullcontext() as pool:
-        runs = ((pool.submit(one_run, m, n, s, budget, storage, a.device, threads) for m, n, s in todo) if pool
-                else (one_run(m, n, s, budget, storage, a.device, threads) for m, n, s in todo))
+    with (
+        ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) if a.jobs > 1 else contextlib.nullcontext() as pool
+    ):
+        runs = (
+            (pool.submit(one_run, m, n, s, budget, storage, a.device, threads) for m, n, s in todo)
+            if pool
+            else (one_run(m, n, s, budget, storage, a.device, threads) for m, n, s in todo)
+        )
         for r in (f.result() for f in as_completed(list(runs))) if pool else runs:
             merge(out, protocol, [r], extra)
             done += 1
-            print(f"{r['noise']:>12} {r['method']:<24} seed {r['seed']}: last5 {100 * r['last5']:.2f} labels "
-                  f"{100 * (r['label_all'] or 0):.2f} (clean {100 * (r['label_clean'] or 0):.2f}, peak "
-                  f"{100 * r['label_peak']:.2f}) [{r['wall_s']:.0f}s; {done}/{len(todo)}, {time.time() - t0:.0f}s in all]",
-                  flush=True)
+            print(
+                f"{r['noise']:>12} {r['method']:<24} seed {r['seed']}: last5 {100 * r['last5']:.2f} labels "
+                f"{100 * (r['label_all'] or 0):.2f} (clean {100 * (r['label_clean'] or 0):.2f}, peak "
+                f"{100 * r['label_peak']:.2f}) [{r['wall_s']:.0f}s; {done}/{len(todo)}, {time.time() - t0:.0f}s in all]",
+                flush=True,
+            )
     print(out.with_suffix(".md").read_text())
     return 0
 
@@ -326,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 def prepare_shards(cell: str, budget: list[str]) -> None:
     """Write a cell's shards if they are missing (before parallel runs would race to)."""
     from pipeline.prep.job import ensure_shards
-    from pipeline.training.cli import absolutize, load_config
+    from pipeline.training.settings.cli import absolutize, load_config
 
     kind, rate = parse_noise(cell)
     cfg = absolutize(load_config(PRESET, [f"data.noise={kind}", f"data.noise_rate={rate}", *budget]))

@@ -34,48 +34,86 @@ ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-
 from common import PAPER_SETTINGS, publish  # benchmarks/common.py, beside this script
+
 from pipeline.prep.job import ensure_shards
-from pipeline.training.checkpoint import LocalReporter
-from pipeline.training.cli import absolutize, load_config
-from pipeline.training.methods import METHODS as REGISTRY
-from pipeline.training.loop import run
+from pipeline.rundir import RunDir
+from pipeline.training.methods.registry import METHODS as REGISTRY
+from pipeline.training.run.checkpoint import LocalReporter
+from pipeline.training.settings.cli import absolutize, load_config
+from pipeline.worker import run
 
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = [("sym", 0.2), ("sym", 0.4), ("sym", 0.6), ("sym", 0.8), ("asym", 0.2), ("asym", 0.4)]
-METHODS = {cls.label: [f"meta.method={name}"]  # row name: overrides; every registered method, MSLC last
-           for name, cls in sorted(REGISTRY.items(), key=lambda kv: kv[0] == "mslc")}
+METHODS = {
+    cls.label: [f"meta.method={name}"]  # row name: overrides; every registered method, MSLC last
+    for name, cls in sorted(REGISTRY.items(), key=lambda kv: kv[0] == "mslc")
+}
 APPROX = {
-    "MSLC, meta every 5": ["meta.method=mslc", "meta.meta_every=5"],
-    "MSLC, last-layer meta-grad": ["meta.method=mslc", "meta.meta_scope=last"],
-    "MSLC, last layer + every 5": ["meta.method=mslc", "meta.meta_scope=last", "meta.meta_every=5"],
+    "MSLC, meta every 5": ["meta.method=mslc", "mslc.meta_every=5"],
+    "MSLC, last-layer meta-grad": ["meta.method=mslc", "mslc.meta_scope=last"],
+    "MSLC, last layer + every 5": ["meta.method=mslc", "mslc.meta_scope=last", "mslc.meta_every=5"],
 }
 BETAS = [0.0, 0.2, 0.4, 0.6, 0.8]
-BUDGET = ["data.max_train=4000", "data.max_test=2000", "optim.epochs=8", "meta.warmup_epochs=3",
-          "optim.milestones=[6,7]"]
+BUDGET = [
+    "data.max_train=4000",
+    "data.max_test=2000",
+    "optim.epochs=8",
+    "meta.warmup_epochs=3",
+    "optim.milestones=[6,7]",
+]
 FULL = ["optim.epochs=30", "meta.warmup_epochs=8", "optim.milestones=[22,26]"]
-QUICK = ["data.max_train=600", "data.max_test=300", "data.n_meta=100", "data.n_val=100", "optim.epochs=6",
-         "meta.warmup_epochs=2", "optim.milestones=[5]"]
+QUICK = [
+    "data.max_train=600",
+    "data.max_test=300",
+    "data.n_meta=100",
+    "data.n_val=100",
+    "optim.epochs=6",
+    "meta.warmup_epochs=2",
+    "optim.milestones=[5]",
+]
 
 
-def one_run(name: str, noise: str, rate: float, overrides: list[str], seed: int, storage: Path,
-            device: torch.device) -> dict:
+def one_run(
+    name: str, noise: str, rate: float, overrides: list[str], seed: int, storage: Path, device: torch.device
+) -> dict:
     run_name = f"paper-{noise}{int(100 * rate)}-{name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}-s{seed}"
-    cfg = absolutize(load_config("fmnist-sym40", [
-        *PAPER_SETTINGS, f"data.noise={noise}", f"data.noise_rate={rate}", f"run.seed={seed}", f"run.name={run_name}",
-        f"run.storage_path={storage}", "run.tensorboard=false", *overrides]))
+    cfg = absolutize(
+        load_config(
+            "fmnist-sym40",
+            [
+                *PAPER_SETTINGS,
+                f"data.noise={noise}",
+                f"data.noise_rate={rate}",
+                f"run.seed={seed}",
+                f"run.name={run_name}",
+                f"run.storage_path={storage}",
+                "run.tensorboard=false",
+                *overrides,
+            ],
+        )
+    )
     ensure_shards(cfg.data, log=lambda s: None)
     t0 = time.time()
     reporter = LocalReporter(Path(cfg.run.storage_path) / run_name, keep=cfg.run.keep_checkpoints)
     res = run(cfg, reporter, device, log=lambda s: None)
     m = json.loads(Path(res["metrics"]).read_text())
     s, final = res["summary"], res["summary"]["final"]
-    return {"method": name, "noise": f"{noise}-{int(100 * rate)}", "seed": seed,
-            "realized_rate": m["noise"]["realized_rate"], "best": s["best_test_acc"], "last5": s["last5_test_acc"],
-            "selected_epoch": s["selected_epoch"], "label_all": final.get("corrected_all"),
-            "label_clean": final.get("corrected_clean"), "label_noisy": final.get("corrected_noisy"),
-            "wall_s": time.time() - t0, "history": m["epochs"], "run_dir": res["run_dir"]}
+    return {
+        "method": name,
+        "noise": f"{noise}-{int(100 * rate)}",
+        "seed": seed,
+        "realized_rate": m["noise"]["realized_rate"],
+        "best": s["best_test_acc"],
+        "last5": s["last5_test_acc"],
+        "selected_epoch": s["selected_epoch"],
+        "label_all": final.get("corrected_all"),
+        "label_clean": final.get("corrected_clean"),
+        "label_noisy": final.get("corrected_noisy"),
+        "wall_s": time.time() - t0,
+        "history": m["epochs"],
+        "run_dir": res["run_dir"],
+    }
 
 
 def pct(v) -> str:
@@ -88,8 +126,12 @@ def mean_rows(rows: list[dict], method: str, noise: str, key: str) -> float:
 
 
 def table_md(rows: list[dict], methods: list[str], settings: list[str], title: str) -> str:
-    out = [f"### {title}", "", "| method | " + " | ".join(f"{s} best | {s} last5" for s in settings) + " |",
-           "|---|" + "---|---|" * len(settings)]
+    out = [
+        f"### {title}",
+        "",
+        "| method | " + " | ".join(f"{s} best | {s} last5" for s in settings) + " |",
+        "|---|" + "---|---|" * len(settings),
+    ]
     for m in methods:
         cells = []
         for s in settings:
@@ -109,11 +151,18 @@ def ranks(rows: list[dict], methods: list[str], settings: list[str], key: str) -
 
 
 def label_md(rows: list[dict], methods: list[str], settings: list[str]) -> str:
-    out = ["### Corrected-label accuracy at the last epoch (all / originally clean / originally noisy)", "",
-           "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    out = [
+        "### Corrected-label accuracy at the last epoch (all / originally clean / originally noisy)",
+        "",
+        "| method | " + " | ".join(settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
     for m in methods:
-        cells = [f"{pct(mean_rows(rows, m, s, 'label_all'))} / {pct(mean_rows(rows, m, s, 'label_clean'))} / "
-                 f"{pct(mean_rows(rows, m, s, 'label_noisy'))}" for s in settings]
+        cells = [
+            f"{pct(mean_rows(rows, m, s, 'label_all'))} / {pct(mean_rows(rows, m, s, 'label_clean'))} / "
+            f"{pct(mean_rows(rows, m, s, 'label_noisy'))}"
+            for s in settings
+        ]
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -148,11 +197,17 @@ def figures(rows: list[dict], out: Path, focus: str) -> list[str]:
     # alpha distribution and confusion matrices for MSLC
     mslc = next((r for r in rows if r["method"] == "MSLC" and r["noise"] == focus), None)
     if mslc is not None:
-        t = pq.read_table(Path(mslc["run_dir"]) / "corrected_labels.parquet").to_pydict()
+        t = pq.read_table(RunDir(mslc["run_dir"]).labels).to_pydict()
         alpha, noisy = np.asarray(t["alpha"], float), np.asarray(t["is_noisy"], bool)
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.hist([alpha[~noisy], alpha[noisy]], bins=30, range=(0, 1), label=["clean", "noisy"], alpha=0.7,
-                histtype="stepfilled")
+        ax.hist(
+            [alpha[~noisy], alpha[noisy]],
+            bins=30,
+            range=(0, 1),
+            label=["clean", "noisy"],
+            alpha=0.7,
+            histtype="stepfilled",
+        )
         ax.set_xlabel("α (trust in the given label)")
         ax.set_title(f"MSLC, {focus}: α at the last epoch")
         ax.legend()
@@ -210,14 +265,18 @@ def main() -> int:
     focus = "sym-40"
     rows, t0 = [], time.time()
     jobs = [(n, o, s) for s in settings for n, o in {**methods, **({} if a.quick else APPROX)}.items()]
-    jobs += [] if a.quick else [(f"MSLC, β={b}", ["meta.method=mslc", f"meta.fixed_beta={b}"], ("sym", 0.4))
-                                for b in BETAS]
+    jobs += (
+        [] if a.quick else [(f"MSLC, β={b}", ["meta.method=mslc", f"mslc.fixed_beta={b}"], ("sym", 0.4)) for b in BETAS]
+    )
     for seed in a.seeds:
         for name, overrides, (noise, rate) in jobs:
             r = one_run(name, noise, rate, [*budget, *overrides], seed, storage, device)
             rows.append(r)
-            print(f"{r['noise']:>7} {name:<28} seed {seed}: best {pct(r['best'])} last5 {pct(r['last5'])} "
-                  f"labels {pct(r['label_all'])} ({r['wall_s']:.0f}s; {time.time() - t0:.0f}s total)", flush=True)
+            print(
+                f"{r['noise']:>7} {name:<28} seed {seed}: best {pct(r['best'])} last5 {pct(r['last5'])} "
+                f"labels {pct(r['label_all'])} ({r['wall_s']:.0f}s; {time.time() - t0:.0f}s total)",
+                flush=True,
+            )
     names = [f"{n}-{int(100 * r)}" for n, r in settings]
     main_methods = list(methods)
     approx = [m for m in APPROX if any(r["method"] == m for r in rows)]
@@ -226,30 +285,77 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     made = figures(rows, out.parent, focus)
     protocol = "full protocol" if a.full else "quick smoke test" if a.quick else "CPU budget"
-    md = [f"# Fashion-MNIST: MSLC and the baselines ({protocol})", "",
-          f"`python benchmarks/paper_table.py {' '.join(sys.argv[1:])}` — seeds {a.seeds}, device {a.device}, "
-          f"{time.time() - t0:.0f} s in all. Overrides of every run: `{' '.join(budget)}`.", "",
-          table_md(rows, main_methods, names, "Test accuracy (%): best = at the best clean-validation epoch; "
-                                               "last5 = mean of the last 5 epochs"),
-          "### Mean rank over the settings (1 = best)", "", "| method | rank by best | rank by last5 |", "|---|---|---|",
-          *[f"| {m} | {rank_best[m]:.2f} | {rank_last[m]:.2f} |" for m in sorted(main_methods, key=rank_last.get)], "",
-          label_md(rows, main_methods, names)]
+    md = [
+        f"# Fashion-MNIST: MSLC and the baselines ({protocol})",
+        "",
+        f"`python benchmarks/paper_table.py {' '.join(sys.argv[1:])}` — seeds {a.seeds}, device {a.device}, "
+        f"{time.time() - t0:.0f} s in all. Overrides of every run: `{' '.join(budget)}`.",
+        "",
+        table_md(
+            rows,
+            main_methods,
+            names,
+            "Test accuracy (%): best = at the best clean-validation epoch; last5 = mean of the last 5 epochs",
+        ),
+        "### Mean rank over the settings (1 = best)",
+        "",
+        "| method | rank by best | rank by last5 |",
+        "|---|---|---|",
+        *[f"| {m} | {rank_best[m]:.2f} | {rank_last[m]:.2f} |" for m in sorted(main_methods, key=rank_last.get)],
+        "",
+        label_md(rows, main_methods, names),
+    ]
     if approx:
         md.append(table_md(rows, ["MSLC", *approx], names, "MSLC's cheaper approximations (test accuracy %)"))
     betas = [r for r in rows if r["method"].startswith("MSLC, β")]
     if betas:
-        md += [f"### β ablation ({focus})", "", "| β | best | last5 | label acc all / clean / noisy |", "|---|---|---|---|"]
+        md += [
+            f"### β ablation ({focus})",
+            "",
+            "| β | best | last5 | label acc all / clean / noisy |",
+            "|---|---|---|---|",
+        ]
         for r in [*betas, *[r for r in rows if r["method"] == "MSLC" and r["noise"] == focus]]:
-            md.append(f"| {r['method'].replace('MSLC, ', '') if r['method'] != 'MSLC' else 'learned'} | "
-                      f"{pct(r['best'])} | {pct(r['last5'])} | {pct(r['label_all'])} / {pct(r['label_clean'])} / "
-                      f"{pct(r['label_noisy'])} |")
+            md.append(
+                f"| {r['method'].replace('MSLC, ', '') if r['method'] != 'MSLC' else 'learned'} | "
+                f"{pct(r['best'])} | {pct(r['last5'])} | {pct(r['label_all'])} / {pct(r['label_clean'])} / "
+                f"{pct(r['label_noisy'])} |"
+            )
         md.append("")
     md += ["Figures: " + ", ".join(f"`{f}`" for f in made), ""]
-    slim = [{k: v for k, v in r.items() if k != "history"} | {"history": [
-        {k: h.get(k) for k in ("epoch", "phase", "val_acc", "test_acc", "corrected_all", "corrected_clean",
-                               "corrected_noisy")} for h in r["history"]]} for r in rows]
-    publish(out, "\n".join(md), {"rows": slim, "ranks_best": rank_best, "ranks_last5": rank_last,
-                                 "overrides": budget, "seeds": a.seeds, "device": a.device})
+    slim = [
+        {k: v for k, v in r.items() if k != "history"}
+        | {
+            "history": [
+                {
+                    k: h.get(k)
+                    for k in (
+                        "epoch",
+                        "phase",
+                        "val_acc",
+                        "test_acc",
+                        "corrected_all",
+                        "corrected_clean",
+                        "corrected_noisy",
+                    )
+                }
+                for h in r["history"]
+            ]
+        }
+        for r in rows
+    ]
+    publish(
+        out,
+        "\n".join(md),
+        {
+            "rows": slim,
+            "ranks_best": rank_best,
+            "ranks_last5": rank_last,
+            "overrides": budget,
+            "seeds": a.seeds,
+            "device": a.device,
+        },
+    )
     return 0
 
 

@@ -28,15 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import torch
-
 from common import publish  # benchmarks/common.py, beside this script
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRESET = "fmnist-sym40"
 NOISES = ["sym-40", "asym-40", "instance-40"]
 BANDS = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001]
-QUICK = ["data.max_train=1500", "data.max_test=500", "data.n_meta=200", "data.n_val=200", "optim.epochs=3",
-         "meta.warmup_epochs=1", "optim.milestones=[2]", "data.shard_size=500"]
+QUICK = [
+    "data.max_train=1500",
+    "data.max_test=500",
+    "data.n_meta=200",
+    "data.n_val=200",
+    "optim.epochs=3",
+    "meta.warmup_epochs=1",
+    "optim.milestones=[2]",
+    "data.shard_size=500",
+]
 
 
 def bands(table: dict) -> list[dict]:
@@ -46,25 +53,43 @@ def bands(table: dict) -> list[dict]:
     for lo, hi in zip(BANDS[:-1], BANDS[1:]):
         sel = fl & (table["prob"] >= lo) & (table["prob"] < hi)
         n = int(sel.sum())
-        out.append({"band": f"[{lo:.2f}, {min(hi, 1.0):.2f}{']' if hi > 1 else ')'}", "flags": n,
-                    "estimated": float(table["est_correct"][sel].mean()) if n else None,
-                    "true": float(table["right"][sel].mean()) if n else None})
+        out.append(
+            {
+                "band": f"[{lo:.2f}, {min(hi, 1.0):.2f}{']' if hi > 1 else ')'}",
+                "flags": n,
+                "estimated": float(table["est_correct"][sel].mean()) if n else None,
+                "true": float(table["right"][sel].mean()) if n else None,
+            }
+        )
     return out
 
 
 def one_run(noise: str, seed: int, extra: list[str], storage: str, device: str) -> dict:
-    from pipeline.review.select import budget, read_table
-    from pipeline.training.checkpoint import LocalReporter
-    from pipeline.training.cli import absolutize, load_config
-    from pipeline.training.loop import run
     from pipeline.prep.job import ensure_shards
+    from pipeline.review.select import budget, read_table
+    from pipeline.training.run.checkpoint import LocalReporter
+    from pipeline.training.settings.cli import absolutize, load_config
+    from pipeline.worker import run
 
     kind, _, pct = noise.rpartition("-")
     name = f"budget-{noise}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    cfg = absolutize(load_config(PRESET, [f"data.noise={kind}", f"data.noise_rate={int(pct) / 100}",
-                                          f"run.seed={seed}", f"run.name={name}", f"run.storage_path={storage}",
-                                          "run.tensorboard=false", "run.report=false", "run.keep_checkpoints=1",
-                                          "run.keep_best=false", *extra]))
+    cfg = absolutize(
+        load_config(
+            PRESET,
+            [
+                f"data.noise={kind}",
+                f"data.noise_rate={int(pct) / 100}",
+                f"run.seed={seed}",
+                f"run.name={name}",
+                f"run.storage_path={storage}",
+                "run.tensorboard=false",
+                "run.report=false",
+                "run.keep_checkpoints=1",
+                "run.keep_best=false",
+                *extra,
+            ],
+        )
+    )
     ensure_shards(cfg.data, log=lambda s: None)
     t0 = time.time()
     res = run(cfg, LocalReporter(Path(storage) / name, keep=1), torch.device(device), log=lambda s: None)
@@ -73,13 +98,21 @@ def one_run(noise: str, seed: int, extra: list[str], storage: str, device: str) 
     t["right"] = (t["corrected"] == t["true"]).astype(np.float64)
     b = budget(t)
     cut = next(r for r in b["rows"] if r["threshold"] == b["threshold"]) if b["threshold"] < 1 else None
-    return {"noise": noise, "seed": seed, "wall_s": time.time() - t0, "flags": int(t["flagged"].sum()),
-            "samples": len(t["given"]), "threshold": b["threshold"], "estimated_by": b["estimated_by"],
-            "cut_flags": cut["flags"] if cut else 0, "cut_estimated": cut["precision"] if cut else None,
-            "cut_true": cut["true_precision"] if cut else None, "bands": bands(t),
-            "thresholds": [{k: r[k] for k in ("threshold", "flags", "precision", "true_precision")}
-                           for r in b["rows"]],
-            "labels": res["summary"]["labels"].get("corrected_all")}
+    return {
+        "noise": noise,
+        "seed": seed,
+        "wall_s": time.time() - t0,
+        "flags": int(t["flagged"].sum()),
+        "samples": len(t["given"]),
+        "threshold": b["threshold"],
+        "estimated_by": b["estimated_by"],
+        "cut_flags": cut["flags"] if cut else 0,
+        "cut_estimated": cut["precision"] if cut else None,
+        "cut_true": cut["true_precision"] if cut else None,
+        "bands": bands(t),
+        "thresholds": [{k: r[k] for k in ("threshold", "flags", "precision", "true_precision")} for r in b["rows"]],
+        "labels": res["summary"]["labels"].get("corrected_all"),
+    }
 
 
 def pct(v) -> str:
@@ -94,38 +127,59 @@ def mean_std(vals: list) -> str:
 
 
 def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -> str:
-    lines = ["# Review budget: estimated against true precision of the flags", "",
-             f"Made by `python benchmarks/review_budget.py{' --quick' if args.quick else ''}`. Preset `{PRESET}` "
-             f"(the default run{', tiny' if args.quick else ', all of Fashion-MNIST'}), overrides "
-             f"`{' '.join(overrides) or 'none'}`; seeds {args.seeds} (one seed per cell is one run: a probe, not "
-             f"a mean); torch {torch.__version__}, device {args.device}.", "",
-             "A flag is a sample whose corrected label differs from its given one. *estimated*: the mean of the "
-             "run's `est_correct` over the band's flags (computed without any true training label); *true*: the "
-             "share of them whose corrected label is the true label. Bands are of the corrected label's "
-             "probability under ỹ (the column `relabel.csv` is cut on). *cut*: the threshold the run chose for "
-             "`relabel.csv` (the lowest whose flags are estimated ≥ 95% right) and the true precision of what "
-             "it keeps.", ""]
+    lines = [
+        "# Review budget: estimated against true precision of the flags",
+        "",
+        f"Made by `python benchmarks/review_budget.py{' --quick' if args.quick else ''}`. Preset `{PRESET}` "
+        f"(the default run{', tiny' if args.quick else ', all of Fashion-MNIST'}), overrides "
+        f"`{' '.join(overrides) or 'none'}`; seeds {args.seeds} (one seed per cell is one run: a probe, not "
+        f"a mean); torch {torch.__version__}, device {args.device}.",
+        "",
+        "A flag is a sample whose corrected label differs from its given one. *estimated*: the mean of the "
+        "run's `est_correct` over the band's flags (computed without any true training label); *true*: the "
+        "share of them whose corrected label is the true label. Bands are of the corrected label's "
+        "probability under ỹ (the column `relabel.csv` is cut on). *cut*: the threshold the run chose for "
+        "`relabel.csv` (the lowest whose flags are estimated ≥ 95% right) and the true precision of what "
+        "it keeps.",
+        "",
+    ]
     for noise in args.noises:
         rs = [r for r in rows if r["noise"] == noise]
         if not rs:
             continue
-        lines += [f"## {noise}", "",
-                  f"flags {mean_std([r['flags'] / r['samples'] for r in rs])}% of the labels; exported labels "
-                  f"{mean_std([r['labels'] for r in rs])}% right; estimate by {rs[0]['estimated_by']}; "
-                  f"wall {np.mean([r['wall_s'] for r in rs]):.0f} s per run", "",
-                  "| confidence band | flags | estimated % | true % | estimated − true |", "|---|---|---|---|---|"]
+        lines += [
+            f"## {noise}",
+            "",
+            f"flags {mean_std([r['flags'] / r['samples'] for r in rs])}% of the labels; exported labels "
+            f"{mean_std([r['labels'] for r in rs])}% right; estimate by {rs[0]['estimated_by']}; "
+            f"wall {np.mean([r['wall_s'] for r in rs]):.0f} s per run",
+            "",
+            "| confidence band | flags | estimated % | true % | estimated − true |",
+            "|---|---|---|---|---|",
+        ]
         for i, band in enumerate(rs[0]["bands"]):
             est = [r["bands"][i]["estimated"] for r in rs]
             tru = [r["bands"][i]["true"] for r in rs]
             diff = [e - t for e, t in zip(est, tru) if e is not None and t is not None]
-            lines.append(f"| {band['band']} | {np.mean([r['bands'][i]['flags'] for r in rs]):.0f} | "
-                         f"{mean_std(est)} | {mean_std(tru)} | {mean_std(diff) if diff else '–'} |")
-        lines += ["", "| cut | flags kept | estimated % | true % |", "|---|---|---|---|",
-                  "| " + ", ".join(f"{r['threshold']:.2f}" for r in rs) + " | "
-                  f"{np.mean([r['cut_flags'] for r in rs]):.0f} | {mean_std([r['cut_estimated'] for r in rs])} | "
-                  f"{mean_std([r['cut_true'] for r in rs])} |", ""]
-    worst = [abs(b["estimated"] - b["true"]) for r in rows for b in r["bands"]
-             if b["estimated"] is not None and b["true"] is not None and b["flags"] >= 100]
+            lines.append(
+                f"| {band['band']} | {np.mean([r['bands'][i]['flags'] for r in rs]):.0f} | "
+                f"{mean_std(est)} | {mean_std(tru)} | {mean_std(diff) if diff else '–'} |"
+            )
+        lines += [
+            "",
+            "| cut | flags kept | estimated % | true % |",
+            "|---|---|---|---|",
+            "| " + ", ".join(f"{r['threshold']:.2f}" for r in rs) + " | "
+            f"{np.mean([r['cut_flags'] for r in rs]):.0f} | {mean_std([r['cut_estimated'] for r in rs])} | "
+            f"{mean_std([r['cut_true'] for r in rs])} |",
+            "",
+        ]
+    worst = [
+        abs(b["estimated"] - b["true"])
+        for r in rows
+        for b in r["bands"]
+        if b["estimated"] is not None and b["true"] is not None and b["flags"] >= 100
+    ]
     if worst:
         lines += [f"Largest |estimated − true| over bands with ≥ 100 flags: {100 * max(worst):.1f} points.", ""]
     return "\n".join(lines)
@@ -149,8 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             rows.append(one_run(noise, seed, overrides, storage, a.device))
             print(f"{noise} seed {seed}: {rows[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
-    publish(out, markdown(rows, a, overrides), {"preset": PRESET, "overrides": overrides, "seeds": a.seeds,
-                                                "torch": torch.__version__, "device": a.device, "rows": rows})
+    publish(
+        out,
+        markdown(rows, a, overrides),
+        {
+            "preset": PRESET,
+            "overrides": overrides,
+            "seeds": a.seeds,
+            "torch": torch.__version__,
+            "device": a.device,
+            "rows": rows,
+        },
+    )
     return 0
 
 

@@ -21,14 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch
-
 from common import publish  # benchmarks/common.py, beside this script
 from fmnist import one_row
 
 from pipeline.review.browser import screenshot
 from pipeline.review.page import read_page
 from pipeline.review.report import load_run, write_report
-from pipeline.training.presets import DEFAULT_PRESET
+from pipeline.training.settings.presets import DEFAULT_PRESET
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -43,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.run_dir:
         run_dir = Path(a.run_dir)
     else:
-        run_dir = Path(one_row(DEFAULT_PRESET, "mslc", 0, [], Path(a.storage).resolve(), torch.device("cpu"))["run_dir"])
+        run_dir = Path(
+            one_row(DEFAULT_PRESET, "mslc", 0, [], Path(a.storage).resolve(), torch.device("cpu"))["run_dir"]
+        )
     t0 = time.time()
     index = write_report(load_run(run_dir), top=a.top)
     seconds = time.time() - t0
@@ -51,17 +52,45 @@ def main(argv: list[str] | None = None) -> int:
     png = screenshot(index, Path(a.out).with_suffix(".png"), width=1280, height=2600)
     numbers, sources = read_page(index.read_text())
     command = f"python benchmarks/review_screenshot.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
-    keys = ("samples", "flagged", "flagged_share", "detect_precision", "detect_recall", "detect_f1",
-            "label_acc_given", "label_acc_corrected")
-    md = ["# The review page of the default run", "", f"`{command}`  ",
-          f"Machine: {platform.machine()}, CPU, torch {torch.__version__}. Run: `{run_dir.name}`. "
-          f"Screenshot: `{png.name}` (the page's top, 1280×2600 CSS pixels).", "",
-          f"Report: {seconds:.1f} s, {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB, "
-          f"{sum(s.startswith('img/') for s in sources)} thumbnails.", "", "| number on the page | value |", "|---|---|"]
-    md += [f"| {k} | {numbers[k]:,.0f} |" if k in ("samples", "flagged") else f"| {k} | {100 * numbers[k]:.2f}% |"
-           for k in keys if k in numbers]
-    publish(a.out, "\n".join(md) + "\n", {"run_dir": str(run_dir), "report_seconds": seconds, "files": len(files),
-                                           "numbers": {k: numbers.get(k) for k in keys}, "command": command})
+    keys = (
+        "samples",
+        "flagged",
+        "flagged_share",
+        "detect_precision",
+        "detect_recall",
+        "detect_f1",
+        "label_acc_given",
+        "label_acc_corrected",
+    )
+    md = [
+        "# The review page of the default run",
+        "",
+        f"`{command}`  ",
+        f"Machine: {platform.machine()}, CPU, torch {torch.__version__}. Run: `{run_dir.name}`. "
+        f"Screenshot: `{png.name}` (the page's top, 1280×2600 CSS pixels).",
+        "",
+        f"Report: {seconds:.1f} s, {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB, "
+        f"{sum(s.startswith('img/') for s in sources)} thumbnails.",
+        "",
+        "| number on the page | value |",
+        "|---|---|",
+    ]
+    md += [
+        f"| {k} | {numbers[k]:,.0f} |" if k in ("samples", "flagged") else f"| {k} | {100 * numbers[k]:.2f}% |"
+        for k in keys
+        if k in numbers
+    ]
+    publish(
+        a.out,
+        "\n".join(md) + "\n",
+        {
+            "run_dir": str(run_dir),
+            "report_seconds": seconds,
+            "files": len(files),
+            "numbers": {k: numbers.get(k) for k in keys},
+            "command": command,
+        },
+    )
     return 0
 
 

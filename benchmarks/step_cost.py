@@ -14,7 +14,7 @@ variant runs in a fresh process: 5 untimed steps, then ``--steps`` timed ones in
 chunks (the median chunk counts), in ``--repeat`` rounds over all variants (the fastest
 round counts: this 2-core machine's timings drift by ±30% between processes); peak
 memory is the growth of the process's peak RSS over its size after set-up on CPU, and
-``torch.cuda.max_memory_allocated`` on a GPU. With ``meta.meta_every=k`` the θ update
+``torch.cuda.max_memory_allocated`` on a GPU. With ``mslc.meta_every=k`` the θ update
 runs on one step in k, so its cost is the mean over k consecutive steps. ``--precision``
 runs every variant's model passes in that autocast precision (``mslc.precision``).
 
@@ -44,7 +44,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch
-
 from common import publish  # benchmarks/common.py, beside this script
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,8 +62,12 @@ VARIANTS = {  # name: (method, loss mode, meta grad, scope, every, meta-gradient
     "MSLC soft, lagged (forward-mode JVP)": ("mslc", "soft", "exact", "all", 1, JVP, True),
     "MSLC soft, lagged (double backward)": ("mslc", "soft", "exact", "all", 1, DB, True),
 }
-PHASE_VARIANTS = ("CE", "MSLC soft, exact (forward-mode JVP)", "MSLC soft, exact (double backward)",
-                  "MSLC soft, lagged (forward-mode JVP)")
+PHASE_VARIANTS = (
+    "CE",
+    "MSLC soft, exact (forward-mode JVP)",
+    "MSLC soft, exact (double backward)",
+    "MSLC soft, lagged (forward-mode JVP)",
+)
 
 
 def rss_mb() -> float:
@@ -77,8 +80,7 @@ def input_side(arch: str, size: int = 0) -> int:
     return size or (28 if arch == "small-cnn" else 32)
 
 
-def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: str, size: int = 0,
-               stem: str = "cifar"):
+def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: str, size: int = 0, stem: str = "cifar"):
     """A closure running one training step of the variant on fixed synthetic data."""
     from mslc import baselines
     from mslc.corrector import Corrector, LossMLP
@@ -109,16 +111,39 @@ def build_step(name: str, dev: torch.device, batch: int, arch: str, precision: s
         elif method == "mwnet":
             baselines.mwnet_step(model, vnet, x, y, xm, ym, opt_w=opt_w, opt_v=opt_v, lr_virtual=0.05, amp=amp)
         else:
-            mslc_step(model, corrector, x, y, prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=0.05,
-                      meta_grad=grad, scope=scope, meta_update=k["i"] % every == 0, impl=impl, lagged=lagged,
-                      amp=amp)
+            mslc_step(
+                model,
+                corrector,
+                x,
+                y,
+                prev,
+                xm,
+                ym,
+                opt_w=opt_w,
+                opt_theta=opt_t,
+                lr_virtual=0.05,
+                meta_grad=grad,
+                scope=scope,
+                meta_update=k["i"] % every == 0,
+                impl=impl,
+                lagged=lagged,
+                amp=amp,
+            )
         k["i"] += 1
 
     return one, every
 
 
-def measure(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32", size: int = 0,
-            stem: str = "cifar") -> dict:
+def measure(
+    name: str,
+    device: str,
+    steps: int,
+    batch: int,
+    arch: str,
+    precision: str = "fp32",
+    size: int = 0,
+    stem: str = "cifar",
+) -> dict:
     """Run one variant in this process and return its timing and memory."""
     dev = torch.device(device)
     one, every = build_step(name, dev, batch, arch, precision, size, stem)
@@ -148,8 +173,16 @@ def measure(name: str, device: str, steps: int, batch: int, arch: str, precision
     return {"variant": name, "ms_per_step": ms, "peak_mb": peak}
 
 
-def phases(name: str, device: str, steps: int, batch: int, arch: str, precision: str = "fp32", size: int = 0,
-           stem: str = "cifar") -> dict:
+def phases(
+    name: str,
+    device: str,
+    steps: int,
+    batch: int,
+    arch: str,
+    precision: str = "fp32",
+    size: int = 0,
+    stem: str = "cifar",
+) -> dict:
     """Mean ms per step inside each of ``mslc.meta_step.PHASES``'s labels, and the rest."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -185,23 +218,34 @@ def phase_table(rows: list[dict]) -> list[str]:
     cols = [*PHASES, "other"]
     unit = rows[0]["ms"]["step/forward"] or float("nan")
     ce_passes = sum(rows[0]["ms"][c] for c in PHASES)
-    md = ["", "## Where a step's time goes", "",
-          "ms per step in each profiled phase (profiler on, so slower than the table above); in brackets, "
-          "units of CE's forward pass.", "",
-          "| variant | " + " | ".join(c.removeprefix("step/") for c in cols) + " | total | forward equivalents "
-          "| passes only, × CE |", "|---|" + "---|" * (len(cols) + 3)]
+    md = [
+        "",
+        "## Where a step's time goes",
+        "",
+        "ms per step in each profiled phase (profiler on, so slower than the table above); in brackets, "
+        "units of CE's forward pass.",
+        "",
+        "| variant | " + " | ".join(c.removeprefix("step/") for c in cols) + " | total | forward equivalents "
+        "| passes only, × CE |",
+        "|---|" + "---|" * (len(cols) + 3),
+    ]
     for r in rows:
         cells = [f"{r['ms'][c]:.1f} ({r['ms'][c] / unit:.1f})" for c in cols]
         r["forward_equivalents"] = r["profiled_ms_per_step"] / unit
         primal = r["ms"]["step/forward"] if r["ms"]["step/jvp"] > 0 else 0.0  # forward mode's second primal pass
         r["passes_only_x_ce"] = (sum(r["ms"][c] for c in PHASES) - primal) / ce_passes
-        md.append(f"| {r['variant']} | {' | '.join(cells)} | {r['profiled_ms_per_step']:.1f} | "
-                  f"{r['forward_equivalents']:.1f} | {r['passes_only_x_ce']:.2f} |")
-    md += ["", *(f"- {k.removeprefix('step/')}: {v}" for k, v in PHASES.items()),
-           "- passes only, × CE: the labelled phases less what is not inherent to the step, against CE's "
-           "labelled phases: without the rest (`other`) and, in forward mode, without the product's primal pass "
-           "(forward mode runs the real forward again; counted as one real forward). The ratio the step would "
-           "have if those were gone"]
+        md.append(
+            f"| {r['variant']} | {' | '.join(cells)} | {r['profiled_ms_per_step']:.1f} | "
+            f"{r['forward_equivalents']:.1f} | {r['passes_only_x_ce']:.2f} |"
+        )
+    md += [
+        "",
+        *(f"- {k.removeprefix('step/')}: {v}" for k, v in PHASES.items()),
+        "- passes only, × CE: the labelled phases less what is not inherent to the step, against CE's "
+        "labelled phases: without the rest (`other`) and, in forward mode, without the product's primal pass "
+        "(forward mode runs the real forward again; counted as one real forward). The ratio the step would "
+        "have if those were gone",
+    ]
     return md
 
 
@@ -215,8 +259,14 @@ def main() -> int:
     ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 autocast of every variant's model passes")
     ap.add_argument("--size", type=int, default=0, help="input side in pixels (default: 28 small CNN, 32 others)")
     ap.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"], help="the ResNets' stem")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
-                    help="the variants to measure (CE is always measured)")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        metavar="NAME",
+        help="the variants to measure (CE is always measured)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
     ap.add_argument("--phases-of", help=argparse.SUPPRESS)  # internal: profile one variant's phases, print JSON
     ap.add_argument("--out", default="")
@@ -225,33 +275,57 @@ def main() -> int:
         print(json.dumps(measure(a.one, a.device, a.steps, a.batch, a.arch, a.precision, a.size, a.stem)))
         return 0
     if a.phases_of:
-        print(json.dumps(phases(a.phases_of, a.device, min(a.steps, 20), a.batch, a.arch, a.precision, a.size,
-                                a.stem)))
+        print(json.dumps(phases(a.phases_of, a.device, min(a.steps, 20), a.batch, a.arch, a.precision, a.size, a.stem)))
         return 0
-    common = ["--device", a.device, "--steps", str(a.steps), "--batch", str(a.batch), "--arch", a.arch,
-              "--precision", a.precision, "--size", str(a.size), "--stem", a.stem]
+    common = [
+        "--device",
+        a.device,
+        "--steps",
+        str(a.steps),
+        "--batch",
+        str(a.batch),
+        "--arch",
+        a.arch,
+        "--precision",
+        a.precision,
+        "--size",
+        str(a.size),
+        "--stem",
+        a.stem,
+    ]
     chosen = ["CE", *(v for v in VARIANTS if v in a.variants and v != "CE")]  # in the table's order, CE first
     runs: dict[str, list[dict]] = {name: [] for name in chosen}
-    info = {"device": a.device, "arch": a.arch, "input": f"{input_side(a.arch, a.size)} px",
-            "stem": a.stem if a.arch != "small-cnn" else "-", "batch": a.batch, "meta_batch": a.batch,
-            "steps": a.steps, "precision": a.precision,
-            "rounds": a.repeat, "timing": "per variant: the fastest of its rounds, each round the median of 5 chunks",
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    info = {
+        "device": a.device,
+        "arch": a.arch,
+        "input": f"{input_side(a.arch, a.size)} px",
+        "stem": a.stem if a.arch != "small-cnn" else "-",
+        "batch": a.batch,
+        "meta_batch": a.batch,
+        "steps": a.steps,
+        "precision": a.precision,
+        "rounds": a.repeat,
+        "timing": "per variant: the fastest of its rounds, each round the median of 5 chunks",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
     if a.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     out = a.out or str(RESULTS / ("step_cost_gpu" if a.device.startswith("cuda") else "step_cost"))
     phase_rows: list[dict] = []
     for rep in range(a.repeat):  # rounds over all variants, so slow drift hits every variant alike
         for name in chosen if rep % 2 == 0 else reversed(chosen):
-            res = subprocess.run([sys.executable, __file__, "--one", name, *common],
-                                 capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--one", name, *common], capture_output=True, text=True, check=True
+            )
             runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"round {rep + 1}, {name}: {runs[name][-1]['ms_per_step']:.1f} ms", file=sys.stderr)
             write_table(out, runs, phase_rows, info, done=False)  # each row as soon as it exists: a timeout keeps it
     for name in PHASE_VARIANTS:
         if name in chosen:
-            res = subprocess.run([sys.executable, __file__, "--phases-of", name, *common], capture_output=True,
-                                 text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--phases-of", name, *common], capture_output=True, text=True, check=True
+            )
             phase_rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             write_table(out, runs, phase_rows, info, done=False)
     write_table(out, runs, phase_rows, info, done=True)
@@ -260,8 +334,11 @@ def main() -> int:
 
 def write_table(out: str, runs: dict[str, list[dict]], phase_rows: list[dict], info: dict, *, done: bool) -> None:
     """The table of what is measured so far (``done=False`` says so in it)."""
-    rows = [min(v, key=lambda r: r["ms_per_step"]) | {"ms_all_rounds": [r["ms_per_step"] for r in v]}
-            for v in runs.values() if v]
+    rows = [
+        min(v, key=lambda r: r["ms_per_step"]) | {"ms_all_rounds": [r["ms_per_step"] for r in v]}
+        for v in runs.values()
+        if v
+    ]
     ce = next((r for r in rows if r["variant"] == "CE"), None)
     for r in rows:
         r["x_ce_time"] = r["ms_per_step"] / ce["ms_per_step"] if ce else float("nan")
@@ -270,12 +347,14 @@ def write_table(out: str, runs: dict[str, list[dict]], phase_rows: list[dict], i
     if not done:
         md.append("*Incomplete: written while it ran; the rows so far.*\n")
     md += ["| variant | ms / step | × CE | peak memory MB | × CE |", "|---|---|---|---|---|"]
-    md += [f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['x_ce_time']:.2f} | {r['peak_mb']:.0f} | "
-           f"{r['x_ce_memory']:.2f} |" for r in rows]
+    md += [
+        f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['x_ce_time']:.2f} | {r['peak_mb']:.0f} | "
+        f"{r['x_ce_memory']:.2f} |"
+        for r in rows
+    ]
     md += ["", *(f"- {k}: {v}" for k, v in info.items())]
     md += (phase_table(phase_rows) if phase_rows else []) + [""]
-    publish(out, "\n".join(md), {"rows": rows, "phases": phase_rows, "info": info, "complete": done},
-            quiet=not done)
+    publish(out, "\n".join(md), {"rows": rows, "phases": phase_rows, "info": info, "complete": done}, quiet=not done)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import torch
-
 from common import publish  # benchmarks/common.py, beside this script
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,13 +55,21 @@ def synthetic_tree(root: Path, n: int, seed: int = 0) -> None:
 def build_shards(work: Path, n: int) -> tuple[str, dict, float]:
     from pipeline import shardset
     from pipeline.prep.job import prepare
-    from pipeline.prep.options import PrepareOptions
+    from pipeline.shardset.spec import PrepareOptions
 
     tree = work / "tree"
     if not tree.exists():
         synthetic_tree(tree, n)
-    data = PrepareOptions(dataset="folder", raw_dir=str(tree), noise="none", noise_rate=0.0, n_meta=14, n_val=14,
-                      shard_size=200, prepare_workers=min(2, os.cpu_count() or 1))
+    data = PrepareOptions(
+        dataset="folder",
+        raw_dir=str(tree),
+        noise="none",
+        noise_rate=0.0,
+        n_meta=14,
+        n_val=14,
+        shard_size=200,
+        prepare_workers=min(2, os.cpu_count() or 1),
+    )
     out = prepare(data, work / "shards", log=lambda s: None)
     m = shardset.load_manifest(out)
     sizes = [p.stat().st_size for p in tree.rglob("*.jpg")]
@@ -71,12 +78,18 @@ def build_shards(work: Path, n: int) -> tuple[str, dict, float]:
 
 def loader_rate(shard_dir: str, m: dict, workers: int, batch: int = 32) -> dict:
     from pipeline.shardset import expected_counts, shard_urls
-    from pipeline.training import streaming, transforms
+    from pipeline.training.data import streaming, transforms
 
     tf = transforms.build_transform("imagenet", train=True, image_size=224, stored_size=None)
-    ds = streaming.stream(shard_urls(shard_dir, m, "train"), num_classes=m["num_classes"], shuffle_seed=0,
-                          shuffle_buffer=500, expected=expected_counts(shard_dir, m, "train"), channels=3,
-                          transform=tf)
+    ds = streaming.stream(
+        shard_urls(shard_dir, m, "train"),
+        num_classes=m["num_classes"],
+        shuffle_seed=0,
+        shuffle_buffer=500,
+        expected=expected_counts(shard_dir, m, "train"),
+        channels=3,
+        transform=tf,
+    )
     it = iter(streaming.loader(ds, batch_size=batch, workers=workers))
     first = next(it)
     assert first[0].shape[1:] == (3, 224, 224)
@@ -119,14 +132,22 @@ def step_rates(device: torch.device, batch: int, steps: int) -> list[dict]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        out.append({"what": f"{name}, batch {batch}, {device.type}", "samples": steps * batch, "seconds": dt,
-                    "samples_per_s": steps * batch / dt})
+        out.append(
+            {
+                "what": f"{name}, batch {batch}, {device.type}",
+                "samples": steps * batch,
+                "seconds": dt,
+                "samples_per_s": steps * batch / dt,
+            }
+        )
     return out
 
 
 def table(rows: list[dict], per_worker: float | None) -> str:
-    lines = ["| what | samples | seconds | samples/s | loader workers needed per training worker |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| what | samples | seconds | samples/s | loader workers needed per training worker |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         need = ""
         if per_worker and r["what"].startswith(("CE", "MSLC")):
@@ -157,15 +178,20 @@ def main() -> int:
             work = Path(a.work or tmp)
             t0 = time.perf_counter()
             shard_dir, m, mean_bytes = build_shards(work, a.images)
-            info.update(images=m["splits"]["train"]["count"], mean_jpeg_bytes=mean_bytes,
-                        prepare_seconds=time.perf_counter() - t0)
+            info.update(
+                images=m["splits"]["train"]["count"],
+                mean_jpeg_bytes=mean_bytes,
+                prepare_seconds=time.perf_counter() - t0,
+            )
             for w in a.workers:
                 rows.append(loader_rate(shard_dir, m, w))
         per_worker = min(r["samples_per_s"] / max(1, w) for r, w in zip(rows, a.workers))
         info["per_loader_worker_samples_per_s"] = per_worker
     rows += step_rates(device, batch, a.steps)
-    md = (f"# Streaming loader vs training step\n\n`python benchmarks/streaming.py {' '.join(sys.argv[1:])}`"
-          f"\n\n{table(rows, per_worker)}\n" + "".join(f"- {k}: {v}\n" for k, v in info.items()))
+    md = (
+        f"# Streaming loader vs training step\n\n`python benchmarks/streaming.py {' '.join(sys.argv[1:])}`"
+        f"\n\n{table(rows, per_worker)}\n" + "".join(f"- {k}: {v}\n" for k, v in info.items())
+    )
     publish(a.out, md, {"rows": rows, "info": info})
     return 0
 

@@ -24,9 +24,7 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 
 from mslc import dist as mdist
-
-
-REFRESH_POLICIES = ("epoch", "step")
+from mslc.options import REFRESH_POLICIES  # noqa: F401  (re-exported: the names live there, torch-free)
 
 
 class SoftLabelBank(ABC):
@@ -204,8 +202,7 @@ class LocalBank(SoftLabelBank):
             raise ValueError(f"bank state has refresh={state['refresh']!r}, this bank {self.refresh!r}")
         if tuple(state["y_tilde"].shape) != (self.num_samples, self.num_classes):
             raise ValueError(
-                f"bank state has shape {tuple(state['y_tilde'].shape)}, "
-                f"expected {(self.num_samples, self.num_classes)}"
+                f"bank state has shape {tuple(state['y_tilde'].shape)}, expected {(self.num_samples, self.num_classes)}"
             )
         for name in ("y_hat", "y_tilde", "alpha", "beta", "acc_sum", "acc_count"):
             getattr(self, name).copy_(state[name])
@@ -236,16 +233,25 @@ class ShardedBank(SoftLabelBank):
     rank sent to other ranks and the collectives it joined (for benchmarks).
     """
 
-    def __init__(self, noisy_labels, num_classes: int, *, refresh: str = "epoch", dtype=torch.float32,
-                 device: torch.device | str = "cpu", exchange: str = "all_to_all") -> None:
+    def __init__(
+        self,
+        noisy_labels,
+        num_classes: int,
+        *,
+        refresh: str = "epoch",
+        dtype=torch.float32,
+        device: torch.device | str = "cpu",
+        exchange: str = "all_to_all",
+    ) -> None:
         if exchange not in ("all_to_all", "p2p"):
             raise ValueError(f"exchange must be 'all_to_all' or 'p2p', got {exchange!r}")
         labels = np.asarray(noisy_labels)
         self.exchange = exchange
         self.rank, self.world = mdist.rank(), mdist.world_size()
         self.num_samples, self.num_classes, self.refresh = len(labels), num_classes, refresh
-        self.local = LocalBank(labels[self.rank :: self.world], num_classes, refresh=refresh, dtype=dtype,
-                               device=device)
+        self.local = LocalBank(
+            labels[self.rank :: self.world], num_classes, refresh=refresh, dtype=dtype, device=device
+        )
         self.group = mdist.cpu_group()  # row counts travel on the host
         self.puts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (idx, payload): the epoch policy's log
         self.accs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -320,9 +326,12 @@ class ShardedBank(SoftLabelBank):
                 target[pos] = torch.where(torch.isnan(rows[:, k]), target[pos], rows[:, k])
             return
         c = self.num_classes
-        fields = ((self.local.y_hat, slice(0, c), None), (self.local.y_tilde, slice(c, 2 * c), rows[:, 2 * c] > 0),
-                  (self.local.alpha, 2 * c + 1, ~torch.isnan(rows[:, 2 * c + 1])),
-                  (self.local.beta, 2 * c + 2, ~torch.isnan(rows[:, 2 * c + 2])))
+        fields = (
+            (self.local.y_hat, slice(0, c), None),
+            (self.local.y_tilde, slice(c, 2 * c), rows[:, 2 * c] > 0),
+            (self.local.alpha, 2 * c + 1, ~torch.isnan(rows[:, 2 * c + 1])),
+            (self.local.beta, 2 * c + 2, ~torch.isnan(rows[:, 2 * c + 2])),
+        )
         for target, cols, valid in fields:
             p, v = (pos, rows[:, cols]) if valid is None else (pos[valid], rows[valid][:, cols])
             last = _last_occurrence(p)
@@ -351,17 +360,30 @@ class ShardedBank(SoftLabelBank):
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.flush()  # ŷ of this epoch's writes
-        both = self._fetch(idx, lambda pos: torch.cat([self.local.y_hat[pos].float(), self.local.y_prev[pos].float()], 1))
+        both = self._fetch(
+            idx, lambda pos: torch.cat([self.local.y_hat[pos].float(), self.local.y_prev[pos].float()], 1)
+        )
         return both[:, : self.num_classes], both[:, self.num_classes :]
 
     def put(self, idx, *, y_hat, y_tilde=None, alpha=None, beta=None) -> None:
         n = y_hat.shape[0]
         dev = self.local.device
         y_hat = y_hat.detach().to(device=dev, dtype=torch.float32)
-        col = lambda v: torch.full((n, 1), float("nan"), device=dev) if v is None else v.detach().to(  # noqa: E731
-            device=dev, dtype=torch.float32).reshape(-1, 1)
-        parts = [y_hat, y_hat if y_tilde is None else y_tilde.detach().to(device=dev, dtype=torch.float32),
-                 torch.full((n, 1), 0.0 if y_tilde is None else 1.0, device=dev), col(alpha), col(beta)]
+
+        def col(v):
+            return (
+                torch.full((n, 1), float("nan"), device=dev)
+                if v is None
+                else v.detach().to(device=dev, dtype=torch.float32).reshape(-1, 1)
+            )
+
+        parts = [
+            y_hat,
+            y_hat if y_tilde is None else y_tilde.detach().to(device=dev, dtype=torch.float32),
+            torch.full((n, 1), 0.0 if y_tilde is None else 1.0, device=dev),
+            col(alpha),
+            col(beta),
+        ]
         idx = self._check(idx)
         if self.refresh == "epoch":  # nothing reads the writes before the epoch ends
             parts.append(torch.full((n, 1), float(self.seq), device=dev))
@@ -437,6 +459,7 @@ def exchange_bytes(n: int, num_classes: int, world: int, *, refresh: str = "epoc
     writes (the same rows with their order) spread over the epoch's steps; ``total`` of
     the policy; ``bound``: ``total`` as W grows (only the share (W−1)/W of rows that live
     on other ranks travels, and 8·(W−1) bytes of counts, left out of the bound)."""
+
     def per_step(remote: float, counts: int) -> tuple[float, float, float, float]:
         read = counts + remote * n * 8 + remote * n * num_classes * 4
         write = counts + remote * n * (2 * num_classes + 3 + 2) * 4

@@ -52,8 +52,7 @@ def bootstrap_target(y: torch.Tensor, probs: torch.Tensor, beta: float, *, hard:
     return beta * F.one_hot(y, p.shape[1]).to(p.dtype) + (1.0 - beta) * z
 
 
-def glc_estimate(probs: torch.Tensor | np.ndarray, y_clean: torch.Tensor | np.ndarray, num_classes: int
-                 ) -> np.ndarray:
+def glc_estimate(probs: torch.Tensor | np.ndarray, y_clean: torch.Tensor | np.ndarray, num_classes: int) -> np.ndarray:
     """GLC's corruption matrix ``Ĉ[i, j] = mean over clean samples of class i of p̂(ỹ = j | x)``.
 
     probs : (m, C) predictions of a model trained on the *noisy* labels, on the clean set;
@@ -75,8 +74,9 @@ def glc_loss(logits: torch.Tensor, y: torch.Tensor, c_hat: torch.Tensor) -> torc
     return F.nll_loss(noisy_probs.clamp_min(_EPS).log(), y)
 
 
-def joint_opt_loss(logits: torch.Tensor, target: torch.Tensor, prior: torch.Tensor, *, alpha: float = 1.2,
-                   beta: float = 0.8) -> torch.Tensor:
+def joint_opt_loss(
+    logits: torch.Tensor, target: torch.Tensor, prior: torch.Tensor, *, alpha: float = 1.2, beta: float = 0.8
+) -> torch.Tensor:
     """Tanaka et al.'s ``L_c + α·L_p + β·L_e``: soft cross-entropy to the optimized labels,
     KL of the class prior to the batch's mean prediction, and the mean entropy of predictions.
 
@@ -91,8 +91,9 @@ def joint_opt_loss(logits: torch.Tensor, target: torch.Tensor, prior: torch.Tens
     return l_c + alpha * l_p + beta * l_e
 
 
-def dynamic_bootstrap_target(y: torch.Tensor, probs: torch.Tensor, w_noisy: torch.Tensor, *, hard: bool = True
-                             ) -> torch.Tensor:
+def dynamic_bootstrap_target(
+    y: torch.Tensor, probs: torch.Tensor, w_noisy: torch.Tensor, *, hard: bool = True
+) -> torch.Tensor:
     """U-correction's target ``(1 − w)·onehot(y) + w·z`` with w the posterior of being
     noisy and z the (arg-max of the) prediction; (n,), (n, C), (n,) → (n, C)."""
     p = probs.detach()
@@ -207,5 +208,11 @@ def mwnet_step(
         w = mwnet_weights(vnet, losses)
     loss = real_step(model, (w * losses).mean(), opt_w=opt_w, sync_grads=sync_grads, amp=amp)
     y_hat = F.softmax(logits.detach(), dim=1)
-    return StepResult(loss, amp.skipped_as_nan(meta_loss.detach()), y_hat,
-                      F.one_hot(y, logits.shape[1]).to(y_hat.dtype), alpha=w.detach(), beta=None)
+    return StepResult(
+        loss,
+        amp.skipped_as_nan(meta_loss.detach()),
+        y_hat,
+        F.one_hot(y, logits.shape[1]).to(y_hat.dtype),
+        alpha=w.detach(),
+        beta=None,
+    )

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSS_MODES = ("soft", "hard")
-CORRECTORS = ("loss", "class")
-ALPHA_PRIORS = ("none", "prediction")  # what α_net's output is added to, in logit space
+from mslc.options import ALPHA_PRIORS, CORRECTORS, LOSS_MODES  # noqa: F401  (re-exported: the names live there, torch-free)
+
 _EPS = 1e-12
 
 
@@ -145,9 +144,17 @@ class Corrector(nn.Module):
     correction; ``'none'`` is the paper's α = α_net(·).
     """
 
-    def __init__(self, hidden: int = 100, loss_mode: str = "soft", fixed_beta: float | None = None, *,
-                 kind: str = "loss", num_classes: int | None = None, transition: bool = False,
-                 alpha_prior: str = "none") -> None:
+    def __init__(
+        self,
+        hidden: int = 100,
+        loss_mode: str = "soft",
+        fixed_beta: float | None = None,
+        *,
+        kind: str = "loss",
+        num_classes: int | None = None,
+        transition: bool = False,
+        alpha_prior: str = "none",
+    ) -> None:
         super().__init__()
         if loss_mode not in LOSS_MODES:
             raise ValueError(f"loss_mode must be one of {LOSS_MODES}, got {loss_mode!r}")
@@ -183,16 +190,21 @@ class Corrector(nn.Module):
             raise ValueError("transition must be finite and non-negative")
         self.transition.copy_(t.to(self.transition.device))
 
-    def weights(self, loss_alpha: torch.Tensor, loss_beta: torch.Tensor, onehot: torch.Tensor,
-                y_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def weights(
+        self, loss_alpha: torch.Tensor, loss_beta: torch.Tensor, onehot: torch.Tensor, y_hat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha (n,), beta (n,))`` from the two losses (n,), the one-hot given labels (n, C)
         and the predictions (n, C)."""
+
         def net(mlp: nn.Module, loss: torch.Tensor) -> torch.Tensor:
             return mlp(loss) if self.kind == "loss" else mlp(loss, onehot, y_hat)
 
         if self.alpha_prior == "prediction":  # α = σ(logit ŷ_y + α_net's logit): it starts near ŷ_y
-            logit = self.alpha_net.logit(loss_alpha) if self.kind == "loss" else self.alpha_net.logit(
-                loss_alpha, onehot, y_hat)
+            logit = (
+                self.alpha_net.logit(loss_alpha)
+                if self.kind == "loss"
+                else self.alpha_net.logit(loss_alpha, onehot, y_hat)
+            )
             p_given = torch.exp(-loss_alpha).clamp(1e-4, 1.0 - 1e-4)
             alpha = torch.sigmoid(logit + torch.log(p_given) - torch.log1p(-p_given))
         else:

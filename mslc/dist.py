@@ -74,8 +74,13 @@ def exchange_counts(send: torch.Tensor, *, group=None) -> torch.Tensor:
     return recv
 
 
-def all_to_all_rows(rows: torch.Tensor, send: list[int], recv: list[int], *, impl: str = "all_to_all",
-                    ) -> torch.Tensor:
+def all_to_all_rows(
+    rows: torch.Tensor,
+    send: list[int],
+    recv: list[int],
+    *,
+    impl: str = "all_to_all",
+) -> torch.Tensor:
     """Rows grouped by destination rank (``send[r]`` rows for rank ``r``, in rank order) →
     the rows the others sent to this rank (``recv[r]`` from rank ``r``, in rank order).
 
@@ -95,13 +100,13 @@ def all_to_all_rows(rows: torch.Tensor, send: list[int], recv: list[int], *, imp
     for a, b in zip(send, recv):
         s_at.append(s_at[-1] + a)
         r_at.append(r_at[-1] + b)
-    out[r_at[me]:r_at[me + 1]] = rows[s_at[me]:s_at[me + 1]]
+    out[r_at[me] : r_at[me + 1]] = rows[s_at[me] : s_at[me + 1]]
     ops = []
     for peer in range(len(send)):
         if peer != me and send[peer]:
-            ops.append(dist.P2POp(dist.isend, rows[s_at[peer]:s_at[peer + 1]].contiguous(), peer))
+            ops.append(dist.P2POp(dist.isend, rows[s_at[peer] : s_at[peer + 1]].contiguous(), peer))
         if peer != me and recv[peer]:
-            ops.append(dist.P2POp(dist.irecv, out[r_at[peer]:r_at[peer + 1]], peer))
+            ops.append(dist.P2POp(dist.irecv, out[r_at[peer] : r_at[peer + 1]], peer))
     if ops:
         for work in dist.batch_isend_irecv(ops):
             work.wait()

@@ -29,16 +29,15 @@ from torch.profiler import record_function
 # torch's forward-mode AD registers its jvp decompositions with torch.jit.script the first time a
 # dual tensor is made, and torch.jit.script itself warns it is deprecated: torch's own call, not
 # ours, so the warning is filtered by its text and module rather than shown in every worker.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning,
-                        module=r"torch\.jit\._script")
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning, module=r"torch\.jit\._script"
+)
 
 from mslc import dist
 from mslc.corrector import Corrector
+from mslc.options import META_GRAD_IMPLS, META_GRADS, META_SCOPES  # noqa: F401  (re-exported: the names live there, torch-free)
 from mslc.precision import FP32, Amp
 
-META_SCOPES = ("all", "last")  # what the virtual step moves: every parameter, or the classifier layer
-META_GRADS = ("exact", "local")  # the θ-gradient across workers: of the global meta loss, or averaged per rank
-META_GRAD_IMPLS = ("double-backward", "jvp")  # two computations of the same exact θ-gradient
 PHASES = {  # profiler label: what it times
     "step/forward": "the real forward (its logits feed every later phase)",
     "step/train_grad": "∇_w L(w, θ): the training gradient the virtual step takes (create_graph for double backward)",
@@ -102,8 +101,11 @@ def batch_statistics_only(model: nn.Module):
     """Inside, the model's training-mode batch-norm layers normalize with the batch's
     statistics and neither read nor update their running ones (the look-ahead's passes:
     what cloning the buffers for each pass did, without the copies)."""
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
     for m in bns:
         m.track_running_stats = False
     try:
@@ -119,7 +121,10 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def batch_targets(
-    corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor,
+    corrector: Corrector,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    y_prev: torch.Tensor,
     fixed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The training targets of one batch: the corrector's soft labels of its first ``n``
@@ -168,8 +173,14 @@ def virtual_params(model: nn.Module, scope: str) -> dict[str, torch.Tensor]:
 
 
 def training_grads(
-    model: nn.Module, corrector: Corrector, logits: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor,
-    scope: str = "all", amp: Amp = FP32, fixed: torch.Tensor | None = None,
+    model: nn.Module,
+    corrector: Corrector,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    y_prev: torch.Tensor,
+    scope: str = "all",
+    amp: Amp = FP32,
+    fixed: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """``(virtual-step params, ∇_w L(w, θ))``, the gradient kept differentiable in θ
     (``fixed``: the trusted rows' targets, :func:`batch_targets`)."""
@@ -180,8 +191,9 @@ def training_grads(
         return params, grads
 
 
-def meta_loss_at(model: nn.Module, weights: dict[str, torch.Tensor], x_meta: torch.Tensor, y_meta: torch.Tensor,
-                 amp: Amp = FP32) -> torch.Tensor:
+def meta_loss_at(
+    model: nn.Module, weights: dict[str, torch.Tensor], x_meta: torch.Tensor, y_meta: torch.Tensor, amp: Amp = FP32
+) -> torch.Tensor:
     """Clean meta loss with ``weights`` in place of the trainable parameters they name;
     batch-norm normalizes with the meta batch's statistics, and the module's own never move.
     The other trainable parameters enter detached: the pass records a graph only where
@@ -276,8 +288,22 @@ def meta_gradient(
     if impl == "jvp" and scope == "all":
         if x is None:
             raise ValueError("impl='jvp' needs the training batch x")
-        return _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual,
-                                  mode=mode, scope=scope, amp=amp, training_grad=training_grad, fixed=fixed)
+        return _meta_gradient_jvp(
+            model,
+            corrector,
+            logits,
+            x,
+            y,
+            y_prev,
+            x_meta,
+            y_meta,
+            lr_virtual=lr_virtual,
+            mode=mode,
+            scope=scope,
+            amp=amp,
+            training_grad=training_grad,
+            fixed=fixed,
+        )
     params, grads = training_grads(model, corrector, logits, y, y_prev, scope, amp, fixed)
     g = [t.detach().clone() for t in grads]
     h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode, amp=amp)
@@ -290,9 +316,17 @@ def meta_gradient(
         return theta_gradients(dot, corrector, retain_graph=training_grad is None, amp=amp), meta_loss
 
 
-def meta_direction(model: nn.Module, params: dict[str, torch.Tensor], g: list[torch.Tensor], x_meta: torch.Tensor,
-                   y_meta: torch.Tensor, *, lr_virtual: float, mode: str, amp: Amp = FP32
-                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def meta_direction(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    g: list[torch.Tensor],
+    x_meta: torch.Tensor,
+    y_meta: torch.Tensor,
+    *,
+    lr_virtual: float,
+    mode: str,
+    amp: Amp = FP32,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``(h, meta loss)``: the meta loss's gradient at ``ŵ = w − η·ḡ`` (``g`` detached, averaged
     over ranks in place in exact mode, as are ``h`` and the loss)."""
     with record_function("step/meta"):
@@ -307,8 +341,9 @@ def meta_direction(model: nn.Module, params: dict[str, torch.Tensor], g: list[to
         return h, meta_loss
 
 
-def theta_gradients(dot: torch.Tensor, corrector: Corrector, *, retain_graph: bool = False, amp: Amp = FP32
-                    ) -> list[torch.Tensor]:
+def theta_gradients(
+    dot: torch.Tensor, corrector: Corrector, *, retain_graph: bool = False, amp: Amp = FP32
+) -> list[torch.Tensor]:
     """∇_θ of ``dot``, averaged over ranks; zeros for an unused net (β_net when β is fixed)."""
     theta = [p for p in corrector.parameters() if p.requires_grad]
     grads = amp.grad(dot, theta, retain_graph=retain_graph, allow_unused=True)
@@ -317,13 +352,32 @@ def theta_gradients(dot: torch.Tensor, corrector: Corrector, *, retain_graph: bo
     return out
 
 
-def _meta_gradient_jvp(model, corrector, logits, x, y, y_prev, x_meta, y_meta, *, lr_virtual, mode, scope,
-                       amp=FP32, training_grad=None, fixed=None):
+def _meta_gradient_jvp(
+    model,
+    corrector,
+    logits,
+    x,
+    y,
+    y_prev,
+    x_meta,
+    y_meta,
+    *,
+    lr_virtual,
+    mode,
+    scope,
+    amp=FP32,
+    training_grad=None,
+    fixed=None,
+):
     with record_function("step/train_grad"):
         params = virtual_params(model, scope)
         targets, soft, _, _ = batch_targets(corrector, logits, y, y_prev, fixed)
-        g = [t.detach() for t in amp.grad(soft_cross_entropy(logits, targets.detach()), list(params.values()),
-                                          retain_graph=training_grad is None)]
+        g = [
+            t.detach()
+            for t in amp.grad(
+                soft_cross_entropy(logits, targets.detach()), list(params.values()), retain_graph=training_grad is None
+            )
+        ]
     h, meta_loss = meta_direction(model, params, g, x_meta, y_meta, lr_virtual=lr_virtual, mode=mode, amp=amp)
     if training_grad is not None:
         if mode != "exact":
@@ -380,7 +434,7 @@ def mslc_step(
 
     ``trusted = (x_t (k, ...), y_t (k,))``: clean samples trained on beside the batch, with
     their one-hot labels, in one forward with it and in the virtual step as in the real one
-    (``meta.trusted_passes``; the loss is the mean over all n + k rows, as GLC weights its
+    (``mslc.trusted_passes``; the loss is the mean over all n + k rows, as GLC weights its
     trusted samples). Their rows are not corrected and not in the result.
     """
     if lagged and scope != "all":
@@ -401,8 +455,21 @@ def mslc_step(
             targets, soft, alpha, beta = batch_targets(corrector, logits, y, y_prev, fixed)
     if meta_update:
         theta_grads, meta_loss = meta_gradient(
-            model, corrector, logits, y, y_prev, x_meta, y_meta, lr_virtual=lr_virtual, mode=meta_grad, scope=scope,
-            impl=impl, x=x, amp=amp, training_grad=reuse, fixed=fixed,
+            model,
+            corrector,
+            logits,
+            y,
+            y_prev,
+            x_meta,
+            y_meta,
+            lr_virtual=lr_virtual,
+            mode=meta_grad,
+            scope=scope,
+            impl=impl,
+            x=x,
+            amp=amp,
+            training_grad=reuse,
+            fixed=fixed,
         )
         with record_function("step/theta"):
             amp.set_grads([p for p in corrector.parameters() if p.requires_grad], theta_grads)

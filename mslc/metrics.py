@@ -11,9 +11,7 @@ def accuracy(pred: np.ndarray, true: np.ndarray) -> float:
     return float((pred == true).mean()) if true.size else float("nan")
 
 
-def corrected_label_accuracy(
-    soft: np.ndarray, true: np.ndarray, is_noisy: np.ndarray
-) -> dict[str, float]:
+def corrected_label_accuracy(soft: np.ndarray, true: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
     """Accuracy of ``argmax ỹ`` against the true labels.
 
     Parameters
@@ -55,8 +53,11 @@ def detection_scores(flagged: np.ndarray, is_noisy: np.ndarray) -> dict[str, flo
     tp = float((flagged & noisy).sum())
     precision = tp / flagged.sum() if flagged.any() else float("nan")
     recall = tp / noisy.sum() if noisy.any() else float("nan")
-    f1 = (2 * precision * recall / (precision + recall)
-          if not (np.isnan(precision) or np.isnan(recall)) and precision + recall > 0 else float("nan"))
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if not (np.isnan(precision) or np.isnan(recall)) and precision + recall > 0
+        else float("nan")
+    )
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
@@ -99,12 +100,16 @@ def label_posterior(y_hat: np.ndarray, given: np.ndarray, transition: np.ndarray
     y_hat = np.asarray(y_hat, dtype=np.float64)
     if transition is None:
         return y_hat
-    return transition_posterior(torch.from_numpy(y_hat), torch.as_tensor(np.asarray(given), dtype=torch.int64),
-                                torch.as_tensor(np.asarray(transition), dtype=torch.float64)).numpy()
+    return transition_posterior(
+        torch.from_numpy(y_hat),
+        torch.as_tensor(np.asarray(given), dtype=torch.int64),
+        torch.as_tensor(np.asarray(transition), dtype=torch.float64),
+    ).numpy()
 
 
-def review_budget(confidence: np.ndarray, flagged: np.ndarray, right: np.ndarray,
-                  thresholds: np.ndarray | None = None) -> list[dict]:
+def review_budget(
+    confidence: np.ndarray, flagged: np.ndarray, right: np.ndarray, thresholds: np.ndarray | None = None
+) -> list[dict]:
     """For each confidence threshold ``t``: how many flags have confidence ≥ t and the
     estimated share of them that are right (the mean of ``right`` over them).
 
@@ -133,8 +138,15 @@ def review_budget(confidence: np.ndarray, flagged: np.ndarray, right: np.ndarray
         sel = fl & (conf >= th)
         n = int(sel.sum())
         hit = float(r[sel].sum())
-        rows.append({"threshold": float(th), "flags": n, "precision": hit / n if n else float("nan"),
-                     "right": hit, "wrong": n - hit})
+        rows.append(
+            {
+                "threshold": float(th),
+                "flags": n,
+                "precision": hit / n if n else float("nan"),
+                "right": hit,
+                "wrong": n - hit,
+            }
+        )
     return rows
 
 
@@ -164,8 +176,9 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, *, z: float = 1.96) -> tuple[n
 CALIBRATION_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001)
 
 
-def clean_split_calibration(probs: np.ndarray, labels: np.ndarray, transition: np.ndarray, *,
-                            edges=CALIBRATION_EDGES) -> list[dict]:
+def clean_split_calibration(
+    probs: np.ndarray, labels: np.ndarray, transition: np.ndarray, *, edges=CALIBRATION_EDGES
+) -> list[dict]:
     """How :func:`label_posterior`'s probability of a correction compares with how often it is
     right, measured on a clean split the model did not train on, without any true training
     label: each clean sample of class ``c`` is given every label ``g`` with weight
@@ -198,9 +211,15 @@ def clean_split_calibration(probs: np.ndarray, labels: np.ndarray, transition: n
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (est >= lo) & (est < hi)
         wt = float(w[sel].sum())
-        bins.append({"lo": float(lo), "hi": float(hi), "weight": wt,
-                     "estimated": float((est[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan"),
-                     "true": float((right[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan")})
+        bins.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "weight": wt,
+                "estimated": float((est[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan"),
+                "true": float((right[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan"),
+            }
+        )
     return bins
 
 

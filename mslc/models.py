@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from mslc.options import ARCHS  # noqa: F401  (re-exported: the names live there, torch-free)
+
 
 class PoolTo(nn.AdaptiveAvgPool2d):
     """``nn.AdaptiveAvgPool2d(size)`` that hands an input already of that size back as it
@@ -123,9 +125,6 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
-
-
-ARCHS = ("small-cnn", "resnet18", "resnet34", "resnet50")
 
 
 def build_model(arch: str, *, num_classes: int, in_channels: int, stem: str = "cifar") -> nn.Module:

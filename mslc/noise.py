@@ -24,11 +24,26 @@ FMNIST_ASYM = {0: 6, 2: 4, 5: 7, 9: 5}
 
 #: CIFAR-100's twenty super-classes, each listed as its five fine label ids.
 CIFAR100_SUPERCLASSES = (
-    (4, 30, 55, 72, 95), (1, 32, 67, 73, 91), (54, 62, 70, 82, 92), (9, 10, 16, 28, 61),
-    (0, 51, 53, 57, 83), (22, 39, 40, 86, 87), (5, 20, 25, 84, 94), (6, 7, 14, 18, 24),
-    (3, 42, 43, 88, 97), (12, 17, 37, 68, 76), (23, 33, 49, 60, 71), (15, 19, 21, 31, 38),
-    (34, 63, 64, 66, 75), (26, 45, 77, 79, 99), (2, 11, 35, 46, 98), (27, 29, 44, 78, 93),
-    (36, 50, 65, 74, 80), (47, 52, 56, 59, 96), (8, 13, 48, 58, 90), (41, 69, 81, 85, 89),
+    (4, 30, 55, 72, 95),
+    (1, 32, 67, 73, 91),
+    (54, 62, 70, 82, 92),
+    (9, 10, 16, 28, 61),
+    (0, 51, 53, 57, 83),
+    (22, 39, 40, 86, 87),
+    (5, 20, 25, 84, 94),
+    (6, 7, 14, 18, 24),
+    (3, 42, 43, 88, 97),
+    (12, 17, 37, 68, 76),
+    (23, 33, 49, 60, 71),
+    (15, 19, 21, 31, 38),
+    (34, 63, 64, 66, 75),
+    (26, 45, 77, 79, 99),
+    (2, 11, 35, 46, 98),
+    (27, 29, 44, 78, 93),
+    (36, 50, 65, 74, 80),
+    (47, 52, 56, 59, 96),
+    (8, 13, 48, 58, 90),
+    (41, 69, 81, 85, 89),
 )
 
 
@@ -104,9 +119,7 @@ def superclass_next_map(fine_labels: np.ndarray, coarse_labels: np.ndarray) -> d
     return out
 
 
-def make_transition(
-    kind: str, num_classes: int, rate: float, *, mapping: dict[int, int] | None = None
-) -> np.ndarray:
+def make_transition(kind: str, num_classes: int, rate: float, *, mapping: dict[int, int] | None = None) -> np.ndarray:
     """Build the ``(C, C)`` transition matrix of a named noise kind.
 
     ``kind`` is one of ``none``, ``sym``, ``sym-exclusive``, ``pairflip`` or
@@ -201,8 +214,9 @@ def corrupt(labels: np.ndarray, transition: np.ndarray, *, seed: int) -> NoisyLa
     return NoisyLabels(noisy=noisy, true=y, transition=t, realized=realized_matrix(y, noisy, c))
 
 
-def truncated_normal(n: int, mean: float, std: float, *, rng: np.random.Generator, low: float = 0.0,
-                     high: float = 1.0) -> np.ndarray:
+def truncated_normal(
+    n: int, mean: float, std: float, *, rng: np.random.Generator, low: float = 0.0, high: float = 1.0
+) -> np.ndarray:
     """(n,) draws of N(mean, std²) truncated to [low, high] (by rejection)."""
     out = rng.normal(mean, std, n)
     bad = (out < low) | (out > high)
@@ -212,8 +226,9 @@ def truncated_normal(n: int, mean: float, std: float, *, rng: np.random.Generato
     return out
 
 
-def instance_dependent(features: np.ndarray, labels: np.ndarray, num_classes: int, rate: float, *, seed: int,
-                       norm_std: float = 0.1) -> NoisyLabels:
+def instance_dependent(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, rate: float, *, seed: int, norm_std: float = 0.1
+) -> NoisyLabels:
     """Part-/instance-dependent noise (Xia et al., NeurIPS 2020, their generator).
 
     Each sample gets a flip rate ``q_i`` ~ N(rate, norm_std²) truncated to [0, 1]; each

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from mslc.options import PRECISIONS  # noqa: F401  (re-exported: the names live there, torch-free)
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 

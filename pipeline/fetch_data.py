@@ -38,8 +38,7 @@ def fetch(raw_dir: str) -> dict | None:
         try:
             download_fmnist(raw_dir)
         except Exception as e:  # no internet
-            print(f"download failed ({type(e).__name__}); trying apt-get install dataset-fashion-mnist ...",
-                  flush=True)
+            print(f"download failed ({type(e).__name__}); trying apt-get install dataset-fashion-mnist ...", flush=True)
             apt_install()
         files = fmnist_files(raw_dir)
     return files

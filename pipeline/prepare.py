@@ -37,17 +37,23 @@ if __name__ == "__main__":  # a Ctrl-C while the imports below load (seconds): n
     signal.signal(signal.SIGINT, lambda *_: (print(INTERRUPTED, file=sys.stderr, flush=True), os._exit(130)))
 
 from pipeline.prep.job import ensure_shards, prepare
-from pipeline.prep.options import DATASETS, PrepareOptions
-from pipeline.training.cli import parse_args, run_cli
-from pipeline.training.presets import PRESETS
+from pipeline.shardset.spec import DATASETS, PrepareOptions
+from pipeline.training.settings.cli import parse_args, run_cli
+from pipeline.training.settings.presets import PRESETS
 
-KIND_PRESETS = {"fashion-mnist": "fmnist-sym40", "cifar10": "cifar10-sym40", "cifar100": "cifar100-sym40",
-                "clothing1m": "clothing1m", "folder": "folder"}
+KIND_PRESETS = {
+    "fashion-mnist": "fmnist-sym40",
+    "cifar10": "cifar10-sym40",
+    "cifar100": "cifar100-sym40",
+    "clothing1m": "clothing1m",
+    "folder": "folder",
+}
 
 
 def kind_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pipeline/prepare.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pipeline/prepare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("kind", choices=DATASETS)
     p.add_argument("--out", required=True, help="the shard directory to write")
     p.add_argument("--raw", help="the release files (see above); default: the preset's data.raw_dir")
@@ -57,8 +63,16 @@ def kind_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="leave bad samples out (and count them) instead of stopping")
     p.add_argument("--workers", type=int, help="processes checking images and writing shards (default 1)")
     p.add_argument("--shard-size", type=int, help="samples per shard")
-    for opt, typ in (("noise", str), ("noise-rate", float), ("noise-seed", int), ("split-seed", int),
-                     ("n-meta", int), ("n-val", int), ("max-train", int), ("max-test", int)):
+    for opt, typ in (
+        ("noise", str),
+        ("noise-rate", float),
+        ("noise-seed", int),
+        ("split-seed", int),
+        ("n-meta", int),
+        ("n-val", int),
+        ("max-train", int),
+        ("max-test", int),
+    ):
         p.add_argument(f"--{opt}", type=typ, help=f"data.{opt.replace('-', '_')}")
     return p
 
@@ -66,10 +80,22 @@ def kind_parser() -> argparse.ArgumentParser:
 def data_from_kind_args(argv: list[str]) -> tuple[PrepareOptions, Path]:
     a = kind_parser().parse_args(argv)
     data = PRESETS[KIND_PRESETS[a.kind]]().data
-    fields = {"raw_dir": a.raw, "labels_file": a.labels, "clean_list": a.clean, "test_list": a.test,
-              "prepare_workers": a.workers, "shard_size": a.shard_size, "noise": a.noise,
-              "noise_rate": a.noise_rate, "noise_seed": a.noise_seed, "split_seed": a.split_seed,
-              "n_meta": a.n_meta, "n_val": a.n_val, "max_train": a.max_train, "max_test": a.max_test}
+    fields = {
+        "raw_dir": a.raw,
+        "labels_file": a.labels,
+        "clean_list": a.clean,
+        "test_list": a.test,
+        "prepare_workers": a.workers,
+        "shard_size": a.shard_size,
+        "noise": a.noise,
+        "noise_rate": a.noise_rate,
+        "noise_seed": a.noise_seed,
+        "split_seed": a.split_seed,
+        "n_meta": a.n_meta,
+        "n_val": a.n_val,
+        "max_train": a.max_train,
+        "max_test": a.max_test,
+    }
     fields = {k: v for k, v in fields.items() if v is not None}
     for k in ("raw_dir", "labels_file", "clean_list", "test_list"):
         if k in fields and "://" not in fields[k]:
@@ -90,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_cli(parse, lambda data: print(prepare(data, holder["out"])) or 0)
 
-    return run_cli(lambda: parse_args(argv, prog="pipeline/prepare.py", doc=__doc__),
-                   lambda cfg: print(ensure_shards(cfg.data)) or 0)
+    return run_cli(
+        lambda: parse_args(argv, prog="pipeline/prepare.py", doc=__doc__),
+        lambda cfg: print(ensure_shards(cfg.data)) or 0,
+    )
 
 
 if __name__ == "__main__":

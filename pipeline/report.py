@@ -21,17 +21,22 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.review.report import RELABEL_FILE, load_run, write_relabel, write_report
+from pipeline.review.report import load_run, write_relabel, write_report
+from pipeline.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pipeline/report.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pipeline/report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's directory (run.storage_path/run.name)")
     p.add_argument("--top", type=int, default=16, help="samples per class in each gallery (default 16)")
-    p.add_argument("--threshold", type=float,
-                   help="write a relabel file of the flagged samples whose corrected label has at least this "
-                        "probability (0: all flagged, as a missing RUN_DIR/relabel.csv is written)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="write a relabel file of the flagged samples whose corrected label has at least this "
+        "probability (0: all flagged, as a missing RUN_DIR/relabel.csv is written)",
+    )
     p.add_argument("--relabel-out", help="where that file goes (default RUN_DIR/relabel.csv)")
     p.add_argument("--shards", help="the shard directory, where it is no longer where the run read it")
     a = p.parse_args(argv)
@@ -39,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--top must be >= 1, got {a.top}")
     if a.threshold is not None and not 0.0 <= a.threshold <= 1.0:
         p.error(f"--threshold is a probability in [0, 1], got {a.threshold}")
-    relabel = Path(a.relabel_out or Path(a.run_dir) / RELABEL_FILE)
+    relabel = Path(a.relabel_out or RunDir(a.run_dir).relabel)
     if a.threshold is not None and relabel.exists():
-        print(f"error: {relabel} exists (it may hold edits): choose another --relabel-out, or remove it",
-              file=sys.stderr)
+        print(
+            f"error: {relabel} exists (it may hold edits): choose another --relabel-out, or remove it", file=sys.stderr
+        )
         return 1
     try:
         run = load_run(a.run_dir, a.shards)

@@ -31,8 +31,10 @@ def _fs(url: str):
     try:
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
-        raise ShardError(f"{url}: cannot open this URL ({e}); install the fsspec driver for it "
-                         "(s3fs for s3://, gcsfs for gs://, adlfs for az://)") from None
+        raise ShardError(
+            f"{url}: cannot open this URL ({e}); install the fsspec driver for it "
+            "(s3fs for s3://, gcsfs for gs://, adlfs for az://)"
+        ) from None
 
 
 def exists(p: str | Path) -> bool:
@@ -80,9 +82,11 @@ def disk_full_error(path: str | Path, *, written: int | None = None) -> DiskFull
     """The one line a full disk gets: the path, what was written before it filled, what is free."""
     free = free_bytes(path)
     need = f"it needs more than {written:,} bytes, " if written else ""
-    return DiskFullError(f"{path}: no space left on device ({need}{'?' if free is None else f'{free:,}'} bytes "
-                         "are free there): free some space or choose another path, then rerun (what was "
-                         "complete is kept)")
+    return DiskFullError(
+        f"{path}: no space left on device ({need}{'?' if free is None else f'{free:,}'} bytes "
+        "are free there): free some space or choose another path, then rerun (what was "
+        "complete is kept)"
+    )
 
 
 def disk_full_in(e: BaseException) -> bool:

@@ -13,14 +13,15 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from pathlib import Path
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.prep.job import ensure_shards
+from pipeline.rundir import RunDir
 from pipeline.storage import NO_SPACE, disk_full_error
-from pipeline.training.cli import parse_args, raise_terminated, run_cli
-from pipeline.training.checkpoint import STATE_FILE, checkpoint_order
-from pipeline.training.config import Config
-from pipeline.training.launch import build_trainer, check_data, name_run, start_ray
+from pipeline.training.run.launch import build_trainer, check_data, name_run, start_ray
+from pipeline.training.settings.cli import parse_args, raise_terminated, run_cli
+from pipeline.training.settings.config import Config
+from pipeline.worker import train_loop_per_worker
 
 
 def known_error(e: BaseException, *, storage: str = "run.storage_path") -> BaseException | None:
@@ -50,53 +51,60 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def resume_hint(run_dir: Path) -> str:
+def resume_hint(run_dir: RunDir) -> str:
     """What an interrupted run kept and how to go on from it."""
-    found = sorted((p for p in run_dir.glob("checkpoint_epoch_*") if (p / STATE_FILE).is_file()),
-                   key=lambda p: checkpoint_order(p.name.removeprefix("checkpoint_")))
+    found = run_dir.checkpoints()
     if not found:
         return "no checkpoint was complete yet: rerun the command with another run.name"
     return f"its checkpoints are kept: go on with run.resume_from={found[-1]} and another run.name"
 
 
-def outcome_lines(run_dir: Path, *, seconds: float) -> list[str]:
+def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
     """What the run found and what a person does next, from its files (no true label needed)."""
     import json
 
-    m = json.loads((run_dir / "metrics.json").read_text())
+    m = json.loads(run_dir.metrics.read_text())
     labels = m["summary"]["labels"]
     rec = next(e for e in m["epochs"] if e["epoch"] == labels["epoch"])
-    lines = [f"done in {seconds / 60:.1f} min; exported: the labels of epoch {labels['epoch']} "
-             f"({labels['selected_by']}: clean validation {100 * rec['val_acc']:.2f}%)"]
-    if (run_dir / "review_budget.json").is_file() and (run_dir / "noise_matrix.json").is_file():
-        b = json.loads((run_dir / "review_budget.json").read_text())
-        total = sum(map(sum, json.loads((run_dir / "noise_matrix.json").read_text())["counts"]))
+    lines = [
+        f"done in {seconds / 60:.1f} min; exported: the labels of epoch {labels['epoch']} "
+        f"({labels['selected_by']}: clean validation {100 * rec['val_acc']:.2f}%)"
+    ]
+    if run_dir.budget.is_file():
+        b = json.loads(run_dir.budget.read_text())
+        total = b["samples"]
         flags, prec = b["rows"][0]["flags"], b.get("relabel_precision")
-        lines.append(f"flags: {flags} of {total} labels ({100 * flags / max(total, 1):.1f}%) differ from the given "
-                     f"ones; estimated {100 * b['rows'][0]['precision']:.1f}% of them right (no true labels used)"
-                     if flags else f"flags: none of {total} labels differs from the given ones")
-        lines.append(f"next: review relabel.csv ({b['relabel_rows']} flags with confidence >= "
-                     f"{b['relabel_threshold']:.2f}, estimated {'-' if prec is None else f'{100 * prec:.1f}%'} right; "
-                     "review_budget.json gives every cut), then pipeline/prepare.py --labels relabel.csv for a "
-                     "second round")
+        lines.append(
+            f"flags: {flags} of {total} labels ({100 * flags / max(total, 1):.1f}%) differ from the given "
+            f"ones; estimated {100 * b['rows'][0]['precision']:.1f}% of them right (no true labels used)"
+            if flags
+            else f"flags: none of {total} labels differs from the given ones"
+        )
+        lines.append(
+            f"next: review relabel.csv ({b['relabel_rows']} flags with confidence >= "
+            f"{b['relabel_threshold']:.2f}, estimated {'-' if prec is None else f'{100 * prec:.1f}%'} right; "
+            "review_budget.json gives every cut), then pipeline/prepare.py --labels relabel.csv for a "
+            "second round"
+        )
     return lines
 
 
 def main_body(cfg: Config) -> int:
     t0 = time.time()
     cfg = name_run(cfg)
-    print(f"run directory: {Path(cfg.run.storage_path) / cfg.run.name}", flush=True)
-    check_data(cfg)
+    run_dir = RunDir.of(cfg.run.storage_path, cfg.run.name)
+    print(f"run directory: {run_dir}", flush=True)
+    check_data(cfg, ensure_shards(cfg.data))
     start_ray()
     signal.signal(signal.SIGTERM, raise_terminated)  # ray.init installed its own (a stack dump and exit 134)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, worker=train_loop_per_worker)
     try:
         trainer.fit()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers (the last whole checkpoint stays), then say so
         import ray
 
         ray.shutdown()
-        raise KeyboardInterrupt(resume_hint(Path(cfg.run.storage_path) / cfg.run.name)) from None
+        raise KeyboardInterrupt(resume_hint(run_dir)) from None
     except Exception as e:  # the workers' error, already printed by Ray with its traceback
         known = known_error(e, storage=cfg.run.storage_path)
         import ray
@@ -114,18 +122,17 @@ def main_body(cfg: Config) -> int:
 
     ray.shutdown()  # the workers' last forwarded lines come now, before the summary, not after it
     sys.stderr.flush()
-    run_dir = Path(cfg.run.storage_path) / cfg.run.name
     print()
     for line in outcome_lines(run_dir, seconds=time.time() - t0):
         print(line)
     print(f"\nrun directory:     {run_dir}")
-    print(f"model:             {run_dir / 'model.pt'}")
-    print(f"tensorboard logs:  {run_dir / 'tensorboard'}   (tensorboard --logdir {run_dir / 'tensorboard'})")
-    print(f"corrected labels:  {run_dir / 'corrected_labels.parquet'}")
-    print(f"metrics:           {run_dir / 'metrics.json'}")
-    print(f"relabel file:      {run_dir / 'relabel.csv'}   (review it; pipeline/prepare.py --labels for a second round)")
-    if cfg.run.report and (run_dir / "report" / "index.html").is_file():
-        print(f"review report:     {run_dir / 'report' / 'index.html'}")
+    print(f"model:             {run_dir.model}")
+    print(f"tensorboard logs:  {run_dir.tensorboard}   (tensorboard --logdir {run_dir.tensorboard})")
+    print(f"corrected labels:  {run_dir.labels}")
+    print(f"metrics:           {run_dir.metrics}")
+    print(f"relabel file:      {run_dir.relabel}   (review it; pipeline/prepare.py --labels for a second round)")
+    if cfg.run.report and run_dir.report.is_file():
+        print(f"review report:     {run_dir.report}")
     return 0
 
 

@@ -60,9 +60,11 @@ def fetch(source: str) -> Path:
             except ConfigError:
                 raise
             except Exception as e:  # no route, 404, no credentials, no fsspec driver …
-                raise ConfigError(f"model.weights={source}: cannot be downloaded on this node "
-                                  f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                                  "put the file on shared storage (or each node) and set model.weights=PATH") from None
+                raise ConfigError(
+                    f"model.weights={source}: cannot be downloaded on this node "
+                    f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                    "put the file on shared storage (or each node) and set model.weights=PATH"
+                ) from None
     return dst
 
 
@@ -90,9 +92,13 @@ def load_into(model, source: str) -> None:
     missing = sorted(k for k in own if not k.startswith("fc.") and k not in sd)
     wrong = sorted(k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
     if missing or wrong or not set(sd) & set(own):
-        what = (f"{len(missing)} of the model's parameters missing, e.g. {missing[0]!r}" if missing else
-                f"{wrong[0]!r} has shape {tuple(sd[wrong[0]].shape)}, the model's {tuple(own[wrong[0]].shape)}"
-                if wrong else "none of its names is the model's")
+        what = (
+            f"{len(missing)} of the model's parameters missing, e.g. {missing[0]!r}"
+            if missing
+            else f"{wrong[0]!r} has shape {tuple(sd[wrong[0]].shape)}, the model's {tuple(own[wrong[0]].shape)}"
+            if wrong
+            else "none of its names is the model's"
+        )
         raise ConfigError(f"model.weights={source}: does not fit model.arch ({what})")
     model.load_state_dict(sd, strict=False)
 

@@ -102,8 +102,10 @@ def run_ranks_to_exit(fn, world: int, tmp_path: Path, *args, timeout: float = 30
     tmp_path.mkdir(parents=True, exist_ok=True)
     ctx = multiprocessing.get_context("spawn")
     errs = [tmp_path / f"stderr.{r}" for r in range(world)]
-    procs = [ctx.Process(target=_failing_entry, args=(r, world, str(tmp_path / "pg-store"), str(errs[r]), fn, args))
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_failing_entry, args=(r, world, str(tmp_path / "pg-store"), str(errs[r]), fn, args))
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     ended: list[float | None] = [None] * world

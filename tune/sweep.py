@@ -24,21 +24,35 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.training.cli import absolutize, load_config, run_cli
 from pipeline.errors import ConfigError
-from pipeline.training.config import Config, apply_overrides, replace
-from pipeline.training.methods import METHODS, TUNABLE
+from pipeline.training.settings.cli import absolutize, load_config, run_cli
+from pipeline.training.settings.config import Config, apply_overrides, replace
+from pipeline.training.settings.methods import METHODS
 
 METRIC = "val_acc"
-TUNE_METRIC = "best_val_acc"  # each report's best val_acc so far: Tune's "current best trial" and ASHA rank as the table does
-# search-space name → config key
-SWEPT = {key.split(".", 1)[1]: key for key in TUNABLE}
+TUNE_METRIC = (
+    "best_val_acc"  # each report's best val_acc so far: Tune's "current best trial" and ASHA rank as the table does
+)
+# config key a method may list as tunable → its search-space name (η1: the lr of MSLC's α_net or of
+# MW-Net's weight net; η2: β_net's; the virtual step's lr scale)
+SPACE_NAMES = {
+    "meta.warmup_epochs": "warmup_epochs",
+    "mslc.alpha_lr": "alpha_lr",
+    "mslc.beta_lr": "beta_lr",
+    "mslc.virtual_lr_scale": "virtual_lr_scale",
+    "mwnet.lr": "alpha_lr",
+    "mwnet.virtual_lr_scale": "virtual_lr_scale",
+}
+
+
+def swept(cfg: Config) -> dict[str, str]:
+    """Search-space name → config key, for the keys the configured method lists as tunable."""
+    return {SPACE_NAMES[key]: key for key in METHODS[cfg.meta.method].tunable if key in SPACE_NAMES}
 
 
 def swept_names(cfg: Config) -> list[str]:
     """The search-space names the configured method reads (its ``tunable`` keys)."""
-    method = METHODS[cfg.meta.method]
-    return [name for name, key in SWEPT.items() if key in method.tunable]
+    return list(swept(cfg))
 
 
 def warmup_choices(epochs: int) -> list[int]:
@@ -47,7 +61,7 @@ def warmup_choices(epochs: int) -> list[int]:
 
 
 def build_space(cfg: Config) -> dict:
-    """The Tune search space over the keys of :data:`SWEPT` that the configured method reads."""
+    """The Tune search space over the keys the configured method lists as tunable (:func:`swept`)."""
     from ray import tune
 
     space = {
@@ -63,9 +77,14 @@ def trial_config(base: dict, params: dict, trial_name: str, runs_dir: str) -> Co
     """The base config with a trial's swept values and its own run directory. Trials
     checkpoint at epoch ends only: every Ray Train report reaches Tune as an iteration,
     and ASHA's rungs count epochs."""
-    cfg = apply_overrides(Config.from_dict(base), [f"{SWEPT[k]}={params[k]}" for k in SWEPT if k in params])
-    return replace(cfg, run=dataclasses.replace(cfg.run, storage_path=runs_dir, name=trial_name,
-                                                checkpoint_every_steps=0, checkpoint_every_min=0.0))
+    cfg = Config.from_dict(base)
+    cfg = apply_overrides(cfg, [f"{key}={params[name]}" for name, key in swept(cfg).items() if name in params])
+    return replace(
+        cfg,
+        run=dataclasses.replace(
+            cfg.run, storage_path=runs_dir, name=trial_name, checkpoint_every_steps=0, checkpoint_every_min=0.0
+        ),
+    )
 
 
 def run_trial(params: dict) -> None:
@@ -73,15 +92,16 @@ def run_trial(params: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.training.launch import build_trainer
+    from pipeline.training.run.launch import build_trainer
+    from pipeline.worker import train_loop_per_worker
 
     cfg = trial_config(params["base"], params, f"trial_{tune.get_context().get_trial_id()}", params["runs_dir"])
-    build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+    build_trainer(cfg, worker=train_loop_per_worker, callbacks=[TuneReportCallback()]).fit()
 
 
 def trial_resources(cfg: Config) -> dict:
     """What one trial's Train workers take; the Tune trial itself takes almost nothing."""
-    from pipeline.training.launch import cluster_view, resolve_use_gpu
+    from pipeline.training.run.launch import cluster_view, resolve_use_gpu
 
     now, can_add = cluster_view()
     use_gpu = resolve_use_gpu(cfg.scale.use_gpu, now=now, can_add=can_add)
@@ -111,15 +131,21 @@ def build_tuner(cfg: Config, *, name: str, samples: int, scheduler: str, resume:
         return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
     if scheduler == "asha":
         grace = max(warmup_choices(cfg.optim.epochs)) + 1
-        sched = ASHAScheduler(time_attr="epoch", max_t=cfg.optim.epochs, grace_period=min(grace, cfg.optim.epochs),
-                              reduction_factor=2)
+        sched = ASHAScheduler(
+            time_attr="epoch", max_t=cfg.optim.epochs, grace_period=min(grace, cfg.optim.epochs), reduction_factor=2
+        )
     else:
         sched = FIFOScheduler()
     return tune.Tuner(
         trainable,
         param_space={"base": cfg.to_dict(), "runs_dir": runs_dir, **build_space(cfg)},
-        tune_config=tune.TuneConfig(metric=TUNE_METRIC, mode="max", num_samples=samples, scheduler=sched,
-                                    max_concurrent_trials=concurrent_trials(cfg)),
+        tune_config=tune.TuneConfig(
+            metric=TUNE_METRIC,
+            mode="max",
+            num_samples=samples,
+            scheduler=sched,
+            max_concurrent_trials=concurrent_trials(cfg),
+        ),
         run_config=tune.RunConfig(name=name, storage_path=storage),
     )
 
@@ -134,12 +160,17 @@ def best_table(results) -> list[dict]:
             continue
         i = df[METRIC].idxmax()
         name = f"trial_{r.metrics['trial_id']}"
-        rows.append({"trial": name,
-                     **{k: r.config[k] for k in SWEPT if k in r.config},
-                     "best_val_acc": float(df.loc[i, METRIC]), "epoch": int(df.loc[i, "epoch"]),
-                     "test_acc_at_best_val": float(df.loc[i, "test_acc"]),
-                     "epochs_run": int(df["epoch"].max()),
-                     "run_dir": os.path.join(r.config["runs_dir"], name)})
+        rows.append(
+            {
+                "trial": name,
+                **{k: r.config[k] for k in dict.fromkeys(SPACE_NAMES.values()) if k in r.config},
+                "best_val_acc": float(df.loc[i, METRIC]),
+                "epoch": int(df.loc[i, "epoch"]),
+                "test_acc_at_best_val": float(df.loc[i, "test_acc"]),
+                "epochs_run": int(df["epoch"].max()),
+                "run_dir": os.path.join(r.config["runs_dir"], name),
+            }
+        )
     return sorted(rows, key=lambda row: -row["best_val_acc"])
 
 
@@ -156,14 +187,17 @@ def write_table(rows: list[dict], out: Path) -> str:
 
     md = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     md += "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows)
-    (out / "best_configs.md").write_text(f"Sweep ranked by {METRIC} (clean validation); test accuracy "
-                                         "is read at each trial's best-validation epoch, never used to rank.\n\n" + md)
+    (out / "best_configs.md").write_text(
+        f"Sweep ranked by {METRIC} (clean validation); test accuracy "
+        "is read at each trial's best-validation epoch, never used to rank.\n\n" + md
+    )
     return md
 
 
 def parse(argv: list[str] | None):
-    p = argparse.ArgumentParser(prog="tune/sweep.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tune/sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default="fmnist-sym40", help="a preset name or a JSON config file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--samples", type=int, default=8, help="trials to run")
@@ -174,11 +208,11 @@ def parse(argv: list[str] | None):
     if a.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {a.samples}")
     cfg = absolutize(load_config(a.config, a.overrides))
-    for k in SWEPT.values():
+    for k in swept(cfg).values():
         if any(o.startswith(k + "=") for o in a.overrides):
             raise ConfigError(f"{k} is swept; do not also set it")
     if not swept_names(cfg):
-        raise ConfigError(f"meta.method={cfg.meta.method} reads none of the swept keys ({', '.join(SWEPT.values())})")
+        raise ConfigError(f"meta.method={cfg.meta.method} reads none of the swept keys ({', '.join(SPACE_NAMES)})")
     return cfg, a
 
 
@@ -190,24 +224,29 @@ def main(argv: list[str] | None = None) -> int:
         return holder["cfg"]
 
     def body(cfg: Config) -> int:
-        from pipeline.training.launch import check_data, start_ray
+        from pipeline.prep.job import ensure_shards
+        from pipeline.training.run.launch import check_data, start_ray
 
         a = holder["args"]
         name = a.name or f"sweep-{cfg.preset}"
-        check_data(cfg)
+        check_data(cfg, ensure_shards(cfg.data))
         start_ray()
         results = build_tuner(cfg, name=name, samples=a.samples, scheduler=a.scheduler, resume=a.resume).fit()
         rows = best_table(results)
         unfinished = len(results) - results.num_terminated
         if unfinished:
-            print(f"{unfinished} of {len(results)} trials did not finish (interrupted or failed); continue with the "
-                  f"same command plus --resume --name {name}", file=sys.stderr)
+            print(
+                f"{unfinished} of {len(results)} trials did not finish (interrupted or failed); continue with the "
+                f"same command plus --resume --name {name}",
+                file=sys.stderr,
+            )
         if not rows:
             print("error: no trial reported a validation accuracy yet", file=sys.stderr)
             return 1
         out = Path(cfg.run.storage_path) / name
         print(write_table(rows, out))
-        print(f"best configuration (by {METRIC}): " + " ".join(f"{SWEPT[k]}={rows[0][k]}" for k in SWEPT if k in rows[0]))
+        keys = swept(cfg)
+        print(f"best configuration (by {METRIC}): " + " ".join(f"{keys[k]}={rows[0][k]}" for k in keys if k in rows[0]))
         print(f"tables: {out / 'best_configs.csv'}  {out / 'best_configs.md'}")
         return 0
 

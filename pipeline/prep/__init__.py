@@ -1,7 +1,7 @@
 """Offline data preparation: release-format readers → the split/noise plan → the resumable
 shard writer and its manifest.
 
-* :mod:`~pipeline.prep.options`: what decides a shard directory's contents.
+* :mod:`~pipeline.shardset.spec`: what decides a shard directory's contents.
 * :mod:`~pipeline.prep.listings`: key/label listings and the :class:`~pipeline.prep.listings.Bad` record.
 * :mod:`~pipeline.prep.fashion_mnist`, :mod:`~pipeline.prep.readers`: each release format → items per split.
 * :mod:`~pipeline.prep.plan`: meta/validation draw, subsampling, synthetic noise, ``--labels``.

@@ -24,8 +24,16 @@ FMNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 FMNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 HOW_TO_GET_FMNIST = (
     "Fashion-MNIST not found. Get it with one of:\n"

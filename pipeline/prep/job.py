@@ -15,10 +15,10 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.prep.fashion_mnist import ImageArrays
 from pipeline.prep.listings import Bad, read_label_override
-from pipeline.prep.options import PrepareOptions, prepared_with
 from pipeline.prep.plan import plan_splits
 from pipeline.prep.readers import Items, Source, read_source
 from pipeline.prep.writer import finish, plan_fingerprint, pool_map, shard_tasks, write_all
+from pipeline.shardset.spec import PrepareOptions, prepared_with
 from pipeline.storage import atomic_write_text, disk_full_named, exists, is_url, join
 
 SCAN_CHUNK = 512
@@ -32,8 +32,10 @@ def stop_on_bad(bad: list[Bad], what: str) -> None:
         return
     listed = "\n  ".join(str(b) for b in bad[:MAX_LISTED])
     more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-    raise PipelineError(f"{len(bad)} bad {what}:\n  {listed}{more}\n"
-                        "fix them, or rerun with --skip-bad (data.skip_bad=true) to leave them out")
+    raise PipelineError(
+        f"{len(bad)} bad {what}:\n  {listed}{more}\n"
+        "fix them, or rerun with --skip-bad (data.skip_bad=true) to leave them out"
+    )
 
 
 def check_image(path: str) -> tuple[str, str]:
@@ -57,8 +59,14 @@ def check_images(paths: list[str]) -> list[tuple[str, str]]:
 def scan_files(source: Source, *, workers: int, cache: Path | None, log) -> list[Bad]:
     """Check that every listed image exists and decodes; returns the bad ones.
     Results are cached in ``cache`` (keyed by the list of paths) for a resumed run."""
-    paths = sorted({p for items in (source.pool, source.clean, source.val, source.test)
-                    if items is not None and items.paths for p in items.paths})
+    paths = sorted(
+        {
+            p
+            for items in (source.pool, source.clean, source.val, source.test)
+            if items is not None and items.paths
+            for p in items.paths
+        }
+    )
     if not paths:
         return []
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
@@ -171,8 +179,10 @@ def finished(data: PrepareOptions, out: Path, raw: ImageArrays | None, log) -> P
         have = json.loads((out / "manifest.json").read_text()).get("prepared_with")
         if have is not None and raw is None and have != prepared_with(data):
             diff = sorted(k for k in have if have.get(k) != prepared_with(data).get(k))
-            raise PipelineError(f"{out}: holds shards prepared with other options ({', '.join(diff)} differ); "
-                                "choose another --out or remove it")
+            raise PipelineError(
+                f"{out}: holds shards prepared with other options ({', '.join(diff)} differ); "
+                "choose another --out or remove it"
+            )
         log(f"{out}: already prepared")
         return out
     if out.exists() and any(out.iterdir()):
@@ -215,9 +225,11 @@ def _prepare_into(data: PrepareOptions, out: Path, partial: Path, raw: ImageArra
 def summary_line(m: dict) -> str:
     s = m["splits"]
     rate = m["noise"]["realized_rate"]
-    return (f"wrote {s['train']['count']} train / {s['meta']['count']} meta / {s['val']['count']} val / "
-            f"{s['test']['count']} test samples; realized noise rate "
-            f"{'unknown' if rate is None else f'{rate:.4f}'}; {m['bad']['skipped']} bad input(s) skipped")
+    return (
+        f"wrote {s['train']['count']} train / {s['meta']['count']} meta / {s['val']['count']} val / "
+        f"{s['test']['count']} test samples; realized noise rate "
+        f"{'unknown' if rate is None else f'{rate:.4f}'}; {m['bad']['skipped']} bad input(s) skipped"
+    )
 
 
 def ensure_shards(data: PrepareOptions, *, raw: ImageArrays | None = None, log=print) -> str:
@@ -230,6 +242,8 @@ def ensure_shards(data: PrepareOptions, *, raw: ImageArrays | None = None, log=p
     if exists(join(target, "manifest.json")):
         return target
     if data.shards or is_url(target):
-        raise PipelineError(f"{target}: no manifest.json; write the shards first: "
-                            f"python pipeline/prepare.py {data.dataset} --raw RAW --out DIR")
+        raise PipelineError(
+            f"{target}: no manifest.json; write the shards first: "
+            f"python pipeline/prepare.py {data.dataset} --raw RAW --out DIR"
+        )
     return str(prepare(data, target, raw=raw, log=log))

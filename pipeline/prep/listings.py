@@ -16,8 +16,15 @@ from typing import TypeVar
 from pipeline.errors import PipelineError
 
 K = TypeVar("K", str, int)  # a listing's key: a file key or a row index
-BAD_KINDS = ("missing_image", "corrupt_image", "conflicting_labels", "label_out_of_range", "no_label",
-             "unparsable_line", "not_in_training_set")
+BAD_KINDS = (
+    "missing_image",
+    "corrupt_image",
+    "conflicting_labels",
+    "label_out_of_range",
+    "no_label",
+    "unparsable_line",
+    "not_in_training_set",
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,15 @@ def first_labels(rows: Iterable[tuple[int, K, int]], *, file: str, bad: list[Bad
     conflicted: set[K] = set()
     for n, key, label in rows:
         if key in out and out[key] != label:
-            bad.append(Bad(file, str(key), f"labelled {show(out[key])} on line {first[key]} and {show(label)} here",
-                           n, "conflicting_labels"))
+            bad.append(
+                Bad(
+                    file,
+                    str(key),
+                    f"labelled {show(out[key])} on line {first[key]} and {show(label)} here",
+                    n,
+                    "conflicting_labels",
+                )
+            )
             conflicted.add(key)
         elif key not in out:
             out[key], first[key] = label, n
@@ -98,8 +112,15 @@ def read_key_labels(path: Path, num_classes: int, bad: list[Bad]) -> dict[str, i
         for n, line in read_lines(path):
             parts = line.split()
             if len(parts) != 2:
-                bad.append(Bad(path.name, parts[0] if parts else "", f"expected 'KEY LABEL', got {line!r}", n,
-                               "unparsable_line"))
+                bad.append(
+                    Bad(
+                        path.name,
+                        parts[0] if parts else "",
+                        f"expected 'KEY LABEL', got {line!r}",
+                        n,
+                        "unparsable_line",
+                    )
+                )
                 continue
             label, kind, why = parse_label(parts[1], num_classes)
             if label is None:
@@ -169,8 +190,9 @@ def class_ids(values: list, classes: tuple[str, ...] | None) -> tuple[tuple[str,
     return classes, ids
 
 
-def read_label_override(path: Path, classes: tuple[str, ...], bad: list[Bad], *,
-                        known: dict[str, set] | None = None) -> tuple[str, dict[str | int, int]]:
+def read_label_override(
+    path: Path, classes: tuple[str, ...], bad: list[Bad], *, known: dict[str, set] | None = None
+) -> tuple[str, dict[str | int, int]]:
     """``--labels FILE``: CSV or Parquet with a ``label`` column and a ``key`` or
     ``index`` column (``index`` is the sample's row in the raw training set).
 
@@ -195,8 +217,15 @@ def read_label_override(path: Path, classes: tuple[str, ...], bad: list[Bad], *,
                     bad.append(Bad(path.name, str(k), "index is not an integer", n, "unparsable_line"))
                     continue
             if known is not None and key not in known[column]:
-                bad.append(Bad(path.name, str(key), f"no sample of the raw training set has this {column}", n,
-                               "not_in_training_set"))
+                bad.append(
+                    Bad(
+                        path.name,
+                        str(key),
+                        f"no sample of the raw training set has this {column}",
+                        n,
+                        "not_in_training_set",
+                    )
+                )
                 continue
             label, kind, why = parse_label(str(v), len(classes))
             if label is None and str(v) in names:

@@ -7,12 +7,20 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mslc.noise import (CIFAR10_ASYM, FMNIST_ASYM, NoisyLabels, corrupt, instance_dependent, make_transition,
-                        realized_matrix, superclass_next_map)
+from mslc.noise import (
+    CIFAR10_ASYM,
+    FMNIST_ASYM,
+    NoisyLabels,
+    corrupt,
+    instance_dependent,
+    make_transition,
+    realized_matrix,
+    superclass_next_map,
+)
 from mslc.splits import balanced_split
 from pipeline.errors import PipelineError
-from pipeline.prep.options import PrepareOptions
 from pipeline.prep.readers import Items, Source, empty_items
+from pipeline.shardset.spec import PrepareOptions
 from pipeline.storage import sha256_file
 
 
@@ -52,15 +60,19 @@ def instance_features(images: np.ndarray) -> np.ndarray:
     return x.reshape(len(images), -1)
 
 
-def synthetic_noise(data: PrepareOptions, train: Items, num_classes: int, mapping: dict[int, int] | None
-                    ) -> NoisyLabels:
+def synthetic_noise(
+    data: PrepareOptions, train: Items, num_classes: int, mapping: dict[int, int] | None
+) -> NoisyLabels:
     """Corrupt the training split's true labels with ``data.noise`` at ``data.noise_rate``."""
     if data.noise == "instance":
         if train.images is None:
-            raise PipelineError(f"{data.dataset}: instance-dependent noise needs the images in memory "
-                                "(fashion-mnist, cifar10 or cifar100)")
-        return instance_dependent(instance_features(train.images), train.true, num_classes, data.noise_rate,
-                                  seed=data.noise_seed)
+            raise PipelineError(
+                f"{data.dataset}: instance-dependent noise needs the images in memory "
+                "(fashion-mnist, cifar10 or cifar100)"
+            )
+        return instance_dependent(
+            instance_features(train.images), train.true, num_classes, data.noise_rate, seed=data.noise_seed
+        )
     transition = make_transition(data.noise, num_classes, data.noise_rate, mapping=mapping)
     return corrupt(train.true, transition, seed=data.noise_seed)
 
@@ -77,8 +89,9 @@ def draw_clean_splits(data: PrepareOptions, src: Source) -> tuple[Items, Items, 
     s = data.split_seed
     if src.clean is None:  # drawn from the pool by its true (else given) labels
         ref = src.pool.true if (src.pool.true >= 0).all() else src.pool.labels
-        sp = balanced(ref, n_meta=data.n_meta, n_val=0 if src.val is not None else data.n_val, seed=s,
-                      what="training pool")
+        sp = balanced(
+            ref, n_meta=data.n_meta, n_val=0 if src.val is not None else data.n_val, seed=s, what="training pool"
+        )
         meta, val = src.pool.take(sp.meta), src.pool.take(sp.val) if src.val is None else src.val
         pool = src.pool.take(sp.train)
     else:
@@ -86,11 +99,13 @@ def draw_clean_splits(data: PrepareOptions, src: Source) -> tuple[Items, Items, 
         if given_val and data.n_meta >= len(src.clean):  # all of it
             meta = src.clean
         else:
-            sp = balanced(src.clean.labels, n_meta=data.n_meta, n_val=0 if given_val else data.n_val, seed=s,
-                          what="clean pool")
+            sp = balanced(
+                src.clean.labels, n_meta=data.n_meta, n_val=0 if given_val else data.n_val, seed=s, what="clean pool"
+            )
             meta = src.clean.take(sp.meta)
-        val = src.val.take(subsample(np.arange(len(src.val)), data.n_val, s + 3)) if given_val else src.clean.take(
-            sp.val)
+        val = (
+            src.val.take(subsample(np.arange(len(src.val)), data.n_val, s + 3)) if given_val else src.clean.take(sp.val)
+        )
         pool = src.pool
     return pool, meta, val
 
@@ -105,12 +120,19 @@ def plan_splits(data: PrepareOptions, src: Source, coarse: np.ndarray | None, ov
     in_pool = [i for i, k in enumerate(pool.keys) if k not in held]
     removed = len(pool) - len(in_pool)
     train = pool.take(subsample(np.asarray(in_pool, np.int64), data.max_train, data.split_seed + 1))
-    noise: dict = {"kind": data.noise, "rate": data.noise_rate, "seed": data.noise_seed, "mapping": {},
-                   "transition": None}
+    noise: dict = {
+        "kind": data.noise,
+        "rate": data.noise_rate,
+        "seed": data.noise_seed,
+        "mapping": {},
+        "transition": None,
+    }
     if data.noise != "none":
         if src.real_noise:
-            raise PipelineError(f"{data.dataset}: its labels are noisy as given; synthetic noise needs "
-                                "data.noise=none (or --noise none)")
+            raise PipelineError(
+                f"{data.dataset}: its labels are noisy as given; synthetic noise needs "
+                "data.noise=none (or --noise none)"
+            )
         mapping = noise_mapping(data, coarse, src.pool)
         noisy = synthetic_noise(data, train, c, mapping)
         train = replace(train, labels=noisy.noisy)
@@ -136,6 +158,12 @@ def apply_override(train: Items, path: str, column: str, labels: dict) -> tuple[
             hit += 1
     if hit == 0:
         raise PipelineError(f"{path}: none of its {len(labels)} rows matches a training sample by {column}")
-    record = {"path": path, "sha256": sha256_file(path), "by": column, "rows": len(labels),
-              "applied": hit, "not_in_training_split": len(labels) - hit}
+    record = {
+        "path": path,
+        "sha256": sha256_file(path),
+        "by": column,
+        "rows": len(labels),
+        "applied": hit,
+        "not_in_training_split": len(labels) - hit,
+    }
     return replace(train, labels=new), record

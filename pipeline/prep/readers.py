@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.prep.fashion_mnist import ImageArrays, load_fashion_mnist
 from pipeline.prep.listings import Bad, class_ids, first_labels, read_key_labels, read_key_list, read_lines, read_table
-from pipeline.prep.options import PrepareOptions
+from pipeline.shardset.spec import PrepareOptions
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
@@ -43,8 +43,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 CLOTHING1M_FILES = (
-    "noisy_label_kv.txt", "clean_label_kv.txt", "noisy_train_key_list.txt", "clean_train_key_list.txt",
-    "clean_val_key_list.txt", "clean_test_key_list.txt", "category_names_eng.txt",
+    "noisy_label_kv.txt",
+    "clean_label_kv.txt",
+    "noisy_train_key_list.txt",
+    "clean_train_key_list.txt",
+    "clean_val_key_list.txt",
+    "clean_test_key_list.txt",
+    "category_names_eng.txt",
 )
 
 
@@ -71,7 +76,9 @@ class Items:
     def take(self, idx) -> Items:
         idx = np.asarray(idx, dtype=np.int64)
         return Items(
-            keys=[self.keys[i] for i in idx], labels=self.labels[idx], true=self.true[idx],
+            keys=[self.keys[i] for i in idx],
+            labels=self.labels[idx],
+            true=self.true[idx],
             source_index=self.source_index[idx],
             images=None if self.images is None else self.images[idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
@@ -111,10 +118,19 @@ def read_source(data: PrepareOptions, raw: ImageArrays | None = None) -> tuple[S
     if raw is not None or data.dataset == "fashion-mnist":
         a = raw if raw is not None else load_fashion_mnist(root)
         h, w = a.train_x.shape[1:3]
-        image = {"channels": 1 if a.train_x.ndim == 3 else 3, "height": int(h), "width": int(w),
-                 "mean": list(a.mean), "std": list(a.std)}
-        return Source(classes=tuple(a.classes), image=image, pool=array_items(a.train_x, a.train_y),
-                      test=array_items(a.test_x, a.test_y)), None
+        image = {
+            "channels": 1 if a.train_x.ndim == 3 else 3,
+            "height": int(h),
+            "width": int(w),
+            "mean": list(a.mean),
+            "std": list(a.std),
+        }
+        return Source(
+            classes=tuple(a.classes),
+            image=image,
+            pool=array_items(a.train_x, a.train_y),
+            test=array_items(a.test_x, a.test_y),
+        ), None
     if data.dataset in ("cifar10", "cifar100"):
         return read_cifar(root, data.dataset)
     if data.dataset == "clothing1m":
@@ -126,9 +142,13 @@ class _CifarUnpickler(pickle.Unpickler):
     """Admits only what the CIFAR python pickles hold: numpy arrays and builtins."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
@@ -222,19 +242,31 @@ def read_cifar(raw: Path, kind: str) -> tuple[Source, np.ndarray | None]:
         if y.size and (y.min() < 0 or y.max() >= c):
             i = int(np.flatnonzero((y < 0) | (y >= c))[0])
             raise PipelineError(f"{archive}: {split} sample {i}: label {int(y[i])} is outside 0..{c - 1}")
-    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names) if names else tuple(
-        f"class{i}" for i in range(c))
+    classes = (
+        tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        if names
+        else tuple(f"class{i}" for i in range(c))
+    )
     mean = tuple(float(v) for v in (tx.reshape(-1, 3).mean(0) / 255.0))
     std = tuple(float(v) for v in (tx.reshape(-1, 3).std(0) / 255.0))
-    src = Source(classes=classes, image={"channels": 3, "height": 32, "width": 32, "mean": mean, "std": std},
-                 pool=array_items(tx, ty), test=array_items(ex, ey))
+    src = Source(
+        classes=classes,
+        image={"channels": 3, "height": 32, "width": 32, "mean": mean, "std": std},
+        pool=array_items(tx, ty),
+        test=array_items(ex, ey),
+    )
     return src, tcoarse
 
 
 def array_items(x: np.ndarray, y: np.ndarray) -> Items:
     n = len(y)
-    return Items(keys=[str(i) for i in range(n)], labels=y.astype(np.int64), true=y.astype(np.int64),
-                 source_index=np.arange(n, dtype=np.int64), images=x)
+    return Items(
+        keys=[str(i) for i in range(n)],
+        labels=y.astype(np.int64),
+        true=y.astype(np.int64),
+        source_index=np.arange(n, dtype=np.int64),
+        images=x,
+    )
 
 
 def read_clothing1m(root: Path) -> Source:
@@ -265,8 +297,13 @@ def read_clothing1m(root: Path) -> Source:
             lab.append(labels[key])
             true.append(clean.get(key, -1) if with_true else labels[key])
         y = np.asarray(lab, dtype=np.int64)
-        return Items(keys, y, np.asarray(true, dtype=np.int64), np.arange(len(keys), dtype=np.int64),
-                     paths=[str(root / k) for k in keys])
+        return Items(
+            keys,
+            y,
+            np.asarray(true, dtype=np.int64),
+            np.arange(len(keys), dtype=np.int64),
+            paths=[str(root / k) for k in keys],
+        )
 
     src = Source(
         classes=classes,
@@ -275,13 +312,13 @@ def read_clothing1m(root: Path) -> Source:
         clean=listed("clean_train_key_list.txt", clean, "clean_label_kv.txt", False),
         val=listed("clean_val_key_list.txt", clean, "clean_label_kv.txt", False),
         test=listed("clean_test_key_list.txt", clean, "clean_label_kv.txt", False),
-        real_noise=True, bad=bad,
+        real_noise=True,
+        bad=bad,
     )
     return src
 
 
-def read_listing(path: Path, classes: tuple[str, ...] | None, bad: list[Bad]
-                 ) -> tuple[Items, tuple[str, ...]]:
+def read_listing(path: Path, classes: tuple[str, ...] | None, bad: list[Bad]) -> tuple[Items, tuple[str, ...]]:
     """A (path, label) listing; paths are relative to the listing's directory."""
     t, lines = read_table(path, ("path", "label"))
     classes, ids = class_ids(t["label"], classes)
@@ -289,8 +326,15 @@ def read_listing(path: Path, classes: tuple[str, ...] | None, bad: list[Bad]
     def rows():
         for n, p, v in zip(lines, t["path"], t["label"]):
             if str(v) not in ids:
-                bad.append(Bad(path.name, str(p), f"label {str(v)!r} is not one of the {len(classes)} classes", n,
-                               "label_out_of_range"))
+                bad.append(
+                    Bad(
+                        path.name,
+                        str(p),
+                        f"label {str(v)!r} is not one of the {len(classes)} classes",
+                        n,
+                        "label_out_of_range",
+                    )
+                )
             else:
                 yield n, str(p), ids[str(v)]
 
@@ -314,8 +358,9 @@ def read_tree(root: Path) -> tuple[Items, tuple[str, ...]]:
                 keys.append(str(p.relative_to(root)))
                 labels.append(i)
     y = np.asarray(labels, dtype=np.int64)
-    return Items(keys, y, np.full(len(y), -1, np.int64), np.arange(len(y), dtype=np.int64),
-                 paths=[str(root / k) for k in keys]), classes
+    return Items(
+        keys, y, np.full(len(y), -1, np.int64), np.arange(len(y), dtype=np.int64), paths=[str(root / k) for k in keys]
+    ), classes
 
 
 def read_folder(raw: Path, *, clean_list: str = "", test_list: str = "") -> Source:
@@ -337,5 +382,10 @@ def read_folder(raw: Path, *, clean_list: str = "", test_list: str = "") -> Sour
     return Source(
         classes=classes,
         image={"channels": 3, "height": None, "width": None, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-        pool=pool, clean=clean, test=test, real_noise=True, clean_is_clean=clean is not None, bad=bad,
+        pool=pool,
+        clean=clean,
+        test=test,
+        real_noise=True,
+        clean_is_clean=clean is not None,
+        bad=bad,
     )

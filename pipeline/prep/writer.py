@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.prep.listings import Bad
-from pipeline.prep.options import PrepareOptions, prepared_with
 from pipeline.prep.plan import Plan
 from pipeline.shardset import FORMAT, LABELS_FILE
+from pipeline.shardset.spec import PrepareOptions, prepared_with
 from pipeline.storage import atomic_path, atomic_write_text, sha256_file
 
 
@@ -106,8 +106,12 @@ def write_split(
     records = []
     for s, start in enumerate(range(0, len(labels), shard_size)):
         stop = min(start + shard_size, len(labels))
-        samples = (ShardSample(keys[i], int(labels[i]), -1 if true_labels is None else int(true_labels[i]),
-                               keys[i], array=images[i]) for i in range(start, stop))
+        samples = (
+            ShardSample(
+                keys[i], int(labels[i]), -1 if true_labels is None else int(true_labels[i]), keys[i], array=images[i]
+            )
+            for i in range(start, stop)
+        )
         records.append(write_shard(out_dir / f"{split}-{s:05d}.tar", samples))
     return records
 
@@ -216,10 +220,16 @@ def shard_tasks(plan: Plan, shard_size: int) -> dict[str, list[ShardTask]]:
             samples = []
             for i in range(start, min(start + shard_size, len(items))):
                 true = int(items.true[i]) if split == "train" else int(items.labels[i])
-                samples.append(ShardSample(
-                    key=f"{i:08d}", label=int(items.labels[i]), true=true, source_key=items.keys[i],
-                    array=None if items.images is None else items.images[i],
-                    path=None if items.paths is None else items.paths[i]))
+                samples.append(
+                    ShardSample(
+                        key=f"{i:08d}",
+                        label=int(items.labels[i]),
+                        true=true,
+                        source_key=items.keys[i],
+                        array=None if items.images is None else items.images[i],
+                        path=None if items.paths is None else items.paths[i],
+                    )
+                )
             tasks.append(ShardTask(f"{split}-{s:05d}.tar", samples))
         out[split] = tasks
     return out
@@ -274,13 +284,20 @@ def bad_summary(bad: list[Bad]) -> dict:
 
 def build_manifest(data: PrepareOptions, plan: Plan, records: dict, labels: dict, bad: list[Bad], fp: str) -> dict:
     return {
-        "format": FORMAT, "created": now(), "dataset": data.dataset,
-        "num_classes": len(plan.classes), "classes": list(plan.classes),
+        "format": FORMAT,
+        "created": now(),
+        "dataset": data.dataset,
+        "num_classes": len(plan.classes),
+        "classes": list(plan.classes),
         "image": {**plan.image, "mean": list(plan.image["mean"]), "std": list(plan.image["std"])},
-        "noise": plan.noise, "split_seed": data.split_seed, **plan.info,
+        "noise": plan.noise,
+        "split_seed": data.split_seed,
+        **plan.info,
         "splits": {k: {"count": sum(r["count"] for r in v), "shards": v} for k, v in records.items()},
-        "labels": labels, "bad": bad_summary(bad),
-        "prepared_with": prepared_with(data), "plan_sha256": fp,
+        "labels": labels,
+        "bad": bad_summary(bad),
+        "prepared_with": prepared_with(data),
+        "plan_sha256": fp,
     }
 
 

@@ -16,15 +16,25 @@ def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, NAMES) if p), None)
 
 
-def screenshot(page: str | Path, png: str | Path, *, width: int = 1280, height: int = 2400,
-               timeout: float = 120.0) -> Path:
+def screenshot(
+    page: str | Path, png: str | Path, *, width: int = 1280, height: int = 2400, timeout: float = 120.0
+) -> Path:
     """Render the local file ``page`` at ``width``×``height`` CSS pixels into ``png``."""
     exe = find_chromium()
     if exe is None:
-        raise FileNotFoundError(f"no Chromium found (looked for {', '.join(NAMES)}); on Debian: apt-get install chromium")
+        raise FileNotFoundError(
+            f"no Chromium found (looked for {', '.join(NAMES)}); on Debian: apt-get install chromium"
+        )
     png = Path(png).resolve()
-    cmd = [exe, "--headless", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}",
-           f"--screenshot={png}", Path(page).resolve().as_uri()]
+    cmd = [
+        exe,
+        "--headless",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--window-size={width},{height}",
+        f"--screenshot={png}",
+        Path(page).resolve().as_uri(),
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

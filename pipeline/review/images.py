@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 from pipeline.errors import PipelineError
 from pipeline.shardset import shard_urls
-from pipeline.training.streaming import checked_fields, decode_image, open_shard
-from pipeline.training.tarstream import tar_samples
+from pipeline.shardset.samples import checked_fields, decode_image, open_shard
+from pipeline.shardset.tar import tar_samples
 
 THUMB = 128  # the longest side of a thumbnail, in pixels
 

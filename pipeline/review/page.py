@@ -36,29 +36,39 @@ def num(key: str, value, kind: str = "pct") -> str:
 
 def _row(cells: list[str], head: bool = False) -> str:
     tag = "th" if head else "td"
-    return "<tr>" + "".join(f'<{tag}{" class=name" if i == 0 else ""}>{c}</{tag}>' for i, c in enumerate(cells)) + "</tr>"
+    return (
+        "<tr>" + "".join(f"<{tag}{' class=name' if i == 0 else ''}>{c}</{tag}>" for i, c in enumerate(cells)) + "</tr>"
+    )
 
 
 def summary_section(n: dict) -> str:
-    rows = [["training samples", num("samples", n["samples"], "int")],
-            ["flagged (corrected ≠ given)", num("flagged", n["flagged"], "int")],
-            ["flagged share", num("flagged_share", n["flagged_share"])],
-            ["estimated share of the flags that are right (no true labels)",
-             num("est_flag_precision", n["est_flag_precision"])],
-            ["the lowest confidence cut whose flags are estimated ≥ 95% right (relabel.csv's by default)",
-             num("budget_threshold", n["budget_threshold"], "float")],
-            ["… flags at or above it", num("budget_flags", n["budget_flags"], "int")],
-            ["… their estimated precision", num("budget_precision", n["budget_precision"])]]
+    rows = [
+        ["training samples", num("samples", n["samples"], "int")],
+        ["flagged (corrected ≠ given)", num("flagged", n["flagged"], "int")],
+        ["flagged share", num("flagged_share", n["flagged_share"])],
+        [
+            "estimated share of the flags that are right (no true labels)",
+            num("est_flag_precision", n["est_flag_precision"]),
+        ],
+        [
+            "the lowest confidence cut whose flags are estimated ≥ 95% right (relabel.csv's by default)",
+            num("budget_threshold", n["budget_threshold"], "float"),
+        ],
+        ["… flags at or above it", num("budget_flags", n["budget_flags"], "int")],
+        ["… their estimated precision", num("budget_precision", n["budget_precision"])],
+    ]
     if n["known"]:
-        rows += [["samples whose true label is known", num("known", n["known"], "int")],
-                 ["true noise rate (known samples)", num("true_noise_rate", n["true_noise_rate"])],
-                 ["detection precision", num("detect_precision", n["detect_precision"])],
-                 ["detection recall", num("detect_recall", n["detect_recall"])],
-                 ["detection F1", num("detect_f1", n["detect_f1"])],
-                 ["given-label accuracy", num("label_acc_given", n["label_acc_given"])],
-                 ["corrected-label accuracy", num("label_acc_corrected", n["label_acc_corrected"])],
-                 ["… on samples given a right label", num("label_acc_corrected_clean", n["label_acc_corrected_clean"])],
-                 ["… on samples given a wrong label", num("label_acc_corrected_noisy", n["label_acc_corrected_noisy"])]]
+        rows += [
+            ["samples whose true label is known", num("known", n["known"], "int")],
+            ["true noise rate (known samples)", num("true_noise_rate", n["true_noise_rate"])],
+            ["detection precision", num("detect_precision", n["detect_precision"])],
+            ["detection recall", num("detect_recall", n["detect_recall"])],
+            ["detection F1", num("detect_f1", n["detect_f1"])],
+            ["given-label accuracy", num("label_acc_given", n["label_acc_given"])],
+            ["corrected-label accuracy", num("label_acc_corrected", n["label_acc_corrected"])],
+            ["… on samples given a right label", num("label_acc_corrected_clean", n["label_acc_corrected_clean"])],
+            ["… on samples given a wrong label", num("label_acc_corrected_noisy", n["label_acc_corrected_noisy"])],
+        ]
     else:
         rows.append(["true labels", '<span class="none">unknown: no detection or label accuracy</span>'])
     return '<h2 id="numbers">Numbers</h2><table class="numbers">' + "".join(_row(r) for r in rows) + "</table>"
@@ -70,17 +80,25 @@ def classes_section(n: dict, classes: list[str]) -> str:
     rows = [_row(head, head=True)]
     for c in n["classes"]:
         k = c["class"]
-        cells = [f'<a href="#class-{k}">{escape(classes[k])}</a>', num(f"class{k}_given", c["given"], "int"),
-                 num(f"class{k}_flagged", c["flagged"], "int"), num(f"class{k}_est_noise_rate", c["est_noise_rate"])]
+        cells = [
+            f'<a href="#class-{k}">{escape(classes[k])}</a>',
+            num(f"class{k}_given", c["given"], "int"),
+            num(f"class{k}_flagged", c["flagged"], "int"),
+            num(f"class{k}_est_noise_rate", c["est_noise_rate"]),
+        ]
         if known:
             cells.append(num(f"class{k}_true_noise_rate", c["true_noise_rate"]))
         rows.append(_row(cells))
-    flips = "".join(_row([f"{escape(classes[g])} → {escape(classes[c])}", num(f"flip{g}_{c}", k, "int")])
-                    for g, c, k in n["top_flips"])
-    return ('<h2 id="classes">Per class</h2><p>Estimated noise rate: the share of the samples given a class that '
-            'the corrector relabels.</p><table class="classes">' + "".join(rows) + "</table>"
-            '<h3>Most frequent corrections (given → corrected)</h3>'
-            + (f'<table class="flips">{flips}</table>' if flips else '<p class="none">none: nothing was flagged</p>'))
+    flips = "".join(
+        _row([f"{escape(classes[g])} → {escape(classes[c])}", num(f"flip{g}_{c}", k, "int")])
+        for g, c, k in n["top_flips"]
+    )
+    return (
+        '<h2 id="classes">Per class</h2><p>Estimated noise rate: the share of the samples given a class that '
+        'the corrector relabels.</p><table class="classes">' + "".join(rows) + "</table>"
+        "<h3>Most frequent corrections (given → corrected)</h3>"
+        + (f'<table class="flips">{flips}</table>' if flips else '<p class="none">none: nothing was flagged</p>')
+    )
 
 
 def figure(entry: dict, classes: list[str]) -> str:
@@ -89,12 +107,14 @@ def figure(entry: dict, classes: list[str]) -> str:
         img = f'<img src="{escape(entry["image"])}" alt="sample {entry["index"]}">'
     else:
         img = f'<div class="bad">{escape(entry.get("error", "no image"))}</div>'
-    lines = [f'<span class="key">{escape(str(entry["key"]))}</span>',
-             f'{escape(classes[entry["given"]])} → <b>{escape(classes[entry["corrected"]])}</b>',
-             f'p {entry["prob"]:.2f}, est. right {100 * entry.get("est_correct", entry["prob"]):.0f}%, α '
-             + ("n/a" if math.isnan(entry["alpha"]) else f'{entry["alpha"]:.2f}')]
+    lines = [
+        f'<span class="key">{escape(str(entry["key"]))}</span>',
+        f"{escape(classes[entry['given']])} → <b>{escape(classes[entry['corrected']])}</b>",
+        f"p {entry['prob']:.2f}, est. right {100 * entry.get('est_correct', entry['prob']):.0f}%, α "
+        + ("n/a" if math.isnan(entry["alpha"]) else f"{entry['alpha']:.2f}"),
+    ]
     if entry["true"] >= 0:
-        lines.append(f'true: {escape(classes[entry["true"]])}')
+        lines.append(f"true: {escape(classes[entry['true']])}")
     return f'<figure data-index="{entry["index"]}">{img}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
 
 
@@ -104,25 +124,31 @@ def gallery(entries: list[dict], classes: list[str], empty: str) -> str:
     return '<div class="gallery">' + "".join(figure(e, classes) for e in entries) + "</div>"
 
 
-def render(info: dict, numbers: dict, classes: list[str], charts: list[tuple[str, str]],
-           galleries: list[dict]) -> str:
+def render(info: dict, numbers: dict, classes: list[str], charts: list[tuple[str, str]], galleries: list[dict]) -> str:
     """The page. ``info``: ``title`` and ``lines`` (text under it); ``charts``: ``(file, alt)``;
     ``galleries``: per class ``{"class", "errors", "doubtful"}`` with lists of entries for
     :func:`figure` (``index, key, given, corrected, prob, alpha, true, image or error``)."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{escape(info['title'])}</title><style>{CSS}</style></head><body>",
-             f"<h1>{escape(info['title'])}</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(info['title'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>{escape(info['title'])}</h1>",
+    ]
     parts += [f"<p>{escape(line)}</p>" for line in info["lines"]]
     parts.append(summary_section(numbers))
-    parts.append('<h2 id="pictures">Pictures</h2><div class="charts">'
-                 + "".join(f'<img src="{escape(f)}" alt="{escape(a)}" title="{escape(a)}">' for f, a in charts)
-                 + "</div>")
+    parts.append(
+        '<h2 id="pictures">Pictures</h2><div class="charts">'
+        + "".join(f'<img src="{escape(f)}" alt="{escape(a)}" title="{escape(a)}">' for f, a in charts)
+        + "</div>"
+    )
     parts.append(classes_section(numbers, classes))
-    parts.append('<h2 id="galleries">Samples to review, per given class</h2><p>Each card: key, given → '
-                 'corrected label; p: the corrected label\'s probability under ỹ; est. right: the estimated chance '
-                 'that this label is the true one (from the model and the noise estimated on the trusted set, no '
-                 'true label); α: how much the corrector trusted the given label (0: not at all, 1: fully). A '
-                 'corrector sure of a correction sets α near 0, so the most confident flags read α 0.00.</p>')
+    parts.append(
+        '<h2 id="galleries">Samples to review, per given class</h2><p>Each card: key, given → '
+        "corrected label; p: the corrected label's probability under ỹ; est. right: the estimated chance "
+        "that this label is the true one (from the model and the noise estimated on the trusted set, no "
+        "true label); α: how much the corrector trusted the given label (0: not at all, 1: fully). A "
+        "corrector sure of a correction sets α near 0, so the most confident flags read α 0.00.</p>"
+    )
     for g in galleries:
         k = g["class"]
         parts.append(f'<h3 id="class-{k}">{escape(classes[k])}</h3>')

@@ -10,6 +10,7 @@ A new report replaces an old one only once it is complete.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -18,15 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from mslc.metrics import confusion_matrix
-from pipeline import shardset
+from pipeline import charts, shardset
 from pipeline.errors import PipelineError
-from pipeline.review import charts, images, page
+from pipeline.review import images, page
+from pipeline.review.select import (
+    RELABEL_PRECISION,
+    budget,
+    doubtful_clean,
+    noise_matrix,
+    read_table,
+    relabel_rows,
+    review_numbers,
+    suspected_errors,
+    top_suspects,
+)
+from pipeline.rundir import BUDGET, LABELS, MATRIX, METRICS, RELABEL, REPORT_DIR, REPORT_NUMBERS, REPORT_PAGE
+from pipeline.shardset.spec import PrepareOptions
 from pipeline.storage import atomic_path, atomic_write_text, disk_full_error, disk_full_in
-from pipeline.review.select import (RELABEL_PRECISION, budget, doubtful_clean, noise_matrix, read_table, relabel_rows,
-                                    review_numbers, suspected_errors, top_suspects)
 
-REPORT_DIR = "report"
-RELABEL_FILE = "relabel.csv"
 GRID_SHARDS = 4  # the TensorBoard grid reads at most this many training shards per epoch
 
 
@@ -34,13 +44,15 @@ def run_shard_dir(run_dir: Path, metrics: dict) -> str:
     """The shard directory a run trained on, as its ``metrics.json`` records it."""
     if metrics.get("shard_dir"):
         return metrics["shard_dir"]
-    from pipeline.training.config import Config
-
-    try:
-        return Config.from_dict(metrics["config"]).data.shard_dir()
+    try:  # a metrics.json without shard_dir: the config's data keys name the directory
+        data = metrics["config"]["data"]
+        return PrepareOptions(
+            **{f.name: data[f.name] for f in dataclasses.fields(PrepareOptions) if f.name in data}
+        ).shard_dir()
     except Exception as e:
-        raise PipelineError(f"{run_dir / 'metrics.json'}: cannot tell which shards the run used ({e}); "
-                            "pass --shards DIR") from None
+        raise PipelineError(
+            f"{run_dir / METRICS}: cannot tell which shards the run used ({e}); pass --shards DIR"
+        ) from None
 
 
 def same_data(path: Path, table: dict, shard_dir: str, manifest: dict) -> None:
@@ -48,45 +60,55 @@ def same_data(path: Path, table: dict, shard_dir: str, manifest: dict) -> None:
     label as the shards' label table has them (the same row count is not enough)."""
     shards = shardset.read_labels_table(shard_dir, manifest)
     keys = np.asarray([str(k) for k in shards["key"]], dtype=object)
-    for name, mine, theirs in (("key", table["key"].astype(str), keys.astype(str)),
-                               ("given label", table["given"], shards["label"])):
+    for name, mine, theirs in (
+        ("key", table["key"].astype(str), keys.astype(str)),
+        ("given label", table["given"], shards["label"]),
+    ):
         bad = np.flatnonzero(mine != theirs)
         if bad.size:
             i = int(bad[0])
-            raise PipelineError(f"{path}: sample {i} has {name} {mine[i]!r}, the shards at {shard_dir} "
-                                f"{theirs[i]!r} ({bad.size} of {len(mine)} differ): the run used other shards; "
-                                "pass the run's own with --shards DIR")
+            raise PipelineError(
+                f"{path}: sample {i} has {name} {mine[i]!r}, the shards at {shard_dir} "
+                f"{theirs[i]!r} ({bad.size} of {len(mine)} differ): the run used other shards; "
+                "pass the run's own with --shards DIR"
+            )
 
 
 def load_run(run_dir: str | Path, shard_dir: str | None = None) -> dict:
     """``{run_dir, metrics, table, manifest, shard_dir, classes}`` of a finished run."""
     run_dir = Path(run_dir)
-    for name in ("metrics.json", "corrected_labels.parquet"):
+    for name in (METRICS, LABELS):
         if not (run_dir / name).is_file():
             raise PipelineError(f"{run_dir / name}: not found (not a finished run directory?)")
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = json.loads((run_dir / METRICS).read_text())
     except json.JSONDecodeError as e:
-        raise PipelineError(f"{run_dir / 'metrics.json'}: not valid JSON ({e})") from None
+        raise PipelineError(f"{run_dir / METRICS}: not valid JSON ({e})") from None
     shard_dir = shard_dir or run_shard_dir(run_dir, metrics)
     manifest = shardset.load_manifest(shard_dir)
-    table = read_table(run_dir / "corrected_labels.parquet")
+    table = read_table(run_dir / LABELS)
     n, c = manifest["splits"]["train"]["count"], manifest["num_classes"]
     if len(table["index"]) != n or not np.array_equal(table["index"], np.arange(n)):
-        raise PipelineError(f"{run_dir / 'corrected_labels.parquet'}: {len(table['index'])} rows, but the shards at "
-                            f"{shard_dir} hold {n} training samples (other shards? pass --shards DIR)")
-    same_data(run_dir / "corrected_labels.parquet", table, shard_dir, manifest)
+        raise PipelineError(
+            f"{run_dir / LABELS}: {len(table['index'])} rows, but the shards at "
+            f"{shard_dir} hold {n} training samples (other shards? pass --shards DIR)"
+        )
+    same_data(run_dir / LABELS, table, shard_dir, manifest)
     for name in ("given", "corrected", "true"):
         bad = np.flatnonzero((table[name] < (-1 if name == "true" else 0)) | (table[name] >= c))
         if bad.size:
-            raise PipelineError(f"{run_dir / 'corrected_labels.parquet'}: sample {int(bad[0])}: {name} label "
-                                f"{int(table[name][bad[0]])} is outside 0..{c - 1}")
-    return {"run_dir": run_dir, "metrics": metrics, "table": table, "manifest": manifest, "shard_dir": str(shard_dir),
-            "classes": list(manifest["classes"])}
-
-
-BUDGET_FILE = "review_budget.json"
-MATRIX_FILE = "noise_matrix.json"
+            raise PipelineError(
+                f"{run_dir / LABELS}: sample {int(bad[0])}: {name} label "
+                f"{int(table[name][bad[0]])} is outside 0..{c - 1}"
+            )
+    return {
+        "run_dir": run_dir,
+        "metrics": metrics,
+        "table": table,
+        "manifest": manifest,
+        "shard_dir": str(shard_dir),
+        "classes": list(manifest["classes"]),
+    }
 
 
 def write_estimates(run: dict, *, target: float = RELABEL_PRECISION, threshold: float | None = None) -> dict:
@@ -94,13 +116,15 @@ def write_estimates(run: dict, *, target: float = RELABEL_PRECISION, threshold: 
     (nothing there needs a true label); returns the budget, whose ``relabel_threshold`` is
     ``threshold`` or, when None, the one chosen for ``target``."""
     b = budget(run["table"], target=target)
+    b["samples"] = int(len(run["table"]["given"]))
     b["relabel_threshold"] = b["threshold"] if threshold is None else threshold
     sel = relabel_rows(run["table"], threshold=b["relabel_threshold"])
     b["relabel_rows"] = int(len(sel))
     b["relabel_precision"] = float(run["table"]["est_correct"][sel].mean()) if len(sel) else None
     rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in b["rows"]]
-    atomic_write_text(run["run_dir"] / BUDGET_FILE, json.dumps({**b, "rows": rows}, indent=1))
-    atomic_write_text(run["run_dir"] / MATRIX_FILE, json.dumps(noise_matrix(run["table"], run["classes"]), indent=1))
+    atomic_write_text(run["run_dir"] / BUDGET, json.dumps({**b, "rows": rows}, indent=1))
+    atomic_write_text(run["run_dir"] / MATRIX, json.dumps(noise_matrix(run["table"], run["classes"]), indent=1))
+    run["budget"] = b  # the page uses the same budget
     return b
 
 
@@ -110,14 +134,23 @@ def write_relabel(run: dict, *, threshold: float = 0.0, path: str | Path | None 
     (``key``, ``label``: the corrected class id), with ``confidence`` (that probability),
     ``given_label``, the two class names and ``alpha`` for whoever reviews it."""
     t, classes = run["table"], run["classes"]
-    path = Path(path) if path is not None else run["run_dir"] / RELABEL_FILE
+    path = Path(path) if path is not None else run["run_dir"] / RELABEL
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["key", "label", "confidence", "given_label", "label_name", "given_name", "alpha"])
         for r in relabel_rows(t, threshold=threshold):
             a = t["alpha"][r]
-            w.writerow([t["key"][r], int(t["corrected"][r]), f"{t['prob'][r]:.6f}", int(t["given"][r]),
-                        classes[t["corrected"][r]], classes[t["given"][r]], "" if np.isnan(a) else f"{a:.6f}"])
+            w.writerow(
+                [
+                    t["key"][r],
+                    int(t["corrected"][r]),
+                    f"{t['prob'][r]:.6f}",
+                    int(t["given"][r]),
+                    classes[t["corrected"][r]],
+                    classes[t["given"][r]],
+                    "" if np.isnan(a) else f"{a:.6f}",
+                ]
+            )
     return path
 
 
@@ -132,23 +165,44 @@ def _groups(values: np.ndarray, table: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def build_charts(run: dict, numbers: dict) -> list[tuple[str, str, bytes]]:
-    """``(file, alt text, png)`` of each picture."""
+def build_charts(run: dict, numbers: dict, review_budget: dict) -> list[tuple[str, str, bytes]]:
+    """``(file, alt text, png)`` of each picture (``review_budget``: :func:`~pipeline.review.select.budget`'s)."""
     t, classes = run["table"], run["classes"]
     c = len(classes)
     flips = confusion_matrix(t["given"], t["corrected"], c)
-    out = [("confusion.png", "given → corrected labels",
-            charts.confusion_png(flips, classes, title="given → corrected (row-normalized; counts)",
-                                 xlabel="corrected label", ylabel="given label", counts=True))]
+    out = [
+        (
+            "confusion.png",
+            "given → corrected labels",
+            charts.confusion_png(
+                flips,
+                classes,
+                title="given → corrected (row-normalized; counts)",
+                xlabel="corrected label",
+                ylabel="given label",
+                counts=True,
+            ),
+        )
+    ]
     rates = {"estimated (flagged share)": [k["est_noise_rate"] for k in numbers["classes"]]}
     if numbers["known"]:
         rates["true (known samples)"] = [k["true_noise_rate"] for k in numbers["classes"]]
-    out.append(("noise_rates.png", "noise rate per given class",
-                charts.rates_png(classes, rates, title="noise rate per given class")))
+    out.append(
+        (
+            "noise_rates.png",
+            "noise rate per given class",
+            charts.rates_png(classes, rates, title="noise rate per given class"),
+        )
+    )
     for name, sym in (("alpha", "α"), ("beta", "β")):
-        out.append((f"{name}.png", f"{sym} distribution",
-                    charts.histogram_png(_groups(t[name], t), title=f"{sym} per sample", xlabel=sym)))
-    out.append(("budget.png", "review budget: estimated precision per threshold", charts.budget_png(budget(t))))
+        out.append(
+            (
+                f"{name}.png",
+                f"{sym} distribution",
+                charts.histogram_png(_groups(t[name], t), title=f"{sym} per sample", xlabel=sym),
+            )
+        )
+    out.append(("budget.png", "review budget: estimated precision per threshold", charts.budget_png(review_budget)))
     history = run["metrics"].get("epochs") or []
     if history:
         out.append(("curves.png", "accuracy over epochs", charts.curves_png(history, labels_epoch=t["labels_epoch"])))
@@ -157,10 +211,16 @@ def build_charts(run: dict, numbers: dict) -> list[tuple[str, str, bytes]]:
 
 def entry(table: dict, row: int, thumbs: dict, errors: dict) -> dict:
     i = int(table["index"][row])
-    e = {"index": i, "key": table["key"][row], "given": int(table["given"][row]),
-         "corrected": int(table["corrected"][row]), "prob": float(table["prob"][row]),
-         "alpha": float(table["alpha"][row]), "true": int(table["true"][row]),
-         "est_correct": float(table["est_correct"][row])}
+    e = {
+        "index": i,
+        "key": table["key"][row],
+        "given": int(table["given"][row]),
+        "corrected": int(table["corrected"][row]),
+        "prob": float(table["prob"][row]),
+        "alpha": float(table["alpha"][row]),
+        "true": int(table["true"][row]),
+        "est_correct": float(table["est_correct"][row]),
+    }
     if i in thumbs:
         e["image"] = f"img/{i:08d}.png"
     else:
@@ -172,12 +232,14 @@ def info_lines(run: dict) -> dict:
     m, t = run["metrics"], run["table"]
     cfg, noise = m.get("config", {}), m.get("noise", {})
     name = cfg.get("run", {}).get("name") or run["run_dir"].name
-    lines = [f"Run {name}: method {cfg.get('meta', {}).get('method', '?')}, preset {cfg.get('preset', '?')}, "
-             f"data set {run['manifest'].get('dataset', '?')} ({len(run['classes'])} classes), "
-             f"noise {noise.get('kind', '?')} {noise.get('rate', '')}.",
-             f"Labels from epoch {t['labels_epoch']} (the exported labels); shards: {run['shard_dir']}.",
-             "Flagged: the corrected label (argmax ỹ) differs from the given one. p: the corrected label's "
-             "probability in ỹ; α: the weight the corrector gives the given label."]
+    lines = [
+        f"Run {name}: method {cfg.get('meta', {}).get('method', '?')}, preset {cfg.get('preset', '?')}, "
+        f"data set {run['manifest'].get('dataset', '?')} ({len(run['classes'])} classes), "
+        f"noise {noise.get('kind', '?')} {noise.get('rate', '')}.",
+        f"Labels from epoch {t['labels_epoch']} (the exported labels); shards: {run['shard_dir']}.",
+        "Flagged: the corrected label (argmax ỹ) differs from the given one. p: the corrected label's "
+        "probability in ỹ; α: the weight the corrector gives the given label.",
+    ]
     return {"title": f"Label review: {name}", "lines": lines}
 
 
@@ -191,7 +253,8 @@ def write_report(run: dict, *, top: int = 16, log=print) -> Path:
     if top < 1:
         raise ValueError(f"the report shows at least 1 sample per class, got top={top}")
     t, c = run["table"], len(run["classes"])
-    numbers = review_numbers(t, c)
+    b = run.get("budget") or budget(t)  # the one write_estimates wrote, where it ran
+    numbers = review_numbers(t, c, computed_budget=b)
     rows = {k: (suspected_errors(t, k, top), doubtful_clean(t, k, top)) for k in range(c)}
     chosen = np.concatenate([np.concatenate(v) for v in rows.values()]).astype(np.int64)
     thumbs, errors = images.read_thumbnails(run["shard_dir"], run["manifest"], t["index"][chosen])
@@ -202,14 +265,20 @@ def write_report(run: dict, *, top: int = 16, log=print) -> Path:
         (tmp / "img").mkdir(parents=True)
         for i, im in thumbs.items():
             im.save(tmp / "img" / f"{i:08d}.png")
-        figures = build_charts(run, numbers)
+        figures = build_charts(run, numbers, b)
         for name, _, png in figures:
             (tmp / name).write_bytes(png)
-        galleries = [{"class": k, "errors": [entry(t, r, thumbs, errors) for r in e],
-                      "doubtful": [entry(t, r, thumbs, errors) for r in d]} for k, (e, d) in rows.items()]
+        galleries = [
+            {
+                "class": k,
+                "errors": [entry(t, r, thumbs, errors) for r in e],
+                "doubtful": [entry(t, r, thumbs, errors) for r in d],
+            }
+            for k, (e, d) in rows.items()
+        ]
         html = page.render(info_lines(run), numbers, run["classes"], [(f, a) for f, a, _ in figures], galleries)
-        (tmp / "index.html").write_text(html, encoding="utf-8")
-        (tmp / "numbers.json").write_text(json.dumps(numbers, indent=1, default=float))
+        (tmp / REPORT_PAGE).write_text(html, encoding="utf-8")
+        (tmp / REPORT_NUMBERS).write_text(json.dumps(numbers, indent=1, default=float))
         swap_in(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -218,7 +287,7 @@ def write_report(run: dict, *, top: int = 16, log=print) -> Path:
         raise
     for i, why in sorted(errors.items()):
         log(f"report: sample {i}: {why}")
-    return out / "index.html"
+    return out / REPORT_PAGE
 
 
 def swap_in(new: Path, out: Path) -> None:
@@ -230,8 +299,9 @@ def swap_in(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def suspects_grid(shard_dir: str, manifest: dict, given: np.ndarray, soft: np.ndarray, *, k: int = 32,
-                  max_shards: int = GRID_SHARDS) -> np.ndarray | None:
+def suspects_grid(
+    shard_dir: str, manifest: dict, given: np.ndarray, soft: np.ndarray, *, k: int = 32, max_shards: int = GRID_SHARDS
+) -> np.ndarray | None:
     """The ``k`` most confident suspected errors of a soft-label table (``given (N,)``,
     ``soft (N, C)``) found in at most ``max_shards`` training shards, as a captioned
     ``(H, W, 3)`` uint8 grid (captions: given>corrected class ids and the probability);

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mslc.metrics import (choose_threshold, confusion_matrix, corrected_label_accuracy, detection_scores,
-                          review_budget, wilson_interval)
+from mslc.metrics import (
+    choose_threshold,
+    confusion_matrix,
+    corrected_label_accuracy,
+    detection_scores,
+    review_budget,
+    wilson_interval,
+)
 from pipeline.errors import PipelineError
 
 COLUMNS = ("index", "key", "given_label", "corrected_label", "corrected_prob", "alpha", "beta", "true_label")
@@ -41,15 +47,20 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
     true = t.column("true_label").fill_null(-1).to_numpy().astype(np.int64)
     epoch = (t.schema.metadata or {}).get(b"labels_epoch")
     prob = floats("corrected_prob")
-    return {"index": t.column("index").to_numpy().astype(np.int64),
-            # est_correct: a table from before it was written stands in ỹ's own probability
-            "est_correct": floats("est_correct") if "est_correct" in t.column_names else prob,
-            "est_correct_by": ((t.schema.metadata or {}).get(b"est_correct_by") or b"soft label").decode(),
-            "key": np.asarray(t.column("key").to_pylist(), dtype=object),
-            "given": t.column("given_label").to_numpy().astype(np.int64),
-            "corrected": t.column("corrected_label").to_numpy().astype(np.int64),
-            "prob": prob, "alpha": floats("alpha"), "beta": floats("beta"), "true": true,
-            "labels_epoch": int(epoch) if epoch else None}
+    return {
+        "index": t.column("index").to_numpy().astype(np.int64),
+        # est_correct: a table from before it was written stands in ỹ's own probability
+        "est_correct": floats("est_correct") if "est_correct" in t.column_names else prob,
+        "est_correct_by": ((t.schema.metadata or {}).get(b"est_correct_by") or b"soft label").decode(),
+        "key": np.asarray(t.column("key").to_pylist(), dtype=object),
+        "given": t.column("given_label").to_numpy().astype(np.int64),
+        "corrected": t.column("corrected_label").to_numpy().astype(np.int64),
+        "prob": prob,
+        "alpha": floats("alpha"),
+        "beta": floats("beta"),
+        "true": true,
+        "labels_epoch": int(epoch) if epoch else None,
+    }
 
 
 def flagged(table: dict) -> np.ndarray:
@@ -61,8 +72,9 @@ def _share(count: int, total: int) -> float:
     return count / total if total else float("nan")
 
 
-def review_numbers(table: dict, num_classes: int) -> dict:
-    """The report's numbers, computed from ``table`` alone.
+def review_numbers(table: dict, num_classes: int, *, computed_budget: dict | None = None) -> dict:
+    """The report's numbers, computed from ``table`` alone (``computed_budget``: its
+    :func:`budget` where already computed).
 
     Returns ``samples``, ``flagged``, ``flagged_share``, ``est_flag_precision`` (the estimated
     share of flags that are right) and the review budget's cut for the default precision
@@ -79,17 +91,33 @@ def review_numbers(table: dict, num_classes: int) -> dict:
     n, c = len(table["given"]), num_classes
     flag = flagged(table)
     given, corrected, true = table["given"], table["corrected"], table["true"]
-    out: dict = {"samples": n, "flagged": int(flag.sum()), "flagged_share": _share(int(flag.sum()), n),
-                 "known": int((true >= 0).sum()),
-                 "est_flag_precision": float(table["est_correct"][flag].mean()) if flag.any() else float("nan")}
-    b = budget(table)
+    out: dict = {
+        "samples": n,
+        "flagged": int(flag.sum()),
+        "flagged_share": _share(int(flag.sum()), n),
+        "known": int((true >= 0).sum()),
+        "est_flag_precision": float(table["est_correct"][flag].mean()) if flag.any() else float("nan"),
+    }
+    b = computed_budget if computed_budget is not None else budget(table)
     cut = [r for r in b["rows"] if r["threshold"] == b["threshold"]]
-    out.update({"budget_threshold": b["threshold"], "budget_flags": cut[0]["flags"] if cut else 0,
-                "budget_precision": cut[0]["precision"] if cut else float("nan")})
+    out.update(
+        {
+            "budget_threshold": b["threshold"],
+            "budget_flags": cut[0]["flags"] if cut else 0,
+            "budget_precision": cut[0]["precision"] if cut else float("nan"),
+        }
+    )
     per_given = np.bincount(given, minlength=c)
     per_flag = np.bincount(given[flag], minlength=c)
-    classes = [{"class": k, "given": int(per_given[k]), "flagged": int(per_flag[k]),
-                "est_noise_rate": _share(int(per_flag[k]), int(per_given[k]))} for k in range(c)]
+    classes = [
+        {
+            "class": k,
+            "given": int(per_given[k]),
+            "flagged": int(per_flag[k]),
+            "est_noise_rate": _share(int(per_flag[k]), int(per_given[k])),
+        }
+        for k in range(c)
+    ]
     flips = confusion_matrix(given[flag], corrected[flag], c)
     order = np.argsort(-flips, axis=None, kind="stable")[:10]
     out["top_flips"] = [(int(i // c), int(i % c), int(flips.flat[i])) for i in order if flips.flat[i] > 0]
@@ -126,8 +154,12 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
         right = (table["corrected"] == table["true"]).astype(np.float64)
         for row, true_row in zip(rows, review_budget(table["prob"], fl, right)):
             row["true_precision"] = true_row["precision"]
-    return {"target": target, "threshold": choose_threshold(rows, target=target),
-            "estimated_by": table["est_correct_by"], "rows": rows}
+    return {
+        "target": target,
+        "threshold": choose_threshold(rows, target=target),
+        "estimated_by": table["est_correct_by"],
+        "rows": rows,
+    }
 
 
 def noise_matrix(table: dict, classes: list[str]) -> dict:
@@ -140,11 +172,23 @@ def noise_matrix(table: dict, classes: list[str]) -> dict:
     wrong = given - np.diag(counts)
     lo, hi = wilson_interval(wrong, given)
     rates = counts / np.maximum(given, 1)[:, None]
-    return {"classes": list(classes), "rows": "given label", "columns": "corrected label",
-            "counts": counts.tolist(), "rates": rates.round(6).tolist(),
-            "per_class": [{"class": classes[k], "given": int(given[k]), "flagged": int(wrong[k]),
-                           "est_noise_rate": _share(int(wrong[k]), int(given[k])),
-                           "interval95": [float(lo[k]), float(hi[k])]} for k in range(c)]}
+    return {
+        "classes": list(classes),
+        "rows": "given label",
+        "columns": "corrected label",
+        "counts": counts.tolist(),
+        "rates": rates.round(6).tolist(),
+        "per_class": [
+            {
+                "class": classes[k],
+                "given": int(given[k]),
+                "flagged": int(wrong[k]),
+                "est_noise_rate": _share(int(wrong[k]), int(given[k])),
+                "interval95": [float(lo[k]), float(hi[k])],
+            }
+            for k in range(c)
+        ],
+    }
 
 
 def suspected_errors(table: dict, cls: int, k: int) -> np.ndarray:

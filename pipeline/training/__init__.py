@@ -1,13 +1,10 @@
-"""The training runtime: config and presets, the worker state, one object per training
-method in one registry, the loop, evaluation, checkpoints, outputs, and the Ray entry.
+"""The training runtime, in four rooms; each imports only the rooms before it.
 
-* :mod:`~pipeline.training.config` (schema, overrides) ← :mod:`~pipeline.training.presets`
-  ← :mod:`~pipeline.training.cli` (preset or file, ``key=value``, ``--help``).
-* :mod:`~pipeline.training.state`: the worker's data handles, model/optimizer state, meta sampler, normalisation.
-* :mod:`~pipeline.training.methods`: :class:`~pipeline.training.methods.Method` and the registry ``METHODS``.
-* :mod:`~pipeline.training.streaming`, :mod:`~pipeline.training.transforms`: shards → batches.
-* :mod:`~pipeline.training.loop`: epochs and the Ray Train worker entry;
-  :mod:`~pipeline.training.evaluate`: accuracies and label metrics.
-* :mod:`~pipeline.training.checkpoint`, :mod:`~pipeline.training.outputs`: what a run saves and leaves behind.
-* :mod:`~pipeline.training.launch`: the driver's side (name, check data, build the ``TorchTrainer``).
+* :mod:`~pipeline.training.settings`: the config (schema, overrides), each method's declaration
+  and own settings (the registry ``METHODS``, torch-free), the presets, the command line.
+* :mod:`~pipeline.training.data`: the epoch's shard assignment, the per-rank stream, transforms,
+  GPU JPEG decoding.
+* :mod:`~pipeline.training.methods`: the worker's state and one ``Method`` class per ``meta.method``.
+* :mod:`~pipeline.training.run`: the run (loop, one epoch, position, evaluation, checkpoints,
+  failures, outputs) and the driver's side (launch).
 """

@@ -1,0 +1,403 @@
+"""What a run leaves behind (the names: :mod:`pipeline.rundir`): ``metrics.json`` at every
+epoch's end, TensorBoard events, and at the run's end the corrected-label Parquet and the
+model — all behind one object, :class:`RunOutputs`, which also calls the run's
+:class:`OutputExtra` outputs (the review page's, passed in by :mod:`pipeline.worker`)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mslc import dist
+from mslc.metrics import calibrate, clean_split_calibration, confusion_matrix, label_posterior
+from pipeline.charts import confusion_png
+from pipeline.rundir import RunDir
+from pipeline.storage import atomic_path, atomic_torch_save, atomic_write_text
+from pipeline.training.methods import registry as methods
+from pipeline.training.methods.state import Data, TrainState
+from pipeline.training.run.epoch import EpochProgress
+from pipeline.training.run.evaluate import predict, progress_line
+from pipeline.training.settings.config import Config
+
+LAST_K = 5
+
+
+def _clean(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _val(h: dict) -> float:
+    v = h.get("val_acc")
+    return -1.0 if v is None or math.isnan(v) else v
+
+
+def labels_epoch(history: list[dict]) -> int:
+    """The epoch whose soft labels a run exports, chosen without the test set or any true
+    label: of the epochs after the warm-up (all, if none is after it), the latest whose
+    clean-validation accuracy is within one standard error (``√(p(1−p)/n)``, ``n`` the
+    record's ``val_samples``) of the best. Labels keep gathering corrections while the
+    model improves, so among epochs validation cannot tell apart the latest is taken;
+    without a validation split, the last epoch."""
+    pool = [h for h in history if h.get("phase") != "warmup"] or history
+    vals = [_val(h) for h in pool]
+    best = max(vals)
+    if best < 0:
+        return pool[-1]["epoch"]
+    n = pool[vals.index(best)].get("val_samples") or 0
+    se = math.sqrt(best * (1.0 - best) / n) if n else 0.0
+    return [h for h, v in zip(pool, vals) if v >= best - se][-1]["epoch"]
+
+
+def flag_counts(corrected: np.ndarray, given: np.ndarray, prev: np.ndarray | None) -> dict:
+    """Truth-free per-epoch figures: ``flags`` (corrected ≠ given) and ``churn`` (corrected
+    labels that changed since the previous epoch; None for the first epoch a run saw).
+    ``corrected``, ``given``, ``prev`` : (N,) int64."""
+    return {"flags": int((corrected != given).sum()), "churn": None if prev is None else int((corrected != prev).sum())}
+
+
+LABEL_KEYS = ("corrected_all", "corrected_clean", "corrected_noisy", "detect_precision", "detect_recall", "detect_f1")
+
+
+def summarize(history: list[dict]) -> dict:
+    """Model selection on clean validation (never the test set), the mean of the last 5
+    epochs, and which epoch's labels are exported.
+
+    ``best`` is the test accuracy at the epoch with the highest validation accuracy
+    (the earliest such epoch on ties); ``last5`` the mean test accuracy of the last
+    ``min(5, epochs)`` epochs; ``labels`` the exported labels' epoch (:func:`labels_epoch`)
+    and their label metrics where true labels are known.
+    """
+    if not history:
+        return {}
+    best_i = int(np.argmax([_val(h) for h in history]))
+    last = history[-LAST_K:]
+    chosen = history[[h["epoch"] for h in history].index(labels_epoch(history))]
+    return {
+        "selected_epoch": history[best_i]["epoch"],
+        "selected_val_acc": history[best_i]["val_acc"],
+        "best_test_acc": history[best_i]["test_acc"],
+        "last5_test_acc": float(np.mean([h["test_acc"] for h in last])),
+        "last5_epochs": [h["epoch"] for h in last],
+        "labels": {
+            "epoch": chosen["epoch"],
+            "selected_by": "latest epoch within 1 s.e. of the best val_acc",
+            **{k: chosen[k] for k in LABEL_KEYS if k in chosen},
+        },
+        "final": history[-1],
+    }
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(_clean(obj), indent=1))
+
+
+def write_metrics(run_dir: Path, history: list[dict], extra: dict) -> Path:
+    path = RunDir(run_dir).metrics
+    write_json_atomic(path, {**extra, "summary": summarize(history), "epochs": history})
+    return path
+
+
+def label_columns(
+    given: np.ndarray,
+    soft: np.ndarray,
+    y_hat: np.ndarray | None,
+    transition: np.ndarray | None,
+    calibration: list[dict] | None = None,
+) -> dict[str, np.ndarray]:
+    """The per-sample figures a practitioner acts on, all without true labels.
+
+    given : (N,) int64; soft : (N, C) ỹ, rows sum to 1; y_hat : (N, C) the model's
+    predictions at the same epoch (None: ỹ stands in); transition : (C, C) the noise
+    transition estimated on the trusted meta set, or None.
+
+    Returns (N,) arrays: ``corrected`` (arg-max ỹ) and ``corrected_prob``; ``given_prob``
+    (ỹ's probability of the given label: the label-quality score, low = likely wrong);
+    ``flagged``; ``est_correct`` (the estimated probability that the corrected label is the
+    true class: the model's prediction times the transition's likelihood of the given label,
+    :func:`mslc.metrics.label_posterior`; ỹ's own probability where the run has no
+    transition estimate; moved by ``calibration``'s per-bin bias where given:
+    :func:`mslc.metrics.clean_split_calibration`); ``predicted`` / ``predicted_prob`` (the model); ``review_rank``
+    (1 = review first: flagged samples before the rest, each by ``given_prob`` ascending).
+    """
+    n = len(given)
+    rows = np.arange(n)
+    corrected = soft.argmax(1)
+    pred = soft if y_hat is None else y_hat
+    post = label_posterior(pred, given, transition) if transition is not None else soft
+    given_prob = soft[rows, given]
+    flagged = corrected != given
+    order = np.lexsort((rows, given_prob, ~flagged))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    est = post[rows, corrected]
+    if calibration is not None:
+        est = calibrate(est, calibration)
+    return {
+        "corrected": corrected,
+        "corrected_prob": soft[rows, corrected],
+        "given_prob": given_prob,
+        "flagged": flagged,
+        "est_correct": est,
+        "predicted": pred.argmax(1),
+        "predicted_prob": pred.max(1),
+        "review_rank": rank,
+    }
+
+
+def write_corrected_labels(
+    path: Path,
+    *,
+    keys: np.ndarray,
+    given: np.ndarray,
+    soft: np.ndarray,
+    alpha: np.ndarray,
+    beta: np.ndarray,
+    true: np.ndarray | None,
+    epoch: int | None = None,
+    y_hat: np.ndarray | None = None,
+    transition: np.ndarray | None = None,
+    classes: list[str] | None = None,
+    soft_rows: bool = False,
+    calibration: list[dict] | None = None,
+) -> Path:
+    """One row per training sample (the columns are listed in the README's output table):
+    index, key; given_label, given_name, given_prob; corrected_label, corrected_name,
+    corrected_prob, flagged, est_correct; predicted_label, predicted_prob; review_rank;
+    alpha, beta; true_label / is_noisy (null where unknown); ``soft`` (ỹ's full row) with
+    ``soft_rows``. See :func:`label_columns`.
+
+    ``soft`` (N, C) rows sum to 1; ``alpha``, ``beta`` (N,) NaN where never computed;
+    ``true`` (N,) int with -1 for unknown, or None; ``epoch``: the epoch the labels are
+    from, kept in the file's metadata (``labels_epoch``). Written whole or not at all.
+    """
+    n, c = soft.shape
+    names = np.asarray(classes if classes is not None else [str(i) for i in range(c)], dtype=object)
+    col = label_columns(given, soft, y_hat, transition, calibration)
+    known = None if true is None else true >= 0
+    cols = {
+        "index": pa.array(np.arange(n, dtype=np.int64)),
+        "key": pa.array([str(k) for k in keys]),
+        "given_label": pa.array(given.astype(np.int64)),
+        "given_name": pa.array(names[given].tolist()),
+        "given_prob": pa.array(col["given_prob"].astype(np.float32)),
+        "corrected_label": pa.array(col["corrected"].astype(np.int64)),
+        "corrected_name": pa.array(names[col["corrected"]].tolist()),
+        "corrected_prob": pa.array(col["corrected_prob"].astype(np.float32)),
+        "flagged": pa.array(col["flagged"]),
+        "est_correct": pa.array(col["est_correct"].astype(np.float32)),
+        "predicted_label": pa.array(col["predicted"].astype(np.int64)),
+        "predicted_prob": pa.array(col["predicted_prob"].astype(np.float32)),
+        "review_rank": pa.array(col["review_rank"]),
+        "alpha": pa.array(alpha.astype(np.float32), mask=np.isnan(alpha)),
+        "beta": pa.array(beta.astype(np.float32), mask=np.isnan(beta)),
+        "true_label": pa.array(np.where(known, true, 0).astype(np.int64), mask=~known)
+        if true is not None
+        else pa.nulls(n, pa.int64()),
+        "is_noisy": pa.array(given != true, mask=~known) if true is not None else pa.nulls(n, pa.bool_()),
+    }
+    if soft_rows:
+        cols["soft"] = pa.FixedSizeListArray.from_arrays(pa.array(soft.astype(np.float32).ravel()), c)
+    table = pa.table(cols)
+    meta = {
+        b"classes": json.dumps(list(map(str, names))).encode(),
+        b"est_correct_by": (
+            b"soft label"
+            if transition is None
+            else b"transition posterior"
+            if calibration is None
+            else b"transition posterior, calibrated on the clean validation split"
+        ),
+    }
+    if calibration is not None:
+        meta[b"est_correct_calibration"] = json.dumps(calibration).encode()
+    if epoch is not None:
+        meta[b"labels_epoch"] = str(epoch).encode()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def confusion_image(matrix: np.ndarray, title: str, classes: list[str]) -> np.ndarray:
+    """A row-normalized confusion matrix (rows: true class, columns: label) as an (H, W, 3) uint8 image."""
+    from PIL import Image
+
+    png = confusion_png(matrix, classes, title=title, xlabel="label", ylabel="true class")
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+class TensorBoardLog:
+    """tensorboardX events under ``run_dir/tensorboard``."""
+
+    def __init__(self, run_dir: Path, classes: list[str]) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(RunDir(run_dir).tensorboard))
+        self.classes = classes
+
+    def epoch(
+        self, record: dict, *, alpha: np.ndarray, beta: np.ndarray, is_noisy: np.ndarray, known: np.ndarray
+    ) -> None:
+        """Scalars of ``record``; α and β histograms, α split by originally clean / noisy (N,) bool masks."""
+        e = record["epoch"]
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k != "epoch" and v is not None and not math.isnan(v):
+                self.writer.add_scalar(
+                    k.replace("_", "/", 1) if k.startswith(("corrected_", "alpha_", "detect_")) else k, v, e
+                )
+        for pair, v in (record.get("alpha_pairs") or {}).items():
+            for group in ("flipped", "clean"):  # "5->1" is not a legal tag name: "5_to_1"
+                if not math.isnan(v[group]):
+                    self.writer.add_scalar(f"alpha_pair/{pair.replace('->', '_to_')}/{group}", v[group], e)
+        for name, arr in (("alpha", alpha), ("beta", beta)):
+            vals = arr[~np.isnan(arr)]
+            if vals.size:
+                self.writer.add_histogram(f"hist/{name}", vals, e)
+                if name == "alpha" and known.any():
+                    for group, mask in (("clean", known & ~is_noisy), ("noisy", is_noisy)):
+                        v = arr[mask & ~np.isnan(arr)]
+                        if v.size:
+                            self.writer.add_histogram(f"hist/alpha_{group}", v, e)
+
+    def confusion(self, tag: str, true: np.ndarray, labels: np.ndarray, step: int) -> None:
+        m = confusion_matrix(true, labels, len(self.classes))
+        img = confusion_image(m, tag, self.classes)
+        self.writer.add_image(f"confusion/{tag}", img, step, dataformats="HWC")
+
+    def image(self, tag: str, img: np.ndarray, step: int) -> None:
+        """An (H, W, 3) uint8 image, e.g. the grid of the top suspected errors."""
+        self.writer.add_image(tag, img, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class OutputExtra(Protocol):
+    """More of a run's outputs, beside the training runtime's own (the review page's:
+    :class:`pipeline.review.outputs.ReviewOutputs`). Only rank 0 calls them."""
+
+    def epoch_image(self, shard_dir: str, manifest: dict, given: np.ndarray, soft: np.ndarray) -> np.ndarray | None:
+        """An (H, W, 3) uint8 image for TensorBoard's ``suspected_errors`` at an epoch's end
+        (``given`` (N,) int64, ``soft`` (N, C) ỹ), or None."""
+
+    def finish(self, run_dir: RunDir, shard_dir: str, log) -> dict:
+        """At the run's end, after the labels, metrics and model are written: write its
+        files; returns what goes into the run's result (name → path or figures)."""
+
+
+class RunOutputs:
+    """Everything a run writes at an epoch's end (:meth:`epoch`) and at its end
+    (:meth:`finish`), in ``run.storage_path/run.name``; rank 0 writes, the other ranks only
+    take part in the collectives. ``extras``: more outputs (:class:`OutputExtra`)."""
+
+    def __init__(self, cfg: Config, data: Data, *, lead: bool, log=print, extras: tuple[OutputExtra, ...] = ()) -> None:
+        self.cfg, self.data, self.lead, self.log, self.extras = cfg, data, lead, log, tuple(extras)
+        self.run_dir = RunDir.of(cfg.run.storage_path, cfg.run.name)
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
+        self.tb = TensorBoardLog(self.run_dir.path, data.manifest["classes"]) if lead and cfg.run.tensorboard else None
+        self.extra = {
+            "config": cfg.to_dict(),
+            "shard_dir": str(data.shard_dir),
+            "noise": {k: data.manifest["noise"][k] for k in ("kind", "rate", "realized_rate")},
+        }
+
+    def start(self, st: TrainState) -> None:
+        """Before the first epoch a run trains (not after a resume): the given labels against the true ones."""
+        known = self.data.known
+        if self.tb and known.any() and st.epoch == 0:
+            self.tb.confusion("given_vs_true", self.data.true[known], self.data.labels[known], 0)
+
+    def progress(self, epoch: int) -> EpochProgress | None:
+        """Rank 0's progress lines inside ``epoch`` (None elsewhere)."""
+        return EpochProgress(self.cfg, epoch, self.log, self.tb) if self.lead else None
+
+    def epoch(self, st: TrainState, record: dict, table: dict) -> None:
+        """At an epoch's end (``record`` already in ``st.history``; ``table`` the bank's
+        ``y_tilde``, ``y_hat``, ``alpha``, ``beta``): keep the labels if this epoch is the one
+        to export so far, the progress line, ``metrics.json``, TensorBoard."""
+        if not self.lead:
+            return
+        epoch, data = record["epoch"], self.data
+        if labels_epoch(st.history) == epoch:
+            st.labels = {
+                "epoch": epoch,
+                **{k: torch.from_numpy(table[k].copy()) for k in ("y_tilde", "y_hat", "alpha", "beta")},
+            }
+        self.log(progress_line(self.cfg, record))
+        write_metrics(self.run_dir.path, st.history, self.extra)
+        if self.tb is None:
+            return
+        known = data.known
+        self.tb.epoch(record, alpha=table["alpha"], beta=table["beta"], is_noisy=data.is_noisy, known=known)
+        if known.any():
+            self.tb.confusion("corrected_vs_true", data.true[known], table["y_tilde"][known].argmax(1), epoch)
+        for extra in self.extras:
+            grid = extra.epoch_image(str(data.shard_dir), data.manifest, data.labels, table["y_tilde"])
+            if grid is not None:
+                self.tb.image("suspected_errors", grid, epoch)
+
+    def finish(self, st: TrainState, device: torch.device) -> dict:
+        """At the run's end (collective): the exported labels, ``metrics.json``, the model,
+        then the extras' files. Returns the run's result (paths by name, the summary)."""
+        result = {"run_dir": str(self.run_dir), "summary": summarize(st.history)}
+        if dist.all_min(0 if self.lead and st.labels is None else 1) == 0:  # a checkpoint from before labels were kept
+            st.labels = {"epoch": st.epoch, **{k: torch.from_numpy(v) for k, v in st.bank.table().items()}}
+        if not self.lead:
+            return result
+        cfg, data, rd = self.cfg, self.data, self.run_dir
+        t = {k: v.numpy() if torch.is_tensor(v) else v for k, v in st.labels.items()}
+        self.log(
+            f"exported labels: epoch {t['epoch']} (the latest within one standard error of the best "
+            "clean-validation accuracy after the warm-up)"
+        )
+        transition = methods.transition_estimate(st)
+        result["corrected_labels"] = str(
+            write_corrected_labels(
+                rd.labels,
+                keys=data.keys,
+                given=data.labels,
+                soft=t["y_tilde"],
+                alpha=t["alpha"],
+                beta=t["beta"],
+                true=data.true,
+                epoch=t["epoch"],
+                y_hat=t.get("y_hat"),
+                transition=transition,
+                classes=data.manifest["classes"],
+                soft_rows=cfg.run.export_soft,
+                calibration=val_calibration(cfg, st, data, device, transition),
+            )
+        )
+        result["metrics"] = str(write_metrics(rd.path, st.history, self.extra))
+        atomic_torch_save(st.model.state_dict(), rd.model)
+        result["model"] = str(rd.model)
+        for extra in self.extras:
+            result.update(extra.finish(rd, str(data.shard_dir), self.log))
+        if self.tb:
+            self.tb.close()
+            result["tensorboard"] = str(rd.tensorboard)
+        return result
+
+
+def val_calibration(cfg: Config, st: TrainState, data: Data, device: torch.device, transition) -> list[dict] | None:
+    """How the flags' estimated precision compares with the truth on the clean validation split
+    (:func:`mslc.metrics.clean_split_calibration`), or None without a transition estimate, a
+    validation split or ``run.calibrate``."""
+    if transition is None or not cfg.run.calibrate:
+        return None
+    pv = predict(st.model, data, "val", device, cfg_bad_samples=cfg.data.bad_samples)
+    return None if pv is None else clean_split_calibration(pv[0], pv[1], transition)

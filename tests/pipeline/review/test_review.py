@@ -1,0 +1,303 @@
+"""The label review (issue 16): its pure selections against naive references, images read
+from only the shards that hold them, the page's numbers against the Parquet table, a page
+without truth, an old report kept whole when a new one fails, and relabel.csv round trips
+through the shard writer. On fake shards and a made-up corrected-label table: no training."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import shardset
+from pipeline.errors import PipelineError, ShardError
+from pipeline.prep.job import ensure_shards
+from pipeline.review import images, page, select
+from pipeline.review.report import load_run, suspects_grid, write_relabel, write_report
+from pipeline.rundir import RunDir
+from pipeline.training.run.outputs import write_corrected_labels
+from pipeline.training.settings.config import Config
+from tests.conftest import fake_images
+from tests.helpers import parquet_numbers
+
+
+def random_table(n=300, c=5, known="all", seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    given = rng.integers(0, c, n)
+    true = np.where(rng.random(n) < 0.3, rng.integers(0, c, n), given)
+    if known == "none":
+        true[:] = -1
+    elif known == "part":
+        true[rng.random(n) < 0.5] = -1
+    soft = rng.dirichlet(np.ones(c) * 0.5, n)
+    soft[np.arange(n), given] += rng.random(n) * 1.5
+    soft /= soft.sum(1, keepdims=True)
+    soft[:4] = np.full(c, 1 / c)  # ties
+    corrected = soft.argmax(1)
+    alpha = rng.random(n)
+    alpha[5] = np.nan
+    return {
+        "index": np.arange(n),
+        "key": np.asarray([f"k/{i}.jpg" for i in range(n)], dtype=object),
+        "given": given,
+        "corrected": corrected,
+        "prob": soft[np.arange(n), corrected],
+        "alpha": alpha,
+        "beta": rng.random(n),
+        "true": true,
+        "labels_epoch": 3,
+        "soft": soft,
+        "est_correct": np.clip(soft[np.arange(n), corrected] + rng.normal(0, 0.05, n), 0, 1),
+        "est_correct_by": "transition posterior",
+    }
+
+
+@pytest.mark.parametrize("known", ["all", "part", "none"])
+def test_numbers_against_a_naive_count(known):
+    t, c = random_table(known=known), 5
+    n = select.review_numbers(t, c)
+    rows = list(zip(t["given"].tolist(), t["corrected"].tolist(), t["true"].tolist()))
+    assert n["samples"] == len(rows) and n["flagged"] == sum(g != k for g, k, _ in rows)
+    for k in range(c):
+        mine = [r for r in rows if r[0] == k]
+        assert n["classes"][k]["given"] == len(mine)
+        assert n["classes"][k]["est_noise_rate"] == pytest.approx(sum(r[1] != k for r in mine) / len(mine))
+    kn = [r for r in rows if r[2] >= 0]
+    assert n["known"] == len(kn)
+    if not kn:
+        assert not any(key.startswith(("detect", "label_acc", "true_noise")) for key in n)
+        return
+    noisy = [r for r in kn if r[0] != r[2]]
+    flagged = [r for r in kn if r[1] != r[0]]
+    tp = sum(r[1] != r[0] for r in noisy)
+    assert n["detect_precision"] == pytest.approx(tp / len(flagged))
+    assert n["detect_recall"] == pytest.approx(tp / len(noisy))
+    assert n["label_acc_corrected"] == pytest.approx(np.mean([r[1] == r[2] for r in kn]))
+    assert n["label_acc_corrected_noisy"] == pytest.approx(np.mean([r[1] == r[2] for r in noisy]))
+    assert n["label_acc_given"] == pytest.approx(1 - len(noisy) / len(kn)) == 1 - n["true_noise_rate"]
+    flips = {}
+    for g, k, _ in rows:
+        if g != k:
+            flips[(g, k)] = flips.get((g, k), 0) + 1
+    assert [(g, k, m) for g, k, m in n["top_flips"]] == sorted(
+        ((g, k, m) for (g, k), m in flips.items()), key=lambda x: (-x[2], x[0], x[1])
+    )[:10]
+
+
+def test_galleries_and_relabel_rows_against_sorting():
+    t = random_table()
+    for k in range(5):
+        flagged = [i for i in range(300) if t["corrected"][i] != t["given"][i] and t["given"][i] == k]
+        clean = [i for i in range(300) if t["corrected"][i] == t["given"][i] and t["given"][i] == k]
+        assert select.suspected_errors(t, k, 4).tolist() == sorted(flagged, key=lambda i: (-t["prob"][i], i))[:4]
+        assert select.doubtful_clean(t, k, 4).tolist() == sorted(clean, key=lambda i: (t["prob"][i], i))[:4]
+    rows = select.relabel_rows(t, threshold=0.5)
+    assert rows.tolist() == sorted(
+        (i for i in range(300) if t["corrected"][i] != t["given"][i] and t["prob"][i] >= 0.5),
+        key=lambda i: (-t["prob"][i], i),
+    )
+    with pytest.raises(ValueError, match="threshold"):
+        select.relabel_rows(t, threshold=1.5)
+
+
+def naive_top_suspects(given, soft, k, shard, max_shards):
+    """Candidates one by one, most confident first; a new shard only while the budget lasts."""
+    corrected = soft.argmax(1)
+    cand = sorted((i for i in range(len(given)) if corrected[i] != given[i]), key=lambda i: -soft[i, corrected[i]])
+    chosen, shards = [], []
+    for i in cand:
+        if shard[i] not in shards:
+            if len(shards) == max_shards:
+                continue
+            shards.append(shard[i])
+        chosen.append(i)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def test_top_suspects_stay_within_the_shard_budget():
+    t = random_table(n=400)
+    shard = np.arange(400) // 50  # 8 shards
+    for k, budget in ((20, 2), (5, 1), (400, 3), (400, 8)):
+        chosen = select.top_suspects(t["given"], t["soft"], k, shard_of=shard, max_shards=budget)
+        assert chosen.tolist() == naive_top_suspects(t["given"], t["soft"], k, shard, budget)
+        assert len(set(shard[chosen])) <= budget
+    assert len(select.top_suspects(t["given"], t["soft"], 20, shard_of=shard, max_shards=2)) == 20
+
+
+def shard_image(shard_dir: str, manifest: dict, index: int) -> np.ndarray:
+    """The PNG of training sample ``index``, read with tarfile (a reference reader)."""
+    for url in shardset.shard_urls(shard_dir, manifest, "train"):
+        with tarfile.open(url) as tar:
+            names = tar.getnames()
+            if f"{index:08d}.png" in names:
+                return np.asarray(Image.open(io.BytesIO(tar.extractfile(f"{index:08d}.png").read())).convert("RGB"))
+    raise KeyError(index)
+
+
+def test_thumbnails_read_only_the_shards_holding_them(fake_shards, monkeypatch):
+    shard_dir = str(fake_shards)
+    manifest = shardset.load_manifest(shard_dir)
+    opened = []
+    real = images.open_shard
+    monkeypatch.setattr(images, "open_shard", lambda url: opened.append(url) or real(url))
+    wanted = [3, 130, 131, 140]  # shards of 128: the first and the second
+    thumbs, errors = images.read_thumbnails(shard_dir, manifest, wanted)
+    assert not errors and sorted(thumbs) == wanted
+    urls = shardset.shard_urls(shard_dir, manifest, "train")
+    assert opened == urls[:2]
+    for i in wanted:
+        assert np.array_equal(np.asarray(thumbs[i]), shard_image(shard_dir, manifest, i))
+    grid = suspects_grid(
+        shard_dir, manifest, np.zeros(500, np.int64), np.eye(10)[np.arange(500) % 10], k=8, max_shards=1
+    )
+    assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
+    with pytest.raises(PipelineError, match="outside"):
+        images.shard_of(np.array([500]), manifest)
+
+
+def fake_run(run_dir: Path, shard_dir: Path, *, known: bool = True, seed: int = 0) -> Path:
+    """A finished run's files, made up: metrics.json and a corrected-label table over the fake shards."""
+    manifest = shardset.load_manifest(shard_dir)
+    lab = shardset.read_labels_table(shard_dir, manifest)
+    n, c = len(lab["label"]), manifest["num_classes"]
+    rng = np.random.default_rng(seed)
+    soft = rng.dirichlet(np.ones(c), n)
+    soft[np.arange(n), lab["true_label"]] += rng.random(n) * 2  # the corrector is mostly right
+    soft /= soft.sum(1, keepdims=True)
+    run_dir.mkdir(parents=True)
+    write_corrected_labels(
+        RunDir(run_dir).labels,
+        keys=lab["key"],
+        given=lab["label"],
+        soft=soft,
+        alpha=rng.random(n),
+        beta=rng.random(n),
+        true=lab["true_label"] if known else None,
+        epoch=2,
+    )
+    epochs = [
+        {
+            "epoch": e,
+            "phase": "warmup" if e == 1 else "mslc",
+            "val_acc": 0.5 + 0.1 * e,
+            "test_acc": 0.4 + 0.1 * e,
+            "corrected_all": 0.6 + 0.05 * e if known else None,
+        }
+        for e in (1, 2, 3)
+    ]
+    metrics = {"config": Config().to_dict(), "shard_dir": str(shard_dir), "noise": manifest["noise"], "epochs": epochs}
+    (RunDir(run_dir).metrics).write_text(json.dumps(metrics))
+    return run_dir
+
+
+def test_report_numbers_images_and_truth(fake_shards, tmp_path):
+    for known in (True, False):
+        run_dir = fake_run(tmp_path / f"run-{known}", fake_shards, known=known)
+        index = write_report(load_run(run_dir), top=3)
+        html = index.read_text()
+        nums, srcs = page.read_page(html)
+        for key, v in parquet_numbers(RunDir(run_dir).labels, 10).items():
+            assert nums[key] == pytest.approx(v), key
+        assert srcs and len(srcs) == len(set(srcs))
+        for src in srcs:
+            with Image.open(index.parent / src) as im:
+                im.load()
+        assert sum(s.startswith("img/") for s in srcs) > 10
+        truth = ("detect_precision", "label_acc_corrected", "true_noise_rate", "class0_true_noise_rate")
+        assert all((k in nums) == known for k in truth)
+        assert ("true: " in html) == known
+        assert "unknown: no detection" in html or known
+
+
+def test_a_failed_report_leaves_the_old_one_whole(fake_shards, tmp_path):
+    run_dir = fake_run(tmp_path / "run", fake_shards)
+    old = write_report(load_run(run_dir), top=2).read_text()
+    run = load_run(run_dir)
+    first = Path(shardset.shard_urls(str(fake_shards), run["manifest"], "train")[0])
+    first.write_bytes(first.read_bytes()[:5000])  # truncated
+    with pytest.raises(ShardError, match=first.name):
+        write_report(run, top=2)
+    assert (RunDir(run_dir).report).read_text() == old
+    assert sorted(p.name for p in run_dir.iterdir()) == ["corrected_labels.parquet", "metrics.json", "report"]
+
+
+def test_report_command_keeps_an_edited_relabel_file(fake_shards, tmp_path, capsys):
+    from pipeline.report import main
+
+    assert main([str(tmp_path / "nowhere")]) == 1
+    assert "nowhere/metrics.json: not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--top", "0"])
+    run_dir = fake_run(tmp_path / "run", fake_shards)
+    assert main([str(run_dir), "--top", "2"]) == 0
+    relabel = RunDir(run_dir).relabel
+    edited = relabel.read_text().splitlines()[:3]
+    relabel.write_text("\n".join(edited) + "\n")
+    assert main([str(run_dir), "--top", "3"]) == 0 and relabel.read_text().splitlines() == edited
+    assert "kept as it is" in capsys.readouterr().out
+    assert main([str(run_dir), "--threshold", "0.5"]) == 1
+    assert "relabel.csv exists" in capsys.readouterr().err and relabel.read_text().splitlines() == edited
+    out = tmp_path / "confident.csv"
+    assert main([str(run_dir), "--threshold", "0.5", "--relabel-out", str(out)]) == 0
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert rows and all(float(r["confidence"]) >= 0.5 for r in rows)
+    assert len(rows) == len(select.relabel_rows(load_run(run_dir)["table"], threshold=0.5))
+
+
+def test_relabel_file_round_trips_through_the_shard_writer(fake_data_cfg, fake_shards, tmp_path):
+    run = load_run(fake_run(tmp_path / "run", fake_shards))
+    path = write_relabel(run, threshold=0.3)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    t = run["table"]
+    expect = select.relabel_rows(t, threshold=0.3)
+    assert [r["key"] for r in rows] == [t["key"][i] for i in expect] and rows
+    assert all(float(r["confidence"]) >= 0.3 and r["label"] != r["given_label"] for r in rows)
+    again = ensure_shards(replace(fake_data_cfg, labels_file=str(path)), raw=fake_images(), log=lambda s: None)
+    before = shardset.read_labels_table(str(fake_shards), run["manifest"])
+    after = shardset.read_labels_table(again, shardset.load_manifest(again))
+    assert list(after["key"]) == list(before["key"])
+    want = dict(zip(before["key"], before["label"]))
+    want.update({r["key"]: int(r["label"]) for r in rows})
+    assert after["label"].tolist() == [want[k] for k in after["key"]]
+
+
+def test_the_clean_split_calibration_against_a_naive_count():
+    """:func:`mslc.metrics.clean_split_calibration` by hand on a 3-class case: every clean sample
+    given every label with its transition weight; the flags' estimate and truth per bin."""
+    from mslc.metrics import calibrate, clean_split_calibration, label_posterior
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), 40)
+    labels = rng.integers(0, 3, 40)
+    t = np.array([[0.7, 0.3, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.9]])
+    bins = clean_split_calibration(probs, labels, t)
+    rows = []
+    for i in range(40):
+        for g in range(3):
+            post = label_posterior(probs[i : i + 1], np.array([g]), t)[0]
+            k = int(post.argmax())
+            if k != g and t[labels[i], g] > 0:
+                rows.append((post[k], float(k == labels[i]), t[labels[i], g]))
+    for b in bins:
+        mine = [(e, r, w) for e, r, w in rows if b["lo"] <= e < b["hi"]]
+        wt = sum(w for _, _, w in mine)
+        assert b["weight"] == pytest.approx(wt)
+        if wt:
+            assert b["estimated"] == pytest.approx(sum(e * w for e, _, w in mine) / wt)
+            assert b["true"] == pytest.approx(sum(r * w for _, r, w in mine) / wt)
+    est = np.array([0.55, 0.97, 0.3])
+    moved = calibrate(est, bins, min_weight=0.0)
+    for e, m in zip(est, moved):
+        b = next(b for b in bins if b["lo"] <= e < b["hi"])
+        want = e if not b["weight"] else min(1.0, max(0.0, e - (b["estimated"] - b["true"])))
+        assert m == pytest.approx(want)
