@@ -123,4 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # done, and said so: a Ctrl-C while the interpreter shuts down (its handlers already reset) must
+    # not turn a finished preparation into a death by signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

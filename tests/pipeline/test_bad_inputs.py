@@ -241,7 +241,14 @@ def test_json_config_type_errors_are_one_line(tmp_path, text, culprit):
     assert lines[0].startswith(f"error: config file {path}: ") and culprit in lines[0]
 
 
-@pytest.mark.parametrize("after", [0.5, 4.0])
+def _first_shard_written(tmp_path: Path, proc, limit: float = 60.0) -> None:
+    """Wait until the writer has put a shard into its partial directory (or the process ended)."""
+    end = time.time() + limit
+    while time.time() < end and proc.poll() is None and not list(tmp_path.glob(".*partial*/*.tar")):
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("after", [0.5, "a shard"])
 def test_ctrl_c_during_a_parallel_prepare_exits_130_and_a_rerun_resumes(tmp_path, after):
     if fmnist_files(ROOT / "data" / "raw") is None:
         pytest.fail("Fashion-MNIST is missing: run `make data` (the Makefile's test target does)")
@@ -258,7 +265,10 @@ def test_ctrl_c_during_a_parallel_prepare_exits_130_and_a_rerun_resumes(tmp_path
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    time.sleep(after)
+    if after == "a shard":  # mid-write, however fast this machine prepares (a fixed delay can land after the end)
+        _first_shard_written(tmp_path, proc)
+    else:
+        time.sleep(after)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     t0 = time.time()
     _, err = proc.communicate(timeout=60)
