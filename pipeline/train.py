@@ -15,13 +15,10 @@ import sys
 import time
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.prep.job import ensure_shards
 from pipeline.rundir import RunDir
 from pipeline.storage import NO_SPACE, disk_full_error
-from pipeline.training.run.launch import build_trainer, check_data, name_run, start_ray
 from pipeline.training.settings.cli import parse_args, raise_terminated, run_cli
 from pipeline.training.settings.config import Config
-from pipeline.worker import train_loop_per_worker
 
 
 def known_error(e: BaseException, *, storage: str = "run.storage_path") -> BaseException | None:
@@ -90,6 +87,11 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
 
 
 def main_body(cfg: Config) -> int:
+    # the runtime (torch, Ray) loads only once the config is valid: --help and a bad key answer at once
+    from pipeline.prep.job import ensure_shards
+    from pipeline.training.run.launch import build_trainer, check_data, name_run, start_ray
+    from pipeline.worker import train_loop_per_worker
+
     t0 = time.time()
     cfg = name_run(cfg)
     run_dir = RunDir.of(cfg.run.storage_path, cfg.run.name)

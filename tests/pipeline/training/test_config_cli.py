@@ -274,10 +274,10 @@ def test_a_key_from_before_the_method_sections_names_its_new_place(old, new):
 
 
 def test_the_config_parses_and_help_prints_without_torch():
-    """``--help``, presets and validation need no torch (nor does pipeline/prepare.py)."""
+    """``--help``, presets and validation need no torch (nor do pipeline/prepare.py and train.py's parsing)."""
     code = (
         "import sys\nfrom pipeline.training.settings.cli import _key_table, load_config\n"
-        "import pipeline.prepare\n"
+        "import pipeline.prepare\nimport pipeline.train\n"
         "load_config('fmnist-sym40', ['meta.method=mwnet', 'mwnet.lr=0.01'])\n_key_table()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
