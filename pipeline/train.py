@@ -89,7 +89,7 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
 def main_body(cfg: Config) -> int:
     # the runtime (torch, Ray) loads only once the config is valid: --help and a bad key answer at once
     from pipeline.prep.job import ensure_shards
-    from pipeline.training.run.launch import build_trainer, check_data, name_run, start_ray
+    from pipeline.training.run.launch import build_trainer, check_data, check_gpu_nodes, name_run, start_ray
     from pipeline.worker import train_loop_per_worker
 
     t0 = time.time()
@@ -100,6 +100,8 @@ def main_body(cfg: Config) -> int:
     start_ray()
     signal.signal(signal.SIGTERM, raise_terminated)  # ray.init installed its own (a stack dump and exit 134)
     trainer = build_trainer(cfg, worker=train_loop_per_worker)
+    if trainer.scaling_config.use_gpu:
+        check_gpu_nodes()
     try:
         trainer.fit()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers (the last whole checkpoint stays), then say so

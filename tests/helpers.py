@@ -65,3 +65,30 @@ def parquet_numbers(path: Path, c: int) -> dict:
             true_noise_rate=len(noisy) / len(kn),
         )
     return out
+
+
+def check_sweep_table(sweep_dir: Path, *, trials: int) -> None:
+    """A finished sweep's ``best_configs.csv`` / ``.md`` under ``sweep_dir``: ``trials`` rows,
+    ranked by clean validation accuracy, each agreeing with its own run's per-epoch metrics
+    (best validation epoch, the test accuracy there, the swept values)."""
+    import csv
+    import json
+    import os
+
+    import pytest
+
+    from pipeline.rundir import RunDir
+
+    rows = list(csv.DictReader((sweep_dir / "best_configs.csv").read_text().splitlines()))
+    assert len(rows) == trials
+    assert (sweep_dir / "best_configs.md").read_text().startswith("Sweep ranked by val_acc")
+    vals = [float(r["best_val_acc"]) for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    for r in rows:
+        m = json.loads(RunDir(r["run_dir"]).metrics.read_text())
+        best = max(m["epochs"], key=lambda e: e["val_acc"])
+        assert float(r["best_val_acc"]) == pytest.approx(best["val_acc"])
+        assert float(r["test_acc_at_best_val"]) == pytest.approx(best["test_acc"])
+        assert m["config"]["mslc"]["alpha_lr"] == pytest.approx(float(r["alpha_lr"]))
+        assert m["config"]["meta"]["warmup_epochs"] == int(r["warmup_epochs"])
+        assert os.listdir(RunDir(r["run_dir"]).tensorboard)

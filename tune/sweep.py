@@ -99,20 +99,32 @@ def run_trial(params: dict) -> None:
     build_trainer(cfg, worker=train_loop_per_worker, callbacks=[TuneReportCallback()]).fit()
 
 
-def trial_resources(cfg: Config) -> dict:
-    """What one trial's Train workers take; the Tune trial itself takes almost nothing."""
+#: what a trial's own process (Tune's function trainable: it starts the trial's TorchTrainer and
+#: waits) asks for: memory only, no CPU, so that it fits on a head that runs no work (our cluster
+#: YAMLs' ``CPU: 0``) instead of taking a slice of a worker node that a trial's workers then miss
+TRIAL_DRIVER_MEMORY = 512 * 2**20
+
+
+def trial_resources(cfg: Config, view: tuple[dict, dict | None] | None = None) -> dict:
+    """What one trial's Train workers take; the Tune trial itself takes no CPU (:data:`TRIAL_DRIVER_MEMORY`).
+    ``view``: :func:`~pipeline.training.run.launch.cluster_view`'s, else asked for."""
     from pipeline.training.run.launch import cluster_view, resolve_use_gpu
 
-    now, can_add = cluster_view()
+    now, can_add = view or cluster_view()
     use_gpu = resolve_use_gpu(cfg.scale.use_gpu, now=now, can_add=can_add)
     w = cfg.scale.max_workers
     return {"CPU": w * cfg.scale.cpus_per_worker, "GPU": w if use_gpu else 0}
 
 
 def concurrent_trials(cfg: Config) -> int:
-    import ray
+    """As many trials as the cluster holds at once: what it has now or, on an autoscaling
+    cluster, what its autoscaler can add (a cluster at zero workers would otherwise run one
+    trial at a time)."""
+    from pipeline.training.run.launch import cluster_view
 
-    need, have = trial_resources(cfg), ray.cluster_resources()
+    now, can_add = cluster_view()
+    need = trial_resources(cfg, (now, can_add))
+    have = {k: max(now.get(k, 0), (can_add or {}).get(k, 0)) for k in need}
     fits = [math.floor(have.get(k, 0) / v) for k, v in need.items() if v > 0]
     return max(1, min(fits)) if fits else 1
 
@@ -123,7 +135,7 @@ def build_tuner(cfg: Config, *, name: str, samples: int, scheduler: str, resume:
 
     storage = cfg.run.storage_path
     runs_dir = os.path.join(storage, name, "runs")
-    trainable = tune.with_resources(run_trial, {"CPU": 0.01})
+    trainable = tune.with_resources(run_trial, {"memory": TRIAL_DRIVER_MEMORY})
     exp = os.path.join(storage, name)
     if resume:
         if not tune.Tuner.can_restore(exp):
@@ -131,8 +143,15 @@ def build_tuner(cfg: Config, *, name: str, samples: int, scheduler: str, resume:
         return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
     if scheduler == "asha":
         grace = max(warmup_choices(cfg.optim.epochs)) + 1
+        # stop_last_trials=False: a trial that reaches the last epoch ends by itself (its labels, model
+        # and review written, its Train controller's autoscaling request withdrawn) instead of being
+        # killed at its last report, which left nodes held until Ray Train's request expired (3 min)
         sched = ASHAScheduler(
-            time_attr="epoch", max_t=cfg.optim.epochs, grace_period=min(grace, cfg.optim.epochs), reduction_factor=2
+            time_attr="epoch",
+            max_t=cfg.optim.epochs,
+            grace_period=min(grace, cfg.optim.epochs),
+            reduction_factor=2,
+            stop_last_trials=False,
         )
     else:
         sched = FIFOScheduler()
@@ -225,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(cfg: Config) -> int:
         from pipeline.prep.job import ensure_shards
-        from pipeline.training.run.launch import check_data, start_ray
+        from pipeline.training.run.launch import check_data, check_gpu_nodes, start_ray
 
         a = holder["args"]
         name = a.name or f"sweep-{cfg.preset}"
         check_data(cfg, ensure_shards(cfg.data))
         start_ray()
+        if trial_resources(cfg)["GPU"]:
+            check_gpu_nodes()
         results = build_tuner(cfg, name=name, samples=a.samples, scheduler=a.scheduler, resume=a.resume).fit()
         rows = best_table(results)
         unfinished = len(results) - results.num_terminated

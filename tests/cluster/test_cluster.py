@@ -210,3 +210,15 @@ def test_the_sweep_uses_the_same_rule(monkeypatch):
 
     monkeypatch.setattr(launch, "cluster_view", lambda: (HEAD_ONLY_NOW, GPU_TYPES_AT_ZERO))
     assert trial_resources(load_config("fmnist-sym40", ["scale.workers=2"]))["GPU"] == 2
+
+
+def test_a_sweep_on_a_cluster_at_zero_runs_as_many_trials_as_the_autoscaler_can_hold(monkeypatch):
+    """Not one at a time because no worker is up yet: what the autoscaler can add counts."""
+    from pipeline.training.run import launch
+    from pipeline.training.settings.cli import load_config
+    from tune.sweep import concurrent_trials
+
+    monkeypatch.setattr(launch, "cluster_view", lambda: ({"CPU": 0.0}, {"CPU": 8 * 8}))
+    assert concurrent_trials(load_config("smoke", ["scale.use_gpu=false", "scale.cpus_per_worker=6"])) == 10
+    monkeypatch.setattr(launch, "cluster_view", lambda: ({"CPU": 0.0}, None))  # no autoscaler: one at a time
+    assert concurrent_trials(load_config("smoke", ["scale.use_gpu=false"])) == 1

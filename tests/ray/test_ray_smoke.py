@@ -99,6 +99,51 @@ def test_console_progress_and_paths(smoke_run):
     assert tail.index("next: review") < tail.index("run directory:")
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+WORKER = r"\((?:RayTrainWorker|TrainController) pid=\d+\) "
+OURS = [  # every line the project prints on a run (driver, or a worker through Ray)
+    r"run directory: \S+",
+    r"checking that torch finds CUDA on a GPU node .+",  # GPU runs only
+    r"writing shards for \S+ \.\.\.",  # shards written on the way, when missing
+    r"\d+ shards: \d+ already complete, writing \d+ \(\d+ process\(es\)\) \.\.\.",
+    r"wrote \d+ train / \d+ meta / \d+ val / \d+ test samples; .+",
+    WORKER + r"compute: .+",
+    WORKER + r"epoch +\d+/\d+ \[(warmup|mslc  )\] lr .+",
+    WORKER + r"  epoch \d+/\d+ step \d+/\d+: .+",
+    WORKER + r"exported labels: epoch \d+ .+",
+    r"",
+    r"done in .+",
+    r"flags: .+",
+    r"next: .+",
+    r"(run directory|model|tensorboard logs|corrected labels|metrics|relabel file|review report): +\S.*",
+]
+RAY_STARTUP = [  # Ray's own lines while it starts a local instance and the worker group
+    r"\S+ \S+\tWARNING authentication_token_setup\.py:\d+ -- Token authentication is enabled .+",
+    r"\S+ \S+\tINFO worker\.py:\d+ -- Using address local set in the environment variable RAY_ADDRESS",
+    r"\S+ \S+\tINFO worker\.py:\d+ -- Started a local Ray instance\..*",
+    WORKER + r"Requesting resources: .+",
+    WORKER + r"Attempting to start training worker group of size \d+ .+",
+    WORKER + r"Setting up process group for: .+",
+    WORKER + r"Started training worker group of size \d+: ?",
+    WORKER + r"- \(ip=\S+, pid=\d+\) world_rank=\d+, local_rank=\d+, node_rank=\d+",
+]
+
+
+def test_the_console_holds_our_lines_after_rays_start_up(smoke_run):
+    """Every console line (stdout and stderr) is one of ours or one of Ray's start-up lines,
+    and Ray's come before the run's first line from a worker: nothing of Ray's (checkpoint
+    chatter, warnings, tracebacks) between our lines, the summary last."""
+    run_dir, stdout = smoke_run
+    err = (run_dir.parents[1] / "stderr.txt").read_text()
+    lines = [ANSI.sub("", ln).rstrip() for ln in (stdout + err).splitlines()]
+    unknown = [ln for ln in lines if not any(re.fullmatch(p, ln) for p in OURS + RAY_STARTUP)]
+    assert not unknown, unknown[:20]
+    out = [ANSI.sub("", ln).rstrip() for ln in stdout.splitlines()]
+    first_ours = next(i for i, ln in enumerate(out) if re.fullmatch(WORKER + r"compute: .+", ln))
+    assert not [ln for ln in out[first_ours:] if any(re.fullmatch(p, ln) for p in RAY_STARTUP)]
+    assert out[-1].startswith("review report:") or out[-1].startswith("relabel file:")
+
+
 def test_checkpoint_per_epoch_with_everything_to_resume(smoke_run):
     run_dir, _ = smoke_run
     for epoch in (1, 2, 3):

@@ -123,16 +123,62 @@ def resolve_use_gpu(setting: str, *, now: dict, can_add: dict | None, warn=None)
     return True
 
 
+def max_resources(autoscaling_config: dict) -> dict:
+    """The most of each resource an autoscaling config's nodes can provide: each node type's
+    ``resources`` × its ``max_workers`` (the head type once), summed over the types. Types
+    whose ``resources`` are left for the cloud to infer count as none."""
+    total: dict = {}
+    head = autoscaling_config.get("head_node_type")
+    for name, node in (autoscaling_config.get("available_node_types") or {}).items():
+        count = 1 if name == head else int(node.get("max_workers", 0))
+        for key, value in (node.get("resources") or {}).items():
+            total[key] = total.get(key, 0) + value * count
+    return total
+
+
+def monitor_autoscaling_config(gcs_address: str) -> dict | None:
+    """The autoscaling config of the cluster at ``gcs_address`` as its autoscaler (Ray's
+    ``monitor.py`` on the head, started by ``ray up`` or ``ray start --autoscaling-config``)
+    reads it, where that process runs on this machine (a job's driver runs on the head);
+    None elsewhere or if the file cannot be read."""
+    import yaml
+
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):  # Linux, as Ray's heads are
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        if not any(a.endswith("monitor.py") for a in args) or f"--gcs-address={gcs_address}" not in args:
+            continue
+        path = next((a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-config=")), None)
+        try:
+            return yaml.safe_load(Path(os.path.expanduser(path)).read_text()) if path else None
+        except (OSError, yaml.YAMLError):
+            return None
+    return None
+
+
 def cluster_view() -> tuple[dict, dict | None]:
-    """``(resources now, the most its autoscaler can provide or None)`` of the connected cluster."""
+    """``(resources now, the most its autoscaler can provide or None)`` of the connected cluster.
+
+    The most is Ray's published cluster config where there is one (KubeRay), else the
+    config file the cluster's autoscaler runs with on this node (``ray up``'s
+    ``ray_bootstrap_config.yaml``, a local fake cluster's): Ray publishes none for those,
+    and without it a GPU node type scaled to zero would look like a cluster without GPUs."""
     import ray
 
     try:
         from ray._private.state import state
 
         can_add = state.get_max_resources_from_cluster_config()
-    except Exception:  # an internal API: without it, fall back to what the cluster has now
+    except Exception:  # an internal API: without it, fall back to the autoscaler's config file
         can_add = None
+    if can_add is None:
+        try:
+            config = monitor_autoscaling_config(ray.get_runtime_context().gcs_address)
+        except Exception:  # /proc or the runtime context failed: what the cluster has now decides
+            config = None
+        can_add = max_resources(config) if config else None
     return ray.cluster_resources(), can_add
 
 
@@ -164,6 +210,64 @@ def build_trainer(cfg: Config, *, worker: Callable[[dict], None], callbacks: lis
             callbacks=callbacks or None,
         ),
     )
+
+
+def gpu_node_report() -> dict:
+    """What torch sees on the node this runs on (a Ray task given one GPU)."""
+    import ray
+
+    return {
+        "cuda": torch.cuda.is_available(),
+        "node": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+    }
+
+
+def check_gpu_nodes(*, log=print) -> None:
+    """Before GPU workers start: one task given a GPU (the autoscaler adds a GPU node if none
+    is up, as the workers would need) says whether torch finds CUDA there. A node whose GPUs
+    are only a Ray resource (no driver, a container without the GPU runtime, a local fake
+    cluster) ends the job with one :class:`ConfigError` line instead of NCCL's traceback
+    from inside Ray Train's worker group."""
+    import ray
+
+    log("checking that torch finds CUDA on a GPU node (the autoscaler adds one if none is up)")
+    r = ray.get(ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(gpu_node_report).remote())
+    if not r["cuda"]:
+        raise ConfigError(
+            f"Ray gave this job a GPU on node {r['node'][:12]} ({r['host']}, CUDA_VISIBLE_DEVICES="
+            f"{r['visible']}), but torch {r['torch']} (CUDA build: {r['cuda_build']}) finds no CUDA device "
+            "there: the node's GPUs are a Ray resource only (no driver, no GPU runtime in the container, or "
+            "a local fake cluster); set scale.use_gpu=false to train on CPUs"
+        )
+
+
+#: Ray lines kept out of the user's console (still in Ray's log files), by what they say:
+QUIET_RAY_LINES = (
+    # Ray 2.60's Train controller, at every start: its PreemptionWatcher actor has restarts but
+    # its constructor arguments live in the object store (ray-project/ray#53727); nothing to act on
+    r"Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store",
+)
+
+
+def quiet_ray_console() -> None:
+    """Skip :data:`QUIET_RAY_LINES` among the worker lines Ray forwards to this driver (the
+    driver's log deduplicator; what ``RAY_DEDUP_LOGS_SKIP_REGEX`` sets, joined to it)."""
+    import re
+
+    try:
+        from ray._private import ray_logging
+    except ImportError:  # an internal module: nothing to quiet if it moved
+        return
+    mine = "|".join(QUIET_RAY_LINES)
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        theirs = getattr(dedup, "skip_re", None)
+        if theirs is not None and mine in theirs.pattern:
+            continue
+        dedup.skip_re = re.compile(mine if theirs is None else f"{theirs.pattern}|{mine}")
 
 
 def stale_ray_address(address: str | None, *, timeout: float = 2.0) -> bool:
@@ -207,4 +311,5 @@ def start_ray() -> None:
             f"({get_ray_address_file(None)}); RAY_ADDRESS=local runs on a Ray instance of this run's own",
             flush=True,
         )
+    quiet_ray_console()
     ray.init(address=address)
