@@ -5,10 +5,10 @@
 #
 #   bash benchmarks/gpu_check.sh a    # the CUDA cases of the tests (a short run of the real loop with bf16,
 #                                     # channels-last and GPU decode among them), then the ResNet-18 step rows
-#   bash benchmarks/gpu_check.sh b    # the ResNet-50 step rows (224 px, batch 32 and 128), then throughput.py
+#   bash benchmarks/gpu_check.sh b    # the ResNet-50 step rows (224 px, batch 32 and 128), throughput.py, decode.py
 #   DEVICE=cpu QUICK=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_check.sh a   # the dry run on a CPU (make test runs it)
 #
-# (tests, step18, step50 and throughput run one step alone; all runs a then b.) Every result
+# (tests, step18, step50, throughput and decode run one step alone; all runs a then b.) Every result
 # is written as it is measured (each step_cost and throughput row as soon as it exists), so a
 # timeout keeps what ran; the test log and each part's console go into $RES/gpu_check_PART.log.
 #
@@ -16,14 +16,16 @@
 # not webdataset and braceexpand: fetch their wheels here once (.whl/ is git-ignored),
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       webdataset==1.0.2 braceexpand
+# (and, for decode.py's TorchCodec rows, a torchcodec wheel built for the device's torch: without
+# it those rows are left out and the torchvision/PIL rows still run)
 # and give the device tool `carry: [".whl"]`; this script installs them under /tmp/site.
 # Results go to $OUT when it is set (the device tool brings them back; copy them into
 # benchmarks/results/), else to benchmarks/results/. Each part prints what it ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-    a|b|tests|step18|step50|throughput|all) ;;
-    *) echo "usage: bash benchmarks/gpu_check.sh a|b  (or one step: tests|step18|step50|throughput; all: a then b)" >&2
+    a|b|tests|step18|step50|throughput|decode|all) ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh a|b  (or one step: tests|step18|step50|throughput|decode; all: a then b)" >&2
        exit 2 ;;
 esac
 DEVICE=${DEVICE:-cuda}
@@ -70,6 +72,14 @@ part_throughput() {
         --out "$RES/throughput_gpu"
 }
 
+part_decode() {  # JPEG decode: PIL, torchvision and (where installed) TorchCodec, on the CPU and the device
+    if [ "${QUICK:-0}" = 1 ]; then
+        "$PY" benchmarks/decode.py --device "$DEVICE" --images 20 --rounds 1 --out "$RES/decode_gpu"
+    else
+        "$PY" benchmarks/decode.py --device "$DEVICE" --out "$RES/decode_gpu"
+    fi
+}
+
 run_steps() {  # each step whatever the one before did; the status is 1 if any failed
     local rc=0 step
     for step in "$@"; do
@@ -82,10 +92,11 @@ step50() { part_step resnet50 224 imagenet; }
 
 case "${1:-}" in
     a) run_steps part_tests step18 2>&1 | tee "$RES/gpu_check_a.log"; exit "${PIPESTATUS[0]}" ;;
-    b) run_steps step50 part_throughput 2>&1 | tee "$RES/gpu_check_b.log"; exit "${PIPESTATUS[0]}" ;;
+    b) run_steps step50 part_throughput part_decode 2>&1 | tee "$RES/gpu_check_b.log"; exit "${PIPESTATUS[0]}" ;;
     tests) part_tests ;;
     step18) step18 ;;
     step50) step50 ;;
     throughput) part_throughput ;;
-    all) run_steps part_tests step18 step50 part_throughput ;;
+    decode) part_decode ;;
+    all) run_steps part_tests step18 step50 part_throughput part_decode ;;
 esac

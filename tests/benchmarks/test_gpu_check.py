@@ -37,6 +37,8 @@ def dry_run(part: str, out, **env) -> subprocess.CompletedProcess:
                 "step_cost_gpu_resnet50_32_b2.json",
                 "throughput_gpu.md",
                 "throughput_gpu.json",
+                "decode_gpu.md",
+                "decode_gpu.json",
             },
         ),
     ],
