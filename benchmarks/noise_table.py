@@ -166,6 +166,12 @@ def one_run(method: str, cell: str, seed: int, budget: list[str], storage: str, 
                     "corrected_noisy",
                     "alpha_clean",
                     "alpha_noisy",
+                    "flags",  # truth-free figures, for export rules judged without true labels
+                    "churn",
+                    "alpha_mean",
+                    "beta_mean",
+                    "meta_loss",
+                    "train_loss",
                 )
             }
             for h in m["epochs"]

@@ -19,9 +19,10 @@ runs on one step in k, so its cost is the mean over k consecutive steps. ``--pre
 runs every variant's model passes in that autocast precision (``mslc.precision``).
 
 The phase table splits CE, the exact step (both implementations) and the lagged step
-into the phases ``mslc.meta_step`` labels for the profiler (``PHASES``): the mean time
-per step inside each label over ``--steps`` profiled steps (CPU time on CPU, device
-time on CUDA), ``other`` being the rest of the step (the corrector's forward, softmax,
+into the phases ``mslc.meta_step`` labels (``PHASES``): the mean time per step inside
+each label over ``--steps`` steps (CPU time per profiler label on CPU; on CUDA, CUDA events
+on the stream around each phase, which cover the backward's kernels that autograd launches
+from its own thread), ``other`` being the rest of the step (the corrector's forward, softmax,
 the bank's arithmetic), and each phase in units of CE's forward: the forward
 equivalents a step costs, against its floor (CE 3; exact ≈ 10 with forward mode), and the
 ratio to CE that the step's passes alone would give (without the rest, and without the
@@ -182,11 +183,16 @@ def phases(
     precision: str = "fp32",
     size: int = 0,
     stem: str = "cifar",
+    clock: str = "auto",
 ) -> dict:
-    """Mean ms per step inside each of ``mslc.meta_step.PHASES``'s labels, and the rest."""
+    """Mean ms per step inside each of ``mslc.meta_step.PHASES``'s labels, and the rest.
+
+    ``clock``: ``events`` (:class:`mslc.meta_step.PhaseTimer`: CUDA events on the stream, which
+    cover the backward's kernels that autograd launches from its own thread; a host clock on
+    CPU), ``profiler`` (CPU time per profiler label), ``auto``: events on CUDA, the profiler on CPU."""
     from torch.profiler import ProfilerActivity, profile
 
-    from mslc.meta_step import PHASES
+    from mslc.meta_step import PHASES, PhaseTimer, timing_phases
 
     dev = torch.device(device)
     one, _ = build_step(name, dev, batch, arch, precision, size, stem)
@@ -194,21 +200,27 @@ def phases(
         one()
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            one()
-        sync()
-    total = 1000 * (time.perf_counter() - t0) / steps
-    events = {e.key: e for e in prof.key_averages()}
-    ms = {}
-    for label in PHASES:
-        e = events.get(label)
-        us = 0.0 if e is None else (e.device_time_total if dev.type == "cuda" else e.cpu_time_total)
-        ms[label] = us / 1000 / steps
+    clock = ("events" if dev.type == "cuda" else "profiler") if clock == "auto" else clock
+    if clock == "events":
+        t0 = time.perf_counter()
+        with timing_phases(PhaseTimer(dev)) as timer:
+            for _ in range(steps):
+                one()
+            sync()
+        total = 1000 * (time.perf_counter() - t0) / steps
+        got = timer.totals_ms()
+        ms = {label: got.get(label, 0.0) / steps for label in PHASES}
+    else:
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                one()
+            sync()
+        total = 1000 * (time.perf_counter() - t0) / steps
+        events = {e.key: e for e in prof.key_averages()}
+        ms = {label: (0.0 if label not in events else events[label].cpu_time_total) / 1000 / steps for label in PHASES}
     ms["other"] = max(0.0, total - sum(ms.values()))
-    return {"variant": name, "ms": ms, "profiled_ms_per_step": total}
+    return {"variant": name, "ms": ms, "profiled_ms_per_step": total, "clock": clock}
 
 
 def phase_table(rows: list[dict]) -> list[str]:
@@ -222,8 +234,12 @@ def phase_table(rows: list[dict]) -> list[str]:
         "",
         "## Where a step's time goes",
         "",
-        "ms per step in each profiled phase (profiler on, so slower than the table above); in brackets, "
-        "units of CE's forward pass.",
+        (
+            "ms per step in each phase (CUDA events on the stream around it); in brackets, units of CE's forward pass."
+            if rows[0].get("clock") == "events"
+            else "ms per step in each profiled phase (profiler on, so slower than the table above); in brackets, "
+            "units of CE's forward pass."
+        ),
         "",
         "| variant | " + " | ".join(c.removeprefix("step/") for c in cols) + " | total | forward equivalents "
         "| passes only, × CE |",

@@ -8,14 +8,16 @@ normalize with their batch's statistics and leave the running ones alone:
 
 Every model pass runs through an :class:`mslc.precision.Amp` (``amp``, default fp32):
 autocast forwards with fp32 logits, fp16 loss scaling. The phases of a step are
-labelled for the profiler (``torch.profiler.record_function``, names in :data:`PHASES`),
-which ``benchmarks/step_cost.py --phases`` reads.
+labelled (:func:`phase`, names in :data:`PHASES`) for the profiler and, while a
+:class:`PhaseTimer` is installed (:func:`timing_phases`), timed with CUDA events:
+``benchmarks/step_cost.py``'s phase table reads them.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,6 +48,66 @@ PHASES = {  # profiler label: what it times
     "step/theta": "θ's gradient (back through the corrector, or the double backward) and its Adam step",
     "step/real": "the real step: its backward (none when lagged), gradient averaging and the SGD update",
 }
+
+
+class PhaseTimer:
+    """Time in each :data:`PHASES` label of the steps run while it is installed
+    (:func:`timing_phases`). On CUDA a phase is timed by two events on the current stream, so
+    it covers every kernel enqueued between them, the backward's too (autograd launches those
+    from its own device thread, which profiler labels on the calling thread do not cover;
+    ``backward()`` returns once they are enqueued); nothing waits for the device until
+    :meth:`totals_ms`. Elsewhere a host clock (CPU kernels run on the calling thread)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.marks: list[tuple[str, object, object]] = []
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def totals_ms(self) -> dict[str, float]:
+        """Label → milliseconds summed over the marked phases (nested phases count in each)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for label, start, end in self.marks:
+            ms = start.elapsed_time(end) if self.cuda else 1000.0 * (end - start)
+            out[label] = out.get(label, 0.0) + ms
+        return out
+
+
+_TIMER: PhaseTimer | None = None
+
+
+@contextmanager
+def phase(label: str) -> Iterator[None]:
+    """A labelled phase of a step: a profiler range and, while a :class:`PhaseTimer` is
+    installed, a timed one (no device synchronisation either way)."""
+    with record_function(label):
+        timer = _TIMER
+        if timer is None:
+            yield
+            return
+        start = timer.mark()
+        try:
+            yield
+        finally:
+            timer.marks.append((label, start, timer.mark()))
+
+
+@contextmanager
+def timing_phases(timer: PhaseTimer) -> Iterator[PhaseTimer]:
+    """Install ``timer`` for the steps run inside (benchmarks; one thread)."""
+    global _TIMER
+    previous, _TIMER = _TIMER, timer
+    try:
+        yield timer
+    finally:
+        _TIMER = previous
 
 
 @dataclass
@@ -84,7 +146,7 @@ def real_step(
 
     ``grads`` (one per trainable parameter, unscaled, already averaged over ranks) are
     taken as the gradient instead of a backward of ``loss`` (the lagged MSLC step)."""
-    with record_function("step/real"):
+    with phase("step/real"):
         opt_w.zero_grad(set_to_none=True)
         if grads is None:
             amp.scale(loss).backward()
@@ -184,7 +246,7 @@ def training_grads(
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """``(virtual-step params, ∇_w L(w, θ))``, the gradient kept differentiable in θ
     (``fixed``: the trusted rows' targets, :func:`batch_targets`)."""
-    with record_function("step/train_grad"):
+    with phase("step/train_grad"):
         params = virtual_params(model, scope)
         targets, _, _, _ = batch_targets(corrector, logits, y, y_prev, fixed)
         grads = amp.grad(soft_cross_entropy(logits, targets), list(params.values()), create_graph=True)
@@ -311,7 +373,7 @@ def meta_gradient(
         if mode != "exact":
             dist.all_reduce_mean_(g)
         training_grad[:] = g
-    with record_function("step/theta"):
+    with phase("step/theta"):
         dot = -lr_virtual * sum((gi * hi).sum() for gi, hi in zip(grads, h))
         return theta_gradients(dot, corrector, retain_graph=training_grad is None, amp=amp), meta_loss
 
@@ -329,7 +391,7 @@ def meta_direction(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``(h, meta loss)``: the meta loss's gradient at ``ŵ = w − η·ḡ`` (``g`` detached, averaged
     over ranks in place in exact mode, as are ``h`` and the loss)."""
-    with record_function("step/meta"):
+    with phase("step/meta"):
         if mode == "exact":
             dist.all_reduce_mean_(g)
         fast = {n: (p.detach() - lr_virtual * gi).requires_grad_() for (n, p), gi in zip(params.items(), g)}
@@ -369,7 +431,7 @@ def _meta_gradient_jvp(
     training_grad=None,
     fixed=None,
 ):
-    with record_function("step/train_grad"):
+    with phase("step/train_grad"):
         params = virtual_params(model, scope)
         targets, soft, _, _ = batch_targets(corrector, logits, y, y_prev, fixed)
         g = [
@@ -383,11 +445,11 @@ def _meta_gradient_jvp(
         if mode != "exact":
             dist.all_reduce_mean_(g)
         training_grad[:] = g
-    with record_function("step/jvp"), batch_statistics_only(model), fwAD.dual_level():
+    with phase("step/jvp"), batch_statistics_only(model), fwAD.dual_level():
         duals = {n: fwAD.make_dual(p.detach(), t) for (n, p), t in zip(params.items(), h)}
         out = F.log_softmax(amp.forward(lambda xb: functional_call(model, duals, (xb,)), x), dim=1)
         u = fwAD.unpack_dual(out).tangent
-    with record_function("step/theta"):
+    with phase("step/theta"):
         # −η·⟨g(θ), h⟩ with ⟨g, h⟩ = mean over all n + k rows of −target·(J h); only the n soft rows depend on θ
         n = len(y)
         dot = lr_virtual * (soft * u[:n].detach()).sum(1).mean() * (n / len(u))
@@ -443,7 +505,7 @@ def mslc_step(
     fixed = None
     if trusted is not None:
         x = torch.cat([x, trusted[0]])
-    with record_function("step/forward"):
+    with phase("step/forward"):
         logits = amp.forward(model, x)  # the one real forward: batch-norm statistics move once
         y_hat = F.softmax(logits[:n].detach(), dim=1)
     if trusted is not None:
@@ -471,7 +533,7 @@ def mslc_step(
             training_grad=reuse,
             fixed=fixed,
         )
-        with record_function("step/theta"):
+        with phase("step/theta"):
             amp.set_grads([p for p in corrector.parameters() if p.requires_grad], theta_grads)
             amp.step(opt_theta)
         meta_loss = amp.skipped_as_nan(meta_loss)
@@ -494,7 +556,7 @@ def ce_step(
     amp: Amp = FP32,
 ) -> StepResult:
     """A plain cross-entropy step on the given labels ``y`` (n,) (warm-up and the CE baseline)."""
-    with record_function("step/forward"):
+    with phase("step/forward"):
         logits = amp.forward(model, x)
     loss = real_step(model, F.cross_entropy(logits, y), opt_w=opt_w, sync_grads=sync_grads, amp=amp)
     y_hat = F.softmax(logits.detach(), dim=1)

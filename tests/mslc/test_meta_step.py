@@ -300,3 +300,26 @@ def test_lagged_step_with_trusted_samples_reuses_the_virtual_steps_gradient():
             p -= 0.1 * gr
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_the_phase_timer_times_each_labelled_phase_and_costs_nothing_uninstalled():
+    from mslc import meta_step
+    from mslc.meta_step import PHASES, PhaseTimer, timing_phases
+
+    model, corrector, x, y, y_prev, xm, ym = tiny_problem(seed=2)
+    opt_w = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_t = torch.optim.SGD(corrector.parameters(), lr=0.3)
+
+    def step(grad_impl):
+        mslc_step(model, corrector, x, y, y_prev, xm, ym, opt_w=opt_w, opt_theta=opt_t, lr_virtual=LR, impl=grad_impl)
+
+    with timing_phases(PhaseTimer(torch.device("cpu"))) as timer:
+        step("jvp")
+        step("double-backward")
+    assert meta_step._TIMER is None  # uninstalled on the way out: a step outside records nothing
+    got = timer.totals_ms()
+    assert set(got) == set(PHASES) and all(v > 0 for v in got.values()), got
+    n = len(timer.marks)
+    assert [label for label, _, _ in timer.marks].count("step/jvp") == 1  # forward mode's product, once
+    step("jvp")
+    assert len(timer.marks) == n
