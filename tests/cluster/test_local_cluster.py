@@ -199,6 +199,8 @@ def test_a_sweep_of_two_concurrent_trials_scales_to_two_nodes_and_back(cluster, 
         *smoke_args(tmp_path, "scale.use_gpu=false", "scale.cpus_per_worker=6", "scale.threads=1"),
         "--samples",
         "2",
+        "--scheduler",
+        "fifo",  # ASHA may stop one trial at its rung: Tune kills it, and its node stays until Ray's request expires
         "--name",
         "sweep",
     ]
