@@ -30,21 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 import numpy as np
 import torch
 from common import publish  # benchmarks/common.py, beside this script
+from streaming import synthetic_images
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def synthetic_jpegs(n: int, seed: int = 0) -> list[bytes]:
-    """``n`` JPEGs (quality 90) of smooth colour fields with noise, sides 300–500 px."""
+    """``n`` JPEGs (quality 90) of ``streaming.py``'s synthetic Clothing-sized images."""
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
-        h, w = (int(v) for v in rng.integers(300, 501, 2))
-        base = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
-        img = np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR), dtype=np.int16)
-        img = np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+    for img in synthetic_images(n, seed):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())

@@ -37,16 +37,23 @@ from common import publish  # benchmarks/common.py, beside this script
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def synthetic_tree(root: Path, n: int, seed: int = 0) -> None:
-    """``n`` JPEGs over 14 class folders, sides 300–500 px."""
+def synthetic_images(n: int, seed: int = 0):
+    """``n`` Clothing-sized images (H, W, 3) uint8, sides 300–500 px: smooth colour fields with noise."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    for i in range(n):
+    for _ in range(n):
         h, w = (int(v) for v in rng.integers(300, 501, 2))
         base = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
         img = np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR), dtype=np.int16)
-        img = np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+        yield np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+
+
+def synthetic_tree(root: Path, n: int, seed: int = 0) -> None:
+    """``n`` JPEGs (:func:`synthetic_images`, quality 90) over 14 class folders."""
+    from PIL import Image
+
+    for i, img in enumerate(synthetic_images(n, seed)):
         d = root / f"class{i % 14:02d}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(d / f"{i:06d}.jpg", quality=90)

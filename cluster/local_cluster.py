@@ -31,6 +31,7 @@ import yaml
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head node (FAKE_HEAD_NODE_TYPE)
 IDLE_SCALE = 0.01  # idle_timeout_minutes × this: 10 minutes on AWS → 6 s here
 OBJECT_STORE_BYTES = 256 * 2**20  # per node: every "node" shares this machine's memory
+PORT = 6379  # the head's GCS port (Ray's default, given explicitly)
 DASHBOARD = "http://127.0.0.1:8265"
 
 
@@ -109,6 +110,7 @@ def up(path: str | Path, *, env: dict | None = None, object_store_bytes: int = O
         ray_cli(),
         "start",
         "--head",
+        f"--port={PORT}",
         f"--autoscaling-config={config_file}",
         f"--num-cpus={head.get('CPU', 0)}",
         f"--num-gpus={head.get('GPU', 0)}",
@@ -129,27 +131,29 @@ def down() -> None:
 
 
 def status(*, env: dict | None = None) -> str:
-    """The autoscaler's own report (``ray status``)."""
+    """The autoscaler's own report (``ray status`` of this cluster's head, not of another Ray
+    instance that may run here)."""
     r = subprocess.run(
-        [ray_cli(), "status"], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60
+        [ray_cli(), "status", f"--address=127.0.0.1:{PORT}"],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return r.stdout + r.stderr
 
 
 def node_counts(report: str) -> dict[str, int]:
-    """Worker nodes per node type in a ``ray status`` report (its Active and Idle sections;
-    the head is left out)."""
+    """Worker nodes per node type in a ``ray status`` report: the ``N TYPE`` lines of its
+    Active and Idle sections, the head left out."""
     counts: dict[str, int] = {}
     section = None
     for line in report.splitlines():
         s = line.strip()
-        if s in ("Active:", "Idle:", "Pending:", "Recent failures:"):
-            section = s
-            continue
-        if s.startswith("Resources") or s.startswith("---") and section == "Recent failures:":
-            section = None
         m = re.fullmatch(r"(\d+) (\S+)", s)
-        if section in ("Active:", "Idle:") and m and m.group(2) != HEAD_TYPE:
+        if m is None:
+            section = s if s.endswith(":") else section  # a section's title, else its other lines
+        elif section in ("Active:", "Idle:") and m.group(2) != HEAD_TYPE:
             counts[m.group(2)] = counts.get(m.group(2), 0) + int(m.group(1))
     return counts
 
