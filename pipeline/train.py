@@ -62,10 +62,16 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
 
     m = json.loads(run_dir.metrics.read_text())
     labels = m["summary"]["labels"]
-    rec = next(e for e in m["epochs"] if e["epoch"] == labels["epoch"])
+    epochs = labels.get("epochs") or [labels["epoch"]]
+    val = max(e["val_acc"] or 0.0 for e in m["epochs"] if e["epoch"] in epochs)
+    which = (
+        f"the labels of epoch {epochs[0]}"
+        if len(epochs) == 1
+        else "the mean soft labels of epochs " + ", ".join(map(str, epochs))
+    )
     lines = [
-        f"done in {seconds / 60:.1f} min; exported: the labels of epoch {labels['epoch']} "
-        f"({labels['selected_by']}: clean validation {100 * rec['val_acc']:.2f}%)"
+        f"done in {seconds / 60:.1f} min; exported: {which} (within one standard error of the best clean "
+        f"validation accuracy, {100 * val:.2f}%)"
     ]
     if run_dir.budget.is_file():
         b = json.loads(run_dir.budget.read_text())

@@ -228,6 +228,12 @@ def entry(table: dict, row: int, thumbs: dict, errors: dict) -> dict:
     return e
 
 
+def labels_from(epochs: list) -> str:
+    if len(epochs) > 1:
+        return f"Labels: the mean soft labels of epochs {', '.join(map(str, epochs))}"
+    return f"Labels from epoch {epochs[0] if epochs else None}"
+
+
 def info_lines(run: dict) -> dict:
     m, t = run["metrics"], run["table"]
     cfg, noise = m.get("config", {}), m.get("noise", {})
@@ -236,7 +242,7 @@ def info_lines(run: dict) -> dict:
         f"Run {name}: method {cfg.get('meta', {}).get('method', '?')}, preset {cfg.get('preset', '?')}, "
         f"data set {run['manifest'].get('dataset', '?')} ({len(run['classes'])} classes), "
         f"noise {noise.get('kind', '?')} {noise.get('rate', '')}.",
-        f"Labels from epoch {t['labels_epoch']} (the exported labels); shards: {run['shard_dir']}.",
+        f"{labels_from(t.get('labels_epochs') or [t['labels_epoch']])} (the exported labels); shards: {run['shard_dir']}.",
         "Flagged: the corrected label (argmax ỹ) differs from the given one. p: the corrected label's "
         "probability in ỹ; α: the weight the corrector gives the given label.",
     ]

@@ -11,6 +11,7 @@ probability that the corrected label is right, computed without true labels), ``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ COLUMNS = ("index", "key", "given_label", "corrected_label", "corrected_prob", "
 
 def read_table(path: str | Path) -> dict[str, np.ndarray]:
     """A run's ``corrected_labels.parquet`` → the arrays described in the module's docstring,
-    plus ``labels_epoch`` (int, or None where the file does not say)."""
+    plus ``labels_epoch`` (int, or None where the file does not say) and ``labels_epochs``
+    (the epochs whose mean ỹ the table holds; ``[labels_epoch]`` for a table of one epoch)."""
     import pyarrow.parquet as pq
 
     try:
@@ -46,6 +48,7 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
 
     true = t.column("true_label").fill_null(-1).to_numpy().astype(np.int64)
     epoch = (t.schema.metadata or {}).get(b"labels_epoch")
+    epochs = (t.schema.metadata or {}).get(b"labels_epochs")
     prob = floats("corrected_prob")
     return {
         "index": t.column("index").to_numpy().astype(np.int64),
@@ -60,6 +63,7 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
         "beta": floats("beta"),
         "true": true,
         "labels_epoch": int(epoch) if epoch else None,
+        "labels_epochs": [int(e) for e in json.loads(epochs)] if epochs else ([int(epoch)] if epoch else []),
     }
 
 

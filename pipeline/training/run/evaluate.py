@@ -77,18 +77,28 @@ def evaluate(
     return int(correct) / total if total else float("nan")
 
 
+def table_label_metrics(y_tilde: np.ndarray, data: Data) -> dict:
+    """``corrected_{all,clean,noisy}`` and ``detect_{precision,recall,f1}`` of soft labels
+    ``y_tilde`` (N, C) against the true labels where known ({} where none is)."""
+    known, noisy = data.known, data.is_noisy
+    if not known.any():
+        return {}
+    c = corrected_label_accuracy(y_tilde[known], data.true[known], noisy[known])
+    flagged = y_tilde[known].argmax(1) != data.labels[known]
+    return {
+        **{f"corrected_{k}": v for k, v in c.items()},
+        **{f"detect_{k}": v for k, v in detection_scores(flagged, noisy[known]).items()},
+    }
+
+
 def bank_metrics(bank: SoftLabelBank, data: Data) -> tuple[dict, dict]:
     """Per-epoch label metrics from the bank, and the table they came from."""
     t = bank.table()
-    out: dict = {}
+    out = table_label_metrics(t["y_tilde"], data)
     known, noisy = data.known, data.is_noisy
     if known.any():
-        c = corrected_label_accuracy(t["y_tilde"][known], data.true[known], noisy[known])
         p = corrected_label_accuracy(t["y_hat"][known], data.true[known], noisy[known])
-        out.update({f"corrected_{k}": v for k, v in c.items()})
         out["prediction_label_acc"] = p["all"]
-        flagged = t["y_tilde"][known].argmax(1) != data.labels[known]
-        out.update({f"detect_{k}": v for k, v in detection_scores(flagged, noisy[known]).items()})
         out["alpha_clean"] = group_mean(t["alpha"], known & ~noisy)
         out["alpha_noisy"] = group_mean(t["alpha"], noisy)
         out["alpha_pairs"] = alpha_by_flip(t["alpha"], data.labels, data.true)

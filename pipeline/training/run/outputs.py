@@ -24,7 +24,7 @@ from pipeline.storage import atomic_path, atomic_torch_save, atomic_write_text
 from pipeline.training.methods import registry as methods
 from pipeline.training.methods.state import Data, TrainState
 from pipeline.training.run.epoch import EpochProgress
-from pipeline.training.run.evaluate import predict, progress_line
+from pipeline.training.run.evaluate import predict, progress_line, table_label_metrics
 from pipeline.training.settings.config import Config
 
 LAST_K = 5
@@ -45,21 +45,67 @@ def _val(h: dict) -> float:
     return -1.0 if v is None or math.isnan(v) else v
 
 
-def labels_epoch(history: list[dict]) -> int:
-    """The epoch whose soft labels a run exports, chosen without the test set or any true
-    label: of the epochs after the warm-up (all, if none is after it), the latest whose
-    clean-validation accuracy is within one standard error (``√(p(1−p)/n)``, ``n`` the
-    record's ``val_samples``) of the best. Labels keep gathering corrections while the
-    model improves, so among epochs validation cannot tell apart the latest is taken;
-    without a validation split, the last epoch."""
+def label_window(history: list[dict]) -> list[int]:
+    """The epochs whose labels a run exports, chosen without the test set or any true label:
+    of the epochs after the warm-up (all, if none is after it), those whose clean-validation
+    accuracy is within one standard error (``√(p(1−p)/n)``, ``n`` the record's
+    ``val_samples``) of the best: the epochs validation cannot tell apart. Without a
+    validation split, the last epoch alone."""
     pool = [h for h in history if h.get("phase") != "warmup"] or history
     vals = [_val(h) for h in pool]
     best = max(vals)
     if best < 0:
-        return pool[-1]["epoch"]
+        return [pool[-1]["epoch"]]
     n = pool[vals.index(best)].get("val_samples") or 0
     se = math.sqrt(best * (1.0 - best) / n) if n else 0.0
-    return [h for h, v in zip(pool, vals) if v >= best - se][-1]["epoch"]
+    return [h["epoch"] for h, v in zip(pool, vals) if v >= best - se]
+
+
+def labels_epoch(history: list[dict]) -> int:
+    """The latest epoch of :func:`label_window` (labels keep gathering corrections while the
+    model improves): ``run.export=latest`` exports its soft labels alone."""
+    return label_window(history)[-1]
+
+
+def keep_labels(labels: dict | None, table: dict, epoch: int, window: list[int], *, mode: str) -> dict | None:
+    """The labels a run keeps to export after ``epoch`` (``labels``: those kept so far, the
+    form of ``TrainState.labels``; ``table``: this epoch's bank table, numpy arrays;
+    ``window``: :func:`label_window` of the history up to it). With ``mode='window'`` ỹ of
+    every window epoch is kept (an epoch that left the window is dropped), with ``'latest'``
+    only this epoch's; ``y_hat``, ``alpha`` and ``beta`` are the latest window epoch's."""
+    if epoch not in window:
+        return labels
+    kept = {} if labels is None or mode == "latest" else {e: t for e, t in label_tables(labels).items() if e in window}
+    kept[epoch] = torch.from_numpy(table["y_tilde"].copy())
+    return {
+        "epoch": epoch,
+        "tables": kept,
+        **{k: torch.from_numpy(table[k].copy()) for k in ("y_hat", "alpha", "beta")},
+    }
+
+
+def label_tables(labels: dict) -> dict[int, torch.Tensor]:
+    """epoch → (N, C) ỹ of the kept labels (a checkpoint from before the window kept one: its epoch's)."""
+    return labels.get("tables") or {int(labels["epoch"]): labels["y_tilde"]}
+
+
+def exported_labels(labels: dict) -> dict:
+    """The table a run exports from its kept labels (:func:`keep_labels`): ``y_tilde`` (N, C)
+    the mean of the kept epochs' soft labels (with ``run.export=window`` a temporal ensemble of
+    the epochs validation cannot tell apart; else the latest epoch's alone), ``epochs`` those
+    epochs, ``epoch`` the latest, and that epoch's ``y_hat``, ``alpha``, ``beta``; numpy arrays."""
+    tables = label_tables(labels)
+    epochs = sorted(tables)
+    mean = sum(tables[e].double() for e in epochs) / len(epochs)
+    out = {k: labels[k].numpy() if torch.is_tensor(labels[k]) else labels[k] for k in ("y_hat", "alpha", "beta")}
+    return {"epoch": int(labels["epoch"]), "epochs": epochs, "y_tilde": mean.float().numpy(), **out}
+
+
+def selected_by(epochs: list[int]) -> str:
+    """How the exported labels were chosen, in a line."""
+    if len(epochs) > 1:
+        return f"mean soft labels of epochs {', '.join(map(str, epochs))}, those within 1 s.e. of the best val_acc"
+    return "latest epoch within 1 s.e. of the best val_acc"
 
 
 def flag_counts(corrected: np.ndarray, given: np.ndarray, prev: np.ndarray | None) -> dict:
@@ -72,14 +118,16 @@ def flag_counts(corrected: np.ndarray, given: np.ndarray, prev: np.ndarray | Non
 LABEL_KEYS = ("corrected_all", "corrected_clean", "corrected_noisy", "detect_precision", "detect_recall", "detect_f1")
 
 
-def summarize(history: list[dict]) -> dict:
+def summarize(history: list[dict], exported: dict | None = None) -> dict:
     """Model selection on clean validation (never the test set), the mean of the last 5
     epochs, and which epoch's labels are exported.
 
     ``best`` is the test accuracy at the epoch with the highest validation accuracy
     (the earliest such epoch on ties); ``last5`` the mean test accuracy of the last
     ``min(5, epochs)`` epochs; ``labels`` the exported labels' epoch (:func:`labels_epoch`)
-    and their label metrics where true labels are known.
+    and their label metrics where true labels are known: ``exported`` (written at the run's
+    end: the exported table's epochs, how chosen and its own metrics) where given, else those
+    of the epoch's table.
     """
     if not history:
         return {}
@@ -92,9 +140,10 @@ def summarize(history: list[dict]) -> dict:
         "best_test_acc": history[best_i]["test_acc"],
         "last5_test_acc": float(np.mean([h["test_acc"] for h in last])),
         "last5_epochs": [h["epoch"] for h in last],
-        "labels": {
+        "labels": exported
+        or {
             "epoch": chosen["epoch"],
-            "selected_by": "latest epoch within 1 s.e. of the best val_acc",
+            "selected_by": selected_by([chosen["epoch"]]),
             **{k: chosen[k] for k in LABEL_KEYS if k in chosen},
         },
         "final": history[-1],
@@ -106,8 +155,10 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def write_metrics(run_dir: Path, history: list[dict], extra: dict) -> Path:
+    """``metrics.json``: ``extra``, the summary (with ``extra['exported']`` once the run
+    exported its labels) and every epoch's record."""
     path = RunDir(run_dir).metrics
-    write_json_atomic(path, {**extra, "summary": summarize(history), "epochs": history})
+    write_json_atomic(path, {**extra, "summary": summarize(history, extra.get("exported")), "epochs": history})
     return path
 
 
@@ -168,6 +219,7 @@ def write_corrected_labels(
     beta: np.ndarray,
     true: np.ndarray | None,
     epoch: int | None = None,
+    epochs: list[int] | None = None,
     y_hat: np.ndarray | None = None,
     transition: np.ndarray | None = None,
     classes: list[str] | None = None,
@@ -182,7 +234,8 @@ def write_corrected_labels(
 
     ``soft`` (N, C) rows sum to 1; ``alpha``, ``beta`` (N,) NaN where never computed;
     ``true`` (N,) int with -1 for unknown, or None; ``epoch``: the epoch the labels are
-    from, kept in the file's metadata (``labels_epoch``). Written whole or not at all.
+    from (the latest, where ``epochs`` lists the epochs whose mean ỹ is ``soft``), kept in the
+    file's metadata (``labels_epoch``, ``labels_epochs``). Written whole or not at all.
     """
     n, c = soft.shape
     names = np.asarray(classes if classes is not None else [str(i) for i in range(c)], dtype=object)
@@ -226,6 +279,8 @@ def write_corrected_labels(
         meta[b"est_correct_calibration"] = json.dumps(calibration).encode()
     if epoch is not None:
         meta[b"labels_epoch"] = str(epoch).encode()
+    if epochs is not None:
+        meta[b"labels_epochs"] = json.dumps([int(e) for e in epochs]).encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -332,11 +387,7 @@ class RunOutputs:
         if not self.lead:
             return
         epoch, data = record["epoch"], self.data
-        if labels_epoch(st.history) == epoch:
-            st.labels = {
-                "epoch": epoch,
-                **{k: torch.from_numpy(table[k].copy()) for k in ("y_tilde", "y_hat", "alpha", "beta")},
-            }
+        st.labels = keep_labels(st.labels, table, epoch, label_window(st.history), mode=self.cfg.run.export)
         self.log(progress_line(self.cfg, record))
         write_metrics(self.run_dir.path, st.history, self.extra)
         if self.tb is None:
@@ -359,11 +410,8 @@ class RunOutputs:
         if not self.lead:
             return result
         cfg, data, rd = self.cfg, self.data, self.run_dir
-        t = {k: v.numpy() if torch.is_tensor(v) else v for k, v in st.labels.items()}
-        self.log(
-            f"exported labels: epoch {t['epoch']} (the latest within one standard error of the best "
-            "clean-validation accuracy after the warm-up)"
-        )
+        t = exported_labels(st.labels)
+        self.log(export_line(t["epochs"]))
         transition = methods.transition_estimate(st)
         result["corrected_labels"] = str(
             write_corrected_labels(
@@ -375,6 +423,7 @@ class RunOutputs:
                 beta=t["beta"],
                 true=data.true,
                 epoch=t["epoch"],
+                epochs=t["epochs"],
                 y_hat=t.get("y_hat"),
                 transition=transition,
                 classes=data.manifest["classes"],
@@ -382,6 +431,13 @@ class RunOutputs:
                 calibration=val_calibration(cfg, st, data, device, transition),
             )
         )
+        self.extra["exported"] = {
+            "epoch": t["epoch"],
+            "epochs": t["epochs"],
+            "selected_by": selected_by(t["epochs"]),
+            **table_label_metrics(t["y_tilde"], data),
+        }
+        result["summary"] = summarize(st.history, self.extra["exported"])
         result["metrics"] = str(write_metrics(rd.path, st.history, self.extra))
         atomic_torch_save(st.model.state_dict(), rd.model)
         result["model"] = str(rd.model)
@@ -391,6 +447,18 @@ class RunOutputs:
             self.tb.close()
             result["tensorboard"] = str(rd.tensorboard)
         return result
+
+
+def export_line(epochs: list[int]) -> str:
+    if len(epochs) > 1:
+        return (
+            f"exported labels: the mean soft labels of epochs {', '.join(map(str, epochs))} (those within one "
+            "standard error of the best clean-validation accuracy after the warm-up)"
+        )
+    return (
+        f"exported labels: epoch {epochs[-1]} (the latest within one standard error of the best "
+        "clean-validation accuracy after the warm-up)"
+    )
 
 
 def val_calibration(cfg: Config, st: TrainState, data: Data, device: torch.device, transition) -> list[dict] | None:

@@ -170,6 +170,9 @@ def parse_workers(v: int | str) -> int | str:
     return v
 
 
+EXPORTS = ("latest", "window")  # run.export
+
+
 @dataclass
 class RunConfig:
     storage_path: str = "runs"  # made absolute; a local path or shared storage
@@ -200,6 +203,7 @@ class RunConfig:
         True  # est_correct moved by its bias measured on the clean validation split (no true training label)
     )
     export_soft: bool = False  # corrected_labels.parquet also holds each sample's whole ỹ row (column soft)
+    export: str = "latest"  # latest: ỹ of the latest epoch within 1 s.e. of the best clean validation; window: the mean of them all
 
     def __post_init__(self) -> None:
         require(self.log_every_s >= 0, f"run.log_every_s must be >= 0 (0: no progress lines), got {self.log_every_s}")
@@ -215,6 +219,10 @@ class RunConfig:
         require(
             self.checkpoint_every_steps >= 0 and self.checkpoint_every_min >= 0,
             "run.checkpoint_every_steps and run.checkpoint_every_min must be >= 0 (0: only at epoch ends)",
+        )
+        require(
+            self.export in EXPORTS,
+            f"run.export must be one of {EXPORTS} (which soft labels are exported), got {self.export!r}",
         )
         require(self.report_top >= 1, f"run.report_top must be >= 1 (samples per class shown), got {self.report_top}")
         require(

@@ -183,3 +183,29 @@ def test_only_a_method_that_trains_a_corrector_builds_one(method, has_corrector,
     st.method = build_method(cfg, torch.device("cpu"))
     assert (st.corrector is not None, st.opt_theta is not None) == (has_corrector, has_corrector)
     assert (st.state_dict()["corrector"] is not None) == has_corrector
+
+
+def test_run_export_window_exports_the_mean_of_the_window_epochs(fake_shards, fake_data_cfg, tmp_path):
+    """run.export=window: the Parquet's ỹ is the mean of the kept epochs' soft labels, which
+    are the epochs label_window picks from the history; the files and the summary name them."""
+    import json
+
+    from pipeline.training.run.outputs import label_window
+
+    cfg = smoke_cfg(fake_data_cfg, tmp_path, "win", 4, ["run.export=window", "run.export_soft=true"])
+    lines = []
+    res = run(cfg, LocalReporter(tmp_path / "win"), log=lines.append)
+    hist = json_epochs(res)
+    window = label_window(hist)
+    labels = json.loads(Path(res["metrics"]).read_text())["summary"]["labels"]
+    assert labels["epochs"] == window and labels["epoch"] == window[-1] == res["summary"]["labels"]["epoch"]
+    table = pq.read_table(res["corrected_labels"])
+    assert json.loads(table.schema.metadata[b"labels_epochs"]) == window
+    state = torch.load(tmp_path / "win" / "checkpoints" / "epoch_0004" / "state.pt", weights_only=True)
+    kept = state["labels"]["tables"]
+    assert sorted(kept) == window
+    soft = np.asarray(table.column("soft").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(soft, sum(kept[e].double() for e in window).numpy() / len(window), atol=1e-6)
+    true = np.asarray(table.column("true_label").to_pylist())
+    assert np.mean(soft.argmax(1) == true) == pytest.approx(labels["corrected_all"])
+    assert any(line.startswith("exported labels: ") for line in lines)

@@ -62,7 +62,7 @@ def test_summary_selects_on_validation_never_on_test():
 
 
 def test_exported_labels_come_from_the_latest_epoch_validation_cannot_tell_from_the_best():
-    from pipeline.training.run.outputs import labels_epoch
+    from pipeline.training.run.outputs import label_window, labels_epoch
 
     def hist(vals, n=1000, warm=2):
         return [
@@ -83,3 +83,38 @@ def test_exported_labels_come_from_the_latest_epoch_validation_cannot_tell_from_
     )
     assert s["labels"]["epoch"] == 6 and s["labels"]["corrected_all"] == pytest.approx(0.6)
     assert s["selected_epoch"] == 4  # model selection is unchanged: the best validation epoch
+    assert label_window(hist([0.99, 0.5, 0.85, 0.90, 0.86, 0.891, 0.88])) == [4, 6]
+    assert label_window(hist([0.5, 0.5, float("nan"), None])) == [4]
+    exported = {"epoch": 6, "epochs": [4, 6], "selected_by": "x", "corrected_all": 0.7}
+    with_test = [{**h, "test_acc": 0.5} for h in hist([0.5, 0.5, 0.85, 0.90, 0.86, 0.891, 0.88])]
+    assert summarize(with_test, exported)["labels"] == exported
+
+
+def test_the_exported_soft_labels_are_the_mean_of_the_window_epochs():
+    """run.export=window keeps ỹ of every epoch in the window (dropping one that leaves it)
+    and exports their mean with the latest epoch's y_hat, α and β; run.export=latest keeps
+    the latest alone; a checkpoint's labels from before the window (one epoch) still export."""
+    from pipeline.training.run.outputs import exported_labels, keep_labels
+
+    rng = np.random.default_rng(0)
+
+    def table(e):
+        y = rng.dirichlet(np.ones(3), size=4).astype(np.float32)
+        return {"y_tilde": y, "y_hat": y * 0 + e, "alpha": np.full(4, e, np.float32), "beta": np.zeros(4, np.float32)}
+
+    tabs = {e: table(e) for e in range(1, 5)}
+    windows = {1: [1], 2: [1, 2], 3: [2, 3], 4: [2, 3]}  # epoch 1 leaves at 3; 4 is outside the window
+    kept, latest = None, None
+    for e in range(1, 5):
+        kept = keep_labels(kept, tabs[e], e, windows[e], mode="window")
+        latest = keep_labels(latest, tabs[e], e, windows[e], mode="latest")
+    t = exported_labels(kept)
+    assert t["epochs"] == [2, 3] and t["epoch"] == 3
+    np.testing.assert_allclose(t["y_tilde"], (tabs[2]["y_tilde"] + tabs[3]["y_tilde"]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(t["y_tilde"].sum(1), 1.0, rtol=1e-6)
+    assert (t["alpha"] == 3).all() and (t["y_hat"] == 3).all()
+    t = exported_labels(latest)
+    assert t["epochs"] == [3] and np.array_equal(t["y_tilde"], tabs[3]["y_tilde"])
+    old = {"epoch": 2, **{k: torch.from_numpy(v) for k, v in tabs[2].items()}}  # a checkpoint of before
+    assert exported_labels(old)["epochs"] == [2]
+    assert exported_labels(keep_labels(old, tabs[3], 3, [2, 3], mode="window"))["epochs"] == [2, 3]
