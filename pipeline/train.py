@@ -64,15 +64,7 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
     labels = m["summary"]["labels"]
     epochs = labels.get("epochs") or [labels["epoch"]]
     val = max(e["val_acc"] or 0.0 for e in m["epochs"] if e["epoch"] in epochs)
-    which = (
-        f"the labels of epoch {epochs[0]}"
-        if len(epochs) == 1
-        else "the mean soft labels of epochs " + ", ".join(map(str, epochs))
-    )
-    lines = [
-        f"done in {seconds / 60:.1f} min; exported: {which} (within one standard error of the best clean "
-        f"validation accuracy, {100 * val:.2f}%)"
-    ]
+    lines = [f"done in {seconds / 60:.1f} min; exported: {labels['selected_by']} ({100 * val:.2f}%)"]
     if run_dir.budget.is_file():
         b = json.loads(run_dir.budget.read_text())
         total = b["samples"]

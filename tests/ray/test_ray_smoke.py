@@ -110,7 +110,7 @@ OURS = [  # every line the project prints on a run (driver, or a worker through 
     WORKER + r"compute: .+",
     WORKER + r"epoch +\d+/\d+ \[(warmup|mslc  )\] lr .+",
     WORKER + r"  epoch \d+/\d+ step \d+/\d+: .+",
-    WORKER + r"exported labels: epoch \d+ .+",
+    WORKER + r"exported labels: the (labels of epoch \d+|mean soft labels of epochs [\d, ]+), .+",
     r"",
     r"done in .+",
     r"flags: .+",

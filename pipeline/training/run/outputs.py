@@ -102,10 +102,12 @@ def exported_labels(labels: dict) -> dict:
 
 
 def selected_by(epochs: list[int]) -> str:
-    """How the exported labels were chosen, in a line."""
+    """Which labels a run exports and how they were chosen, in a line (``epochs``: the exported
+    table's, the latest last); the console, ``metrics.json`` and ``pipeline/train.py`` say it so."""
+    how = "within one standard error of the best clean-validation accuracy after the warm-up"
     if len(epochs) > 1:
-        return f"mean soft labels of epochs {', '.join(map(str, epochs))}, those within 1 s.e. of the best val_acc"
-    return "latest epoch within 1 s.e. of the best val_acc"
+        return f"the mean soft labels of epochs {', '.join(map(str, epochs))}, those {how}"
+    return f"the labels of epoch {epochs[-1]}, the latest {how}"
 
 
 def flag_counts(corrected: np.ndarray, given: np.ndarray, prev: np.ndarray | None) -> dict:
@@ -411,7 +413,7 @@ class RunOutputs:
             return result
         cfg, data, rd = self.cfg, self.data, self.run_dir
         t = exported_labels(st.labels)
-        self.log(export_line(t["epochs"]))
+        self.log(f"exported labels: {selected_by(t['epochs'])}")
         transition = methods.transition_estimate(st)
         result["corrected_labels"] = str(
             write_corrected_labels(
@@ -447,18 +449,6 @@ class RunOutputs:
             self.tb.close()
             result["tensorboard"] = str(rd.tensorboard)
         return result
-
-
-def export_line(epochs: list[int]) -> str:
-    if len(epochs) > 1:
-        return (
-            f"exported labels: the mean soft labels of epochs {', '.join(map(str, epochs))} (those within one "
-            "standard error of the best clean-validation accuracy after the warm-up)"
-        )
-    return (
-        f"exported labels: epoch {epochs[-1]} (the latest within one standard error of the best "
-        "clean-validation accuracy after the warm-up)"
-    )
 
 
 def val_calibration(cfg: Config, st: TrainState, data: Data, device: torch.device, transition) -> list[dict] | None:
