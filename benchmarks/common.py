@@ -8,7 +8,8 @@ from pathlib import Path
 
 # The paper's corrector at the paper's settings (θ's Adam lr 1e-3 and weight decay 1e-4, the
 # virtual lr decaying with the classifier's; no trusted samples in training, the raw prediction in
-# Eq. 6, α = α_net(·)), whatever the presets recommend to users. Every run of the
+# Eq. 6, α = α_net(·); the labels of one epoch exported, not a mean over epochs), whatever the
+# presets and run.export=auto recommend to users. Every run of the
 # comparison benchmarks starts from these, so a preset's default cannot move their rows (the
 # corrector is built for every method and draws from the RNG before MW-Net's weight net).
 PAPER_SETTINGS = [
@@ -20,7 +21,14 @@ PAPER_SETTINGS = [
     "mslc.trusted_passes=0",
     "mslc.transition=none",
     "mslc.alpha_prior=none",
+    "run.export=latest",
 ]
+
+
+def label_epochs(row: dict) -> list[int]:
+    """The epochs whose soft labels a benchmark row's run exported (``labels_epochs``; rows
+    from before the window export name one, ``labels_epoch``)."""
+    return list(row.get("labels_epochs") or [row["labels_epoch"]])
 
 
 def publish(out: str | Path, markdown: str, payload: dict, *, quiet: bool = False) -> None:

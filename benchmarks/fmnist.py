@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch
-from common import publish  # benchmarks/common.py, beside this script
+from common import label_epochs, publish  # benchmarks/common.py, beside this script
 
 from pipeline.prep.job import ensure_shards
 from pipeline.training.methods.registry import METHODS
@@ -47,6 +47,7 @@ COLUMNS = (
     "label_clean",
     "label_noisy",
     "labels_epoch",
+    "labels_epochs",
     "wall_s",
 )
 
@@ -88,6 +89,7 @@ def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: 
         "label_clean": labels["corrected_clean"],
         "label_noisy": labels["corrected_noisy"],
         "labels_epoch": labels["epoch"],
+        "labels_epochs": labels.get("epochs") or [labels["epoch"]],
         "last_epoch_label_all": final["corrected_all"],
         "wall_s": wall,
         "selected_epoch": s["selected_epoch"],
@@ -108,7 +110,7 @@ def markdown(rows: list[dict], header: str) -> str:
         "wrong. Wall seconds: the whole run, evaluation included.",
         "",
         "| method | noise | realized rate | seed | best | last5 | label acc all | label acc clean | label acc noisy "
-        "| labels epoch | wall s |",
+        "| labels from epochs | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -116,7 +118,7 @@ def markdown(rows: list[dict], header: str) -> str:
             f"| {r['method']} | {r['noise']} | {100 * r['realized_rate']:.2f}% | {r['seed']} | "
             f"{100 * r['best']:.2f} | {100 * r['last5']:.2f} | {100 * r['label_all']:.2f} | "
             f"{100 * r['label_clean']:.2f} | "
-            f"{100 * r['label_noisy']:.2f} | {r['labels_epoch']} | {r['wall_s']:.0f} |"
+            f"{100 * r['label_noisy']:.2f} | {', '.join(map(str, label_epochs(r)))} | {r['wall_s']:.0f} |"
         )
     return "\n".join(out) + "\n"
 

@@ -26,6 +26,7 @@ from pipeline.training.methods.state import Data, TrainState
 from pipeline.training.run.epoch import EpochProgress
 from pipeline.training.run.evaluate import predict, progress_line, table_label_metrics
 from pipeline.training.settings.config import Config
+from pipeline.training.settings.methods import export_mode
 
 LAST_K = 5
 
@@ -389,7 +390,7 @@ class RunOutputs:
         if not self.lead:
             return
         epoch, data = record["epoch"], self.data
-        st.labels = keep_labels(st.labels, table, epoch, label_window(st.history), mode=self.cfg.run.export)
+        st.labels = keep_labels(st.labels, table, epoch, label_window(st.history), mode=export_mode(self.cfg))
         self.log(progress_line(self.cfg, record))
         write_metrics(self.run_dir.path, st.history, self.extra)
         if self.tb is None:

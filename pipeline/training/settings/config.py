@@ -170,7 +170,7 @@ def parse_workers(v: int | str) -> int | str:
     return v
 
 
-EXPORTS = ("latest", "window")  # run.export
+EXPORTS = ("auto", "latest", "window")  # run.export
 
 
 @dataclass
@@ -203,7 +203,8 @@ class RunConfig:
         True  # est_correct moved by its bias measured on the clean validation split (no true training label)
     )
     export_soft: bool = False  # corrected_labels.parquet also holds each sample's whole ỹ row (column soft)
-    export: str = "latest"  # latest: ỹ of the latest epoch within 1 s.e. of the best clean validation; window: the mean of them all
+    export: str = "auto"  # latest: ỹ of the latest epoch within 1 s.e. of the best clean validation; window: the mean
+    # of them all; auto: the method's own (MSLC: window; the methods whose table is the model's prediction: latest)
 
     def __post_init__(self) -> None:
         require(self.log_every_s >= 0, f"run.log_every_s must be >= 0 (0: no progress lines), got {self.log_every_s}")

@@ -210,7 +210,10 @@ class MethodInfo:
     impl : ``module:Class`` of its implementation; section : its settings' config section (None: no keys
     of its own); uses_warmup : ``meta.warmup_epochs`` of CE first; writes_labels : what it trains on
     becomes the bank's ỹ; uses_corrector : it trains MSLC's corrector (the others build none);
-    tunable : the keys a sweep may vary.
+    tunable : the keys a sweep may vary; export : how ``run.export=auto`` exports its labels
+    (``window``: the mean soft labels of the epochs clean validation cannot tell apart, for a
+    table of corrected soft labels; ``latest``: the latest of them, for a table that is the
+    model's prediction, which the last low-lr epochs improve).
     """
 
     name: str
@@ -222,6 +225,7 @@ class MethodInfo:
     writes_labels: bool = True
     uses_corrector: bool = False
     tunable: tuple[str, ...] = ("meta.warmup_epochs",)
+    export: str = "latest"
     extra_checks: tuple = field(default=(), compare=False)
 
     def config_error(self, cfg) -> str | None:
@@ -263,6 +267,7 @@ METHODS: dict = {
             "mslc",
             uses_corrector=True,
             tunable=MSLC_TUNABLE,
+            export="window",
         ),
         MethodInfo(
             "ce",
@@ -347,3 +352,11 @@ def summary(entry) -> str:
 
 def uses_corrector(name: str) -> bool:
     return bool(getattr(METHODS[name], "uses_corrector", False))
+
+
+def export_mode(cfg) -> str:
+    """``run.export`` of ``cfg`` resolved: ``auto`` becomes the method's own (``MethodInfo.export``;
+    a registered class may declare ``export`` too, else ``latest``)."""
+    if cfg.run.export != "auto":
+        return cfg.run.export
+    return getattr(METHODS[cfg.meta.method], "export", "latest")

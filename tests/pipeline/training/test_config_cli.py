@@ -194,6 +194,22 @@ def test_fixed_beta_is_learned_unless_a_constant_is_given(tmp_path):
         load_config("smoke", ["mslc.fixed_beta=abc"])
 
 
+def test_run_export_auto_is_each_methods_own_rule():
+    """run.export=auto (the default): MSLC exports the mean soft labels of its window, the methods
+    whose table is the model's prediction the latest epoch's; an explicit value wins."""
+    from pipeline.training.settings.methods import METHODS, export_mode
+
+    assert load_config("fmnist-sym40").run.export == "auto"
+    assert export_mode(load_config("smoke")) == "window"
+    for name in ("glc", "mwnet", "bootstrap-soft", "joint-opt", "ce"):
+        assert export_mode(load_config("smoke", [f"meta.method={name}"])) == "latest", name
+    assert export_mode(load_config("smoke", ["run.export=latest"])) == "latest"
+    assert export_mode(load_config("smoke", ["meta.method=glc", "run.export=window"])) == "window"
+    assert {m.export for m in METHODS.values() if hasattr(m, "export")} <= {"latest", "window"}
+    with pytest.raises(ConfigError, match="run.export must be one of"):
+        load_config("smoke", ["run.export=best"])
+
+
 def test_a_dead_ray_head_is_told_apart_from_a_live_one():
     """start_ray's guard: an address file naming a head nothing listens on is stale
     (ray.init() would retry it for minutes); a listening head and no file are not."""
