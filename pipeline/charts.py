@@ -77,9 +77,9 @@ def histogram_png(groups: dict[str, np.ndarray], *, title: str, xlabel: str, bin
     return _png(fig)
 
 
-def curves_png(history: list[dict], *, labels_epoch: int | None) -> bytes:
+def curves_png(history: list[dict], *, labels_epochs: list[int]) -> bytes:
     """Validation and test accuracy and the labels' accuracy (where known) over epochs; the
-    warm-up shaded and the exported labels' epoch marked."""
+    warm-up shaded and the epochs whose labels were exported (their mean ỹ) marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=80)
     epochs = [h["epoch"] for h in history]
@@ -95,8 +95,9 @@ def curves_png(history: list[dict], *, labels_epoch: int | None) -> bytes:
     warm = [h["epoch"] for h in history if h.get("phase") == "warmup"]
     if warm:
         ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color="0.9", label="warm-up")
-    if labels_epoch is not None:
-        ax.axvline(labels_epoch, color="k", ls="--", lw=1, label=f"labels exported (epoch {labels_epoch})")
+    for i, e in enumerate(labels_epochs):
+        name = f"labels exported (epoch{'s' if len(labels_epochs) > 1 else ''} {', '.join(map(str, labels_epochs))})"
+        ax.axvline(e, color="k", ls="--", lw=1, label=None if i else name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("%")
     ax.legend(fontsize=7, loc="best")

@@ -205,7 +205,7 @@ def build_charts(run: dict, numbers: dict, review_budget: dict) -> list[tuple[st
     out.append(("budget.png", "review budget: estimated precision per threshold", charts.budget_png(review_budget)))
     history = run["metrics"].get("epochs") or []
     if history:
-        out.append(("curves.png", "accuracy over epochs", charts.curves_png(history, labels_epoch=t["labels_epoch"])))
+        out.append(("curves.png", "accuracy over epochs", charts.curves_png(history, labels_epochs=t["labels_epochs"])))
     return out
 
 
