@@ -105,7 +105,7 @@ def markdown(rows: list[dict], header: str) -> str:
         header,
         "",
         "Label acc all / clean / noisy: accuracy of the label each method hands back (MSLC: argmax ỹ "
-        "of the exported labels, from the epoch in the labels-epoch column; CE "
+        "of the exported labels, the mean soft labels of the epochs in the labels-from-epochs column; CE "
         "corrects nothing, so its label is the given one: 100 / 0) on samples whose given label was right / "
         "wrong. Wall seconds: the whole run, evaluation included.",
         "",
