@@ -89,7 +89,7 @@ def one_row(preset: str, method: str, seed: int, overrides: list[str], storage: 
         "label_clean": labels["corrected_clean"],
         "label_noisy": labels["corrected_noisy"],
         "labels_epoch": labels["epoch"],
-        "labels_epochs": labels.get("epochs") or [labels["epoch"]],
+        "labels_epochs": labels["epochs"],
         "last_epoch_label_all": final["corrected_all"],
         "wall_s": wall,
         "selected_epoch": s["selected_epoch"],

@@ -95,8 +95,8 @@ def curves_png(history: list[dict], *, labels_epochs: list[int]) -> bytes:
     warm = [h["epoch"] for h in history if h.get("phase") == "warmup"]
     if warm:
         ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color="0.9", label="warm-up")
+    name = f"labels exported (epoch{'s' if len(labels_epochs) > 1 else ''} {', '.join(map(str, labels_epochs))})"
     for i, e in enumerate(labels_epochs):
-        name = f"labels exported (epoch{'s' if len(labels_epochs) > 1 else ''} {', '.join(map(str, labels_epochs))})"
         ax.axvline(e, color="k", ls="--", lw=1, label=None if i else name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("%")

@@ -62,7 +62,7 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
 
     m = json.loads(run_dir.metrics.read_text())
     labels = m["summary"]["labels"]
-    epochs = labels.get("epochs") or [labels["epoch"]]
+    epochs = labels["epochs"]
     val = max(e["val_acc"] or 0.0 for e in m["epochs"] if e["epoch"] in epochs)
     lines = [f"done in {seconds / 60:.1f} min; exported: {labels['selected_by']} ({100 * val:.2f}%)"]
     if run_dir.budget.is_file():

@@ -146,6 +146,7 @@ def summarize(history: list[dict], exported: dict | None = None) -> dict:
         "labels": exported
         or {
             "epoch": chosen["epoch"],
+            "epochs": [chosen["epoch"]],
             "selected_by": selected_by([chosen["epoch"]]),
             **{k: chosen[k] for k in LABEL_KEYS if k in chosen},
         },
