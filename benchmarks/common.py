@@ -21,6 +21,7 @@ PAPER_SETTINGS = [
     "mslc.trusted_passes=0",
     "mslc.transition=none",
     "mslc.alpha_prior=none",
+    "mslc.posterior_mix=0",
     "run.export=latest",
 ]
 

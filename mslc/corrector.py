@@ -52,6 +52,30 @@ def soft_labels(
     return a * onehot + (1.0 - a) * (b * y_prev + (1.0 - b) * y_hat)
 
 
+def transition_concentration(transition: torch.Tensor) -> float:
+    """How concentrated a noise transition's off-diagonal mass is: ``Σ_c max_{j≠c} T[c, j] /
+    Σ_{c≠j} T[c, j]``, 1 when each class is mislabelled as one other class only (class flips,
+    pair-flip), 1/(C − 1) when its mislabels spread evenly (symmetric noise); 0 without any.
+
+    Parameters
+    ----------
+    transition : (C, C) ``T[true, given]``, rows sum to 1.
+    """
+    t = torch.as_tensor(transition, dtype=torch.float64).clone()
+    t.fill_diagonal_(0.0)
+    total = float(t.sum())
+    return float(t.max(1).values.sum()) / total if total > 0 else 0.0
+
+
+def effective_mix(transition: torch.Tensor, posterior_mix: float, min_concentration: float) -> float:
+    """The classifier's share λ of the prediction term in its target: ``posterior_mix`` where
+    the transition's :func:`transition_concentration` is at least ``min_concentration`` (0:
+    always), else 0."""
+    if posterior_mix == 0 or min_concentration == 0:
+        return posterior_mix
+    return posterior_mix if transition_concentration(transition) >= min_concentration else 0.0
+
+
 def transition_posterior(y_hat: torch.Tensor, y: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
     """The posterior of the true class given the prediction and the given label under a
     noise transition: ``π_ic ∝ ŷ_ic · T[c, y_i]`` (Bayes, with ŷ as the prior over true classes).
@@ -154,8 +178,15 @@ class Corrector(nn.Module):
         num_classes: int | None = None,
         transition: bool = False,
         alpha_prior: str = "none",
+        posterior_mix: float = 0.0,
+        mix_min_concentration: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= posterior_mix <= 1.0:
+            raise ValueError(f"posterior_mix must be in [0, 1], got {posterior_mix}")
+        if not 0.0 <= mix_min_concentration <= 1.0:
+            raise ValueError(f"mix_min_concentration must be in [0, 1], got {mix_min_concentration}")
+        self.posterior_mix, self.mix_min_concentration = posterior_mix, mix_min_concentration
         if loss_mode not in LOSS_MODES:
             raise ValueError(f"loss_mode must be one of {LOSS_MODES}, got {loss_mode!r}")
         if fixed_beta is not None and not 0.0 <= fixed_beta <= 1.0:
@@ -178,6 +209,10 @@ class Corrector(nn.Module):
             self.alpha_net, self.beta_net = ClassMLP(num_classes, hidden), ClassMLP(num_classes, hidden)
         uninformative = torch.full((num_classes, num_classes), 1.0 / num_classes) if transition else None
         self.register_buffer("transition", uninformative)  # None: not in the state dict
+        # the classifier's share of the prediction term in its target (0-d; None: it trains on ỹ); with a
+        # minimum concentration it stays 0 until set_transition finds the noise concentrated enough
+        start = posterior_mix if mix_min_concentration == 0 else 0.0
+        self.register_buffer("mix", torch.tensor(start) if posterior_mix > 0 else None)
 
     def set_transition(self, transition: torch.Tensor) -> None:
         """Set the (C, C) noise transition estimate (row-stochastic, ``T[true, given]``)."""
@@ -189,6 +224,8 @@ class Corrector(nn.Module):
         if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
             raise ValueError("transition must be finite and non-negative")
         self.transition.copy_(t.to(self.transition.device))
+        if self.mix is not None and self.mix_min_concentration > 0:
+            self.mix.fill_(effective_mix(t, self.posterior_mix, self.mix_min_concentration))
 
     def weights(
         self, loss_alpha: torch.Tensor, loss_beta: torch.Tensor, onehot: torch.Tensor, y_hat: torch.Tensor
@@ -212,6 +249,11 @@ class Corrector(nn.Module):
         beta = net(self.beta_net, loss_beta) if self.fixed_beta is None else torch.full_like(alpha, self.fixed_beta)
         return alpha, beta
 
+    def prediction_term(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Eq. 6's prediction term (n, C): ``y_hat`` itself, or its posterior under the noise
+        transition where the corrector has one."""
+        return y_hat if self.transition is None else transition_posterior(y_hat, y, self.transition)
+
     def forward(
         self, y_hat: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -219,7 +261,7 @@ class Corrector(nn.Module):
         (n, C) predictions, ``y`` (n,) given labels, ``y_prev`` (n, C) previous soft labels."""
         y_hat = y_hat.detach()
         y_prev = y_prev.detach().to(y_hat.dtype)
-        pred = y_hat if self.transition is None else transition_posterior(y_hat, y, self.transition)
+        pred = self.prediction_term(y_hat, y)
         if self.loss_mode == "hard":
             y_hat_t, y_prev_t = argmax_onehot(pred), argmax_onehot(y_prev)
         else:

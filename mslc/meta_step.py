@@ -190,7 +190,9 @@ def batch_targets(
     fixed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The training targets of one batch: the corrector's soft labels of its first ``n``
-    rows, then ``fixed`` targets of the trusted rows that follow (their one-hot clean labels).
+    rows (blended with its prediction term π, ``(1 − λ)·ỹ + λ·π``, where the corrector has a
+    ``mix`` λ: ``mslc.posterior_mix``), then ``fixed`` targets of the trusted rows that follow
+    (their one-hot clean labels).
 
     Parameters
     ----------
@@ -204,8 +206,12 @@ def batch_targets(
     carry the graph into θ where the corrector's parameters require it.
     """
     n = len(y)
-    soft, alpha, beta = corrector(F.softmax(logits[:n].detach(), dim=1), y, y_prev)
-    targets = soft if fixed is None else torch.cat([soft, fixed.to(soft.dtype)])
+    y_hat = F.softmax(logits[:n].detach(), dim=1)
+    soft, alpha, beta = corrector(y_hat, y, y_prev)
+    train = soft
+    if corrector.mix is not None:  # mslc.posterior_mix: a (0-d) tensor, read without a host sync
+        train = (1.0 - corrector.mix) * soft + corrector.mix * corrector.prediction_term(y_hat, y).to(soft.dtype)
+    targets = train if fixed is None else torch.cat([train, fixed.to(soft.dtype)])
     return targets, soft, alpha, beta
 
 

@@ -203,3 +203,71 @@ def test_alpha_prior_prediction_starts_alpha_at_the_models_probability_of_the_gi
         torch.testing.assert_close(torch.logit(alpha), torch.logit(p_given) + 1.0)
     with pytest.raises(ValueError, match="alpha_prior"):
         Corrector(hidden=8, alpha_prior="given")
+
+
+def test_posterior_mix_trains_on_a_blend_and_hands_the_bank_the_corrected_labels():
+    """mslc.posterior_mix=λ: the classifier's targets are (1 − λ)·ỹ + λ·π (π: the posterior
+    under the transition, GLC's target), the trusted rows stay one-hot, and ỹ (what the bank
+    keeps and the run exports) is unchanged; λ = 0 is the paper's target."""
+    import pytest
+
+    from mslc.corrector import transition_posterior
+    from mslc.meta_step import batch_targets
+
+    torch.manual_seed(1)
+    y, y_hat, y_prev, _, _ = _inputs()
+    logits = torch.log(y_hat)
+    t = torch.softmax(3 * torch.randn(C, C), 1)
+    fixed = F.one_hot(torch.tensor([1, 2]), C).float()
+    results = {}
+    for lam in (0.0, 0.3):
+        torch.manual_seed(0)
+        c = Corrector(hidden=8, kind="class", num_classes=C, transition=True, posterior_mix=lam)
+        c.set_transition(t)
+        results[lam] = batch_targets(c, logits, y, y_prev, fixed)
+    (t0, soft0, _, _), (t3, soft3, _, _) = results[0.0], results[0.3]
+    torch.testing.assert_close(soft3, soft0)
+    torch.testing.assert_close(t0[:N], soft0)
+    pi = transition_posterior(torch.softmax(logits, 1), y, t)
+    torch.testing.assert_close(t3[:N], 0.7 * soft3 + 0.3 * pi)
+    torch.testing.assert_close(t3[N:], fixed)
+    torch.testing.assert_close(t3.sum(1), torch.ones(N + 2))
+    with pytest.raises(ValueError, match="posterior_mix"):
+        Corrector(hidden=8, posterior_mix=1.5)
+
+
+def test_transition_concentration_tells_class_flips_from_spread_noise():
+    from mslc.corrector import transition_concentration
+
+    def sym(rate):
+        return (1 - rate) * torch.eye(C) + rate * (1 - torch.eye(C)) / (C - 1)
+
+    flips = 0.6 * torch.eye(C) + 0.4 * torch.roll(torch.eye(C), 1, dims=1)  # class c → c + 1
+    assert abs(transition_concentration(sym(0.4)) - 1 / (C - 1)) < 1e-9
+    assert abs(transition_concentration(flips) - 1.0) < 1e-9
+    assert transition_concentration(torch.eye(C)) == 0.0
+    # a naive loop on a random matrix
+    t = torch.softmax(torch.randn(C, C), 1)
+    top = sum(max(float(t[c, j]) for j in range(C) if j != c) for c in range(C))
+    total = sum(float(t[c, j]) for c in range(C) for j in range(C) if j != c)
+    assert abs(transition_concentration(t) - top / total) < 1e-9
+
+
+def test_the_blend_starts_only_once_the_estimated_noise_is_concentrated_enough():
+    """mslc.mix_min_concentration: the blend's share is 0 until set_transition finds the
+    estimate's concentration at least that high; it lives in the state dict (a resumed run
+    keeps it), and a corrector without a blend has no such entry."""
+    flips = 0.6 * torch.eye(C) + 0.4 * torch.roll(torch.eye(C), 1, dims=1)
+    spread = 0.6 * torch.eye(C) + 0.4 * (1 - torch.eye(C)) / (C - 1)
+    c = Corrector(hidden=4, kind="class", num_classes=C, transition=True, posterior_mix=0.75, mix_min_concentration=0.5)
+    assert float(c.mix) == 0.0
+    c.set_transition(spread)
+    assert float(c.mix) == 0.0
+    c.set_transition(flips)
+    assert float(c.mix) == 0.75
+    other = Corrector(
+        hidden=4, kind="class", num_classes=C, transition=True, posterior_mix=0.75, mix_min_concentration=0.5
+    )
+    other.load_state_dict(c.state_dict())
+    assert float(other.mix) == 0.75
+    assert "mix" not in Corrector(hidden=4, kind="class", num_classes=C, transition=True).state_dict()

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from mslc import baselines
 from mslc.bank import SoftLabelBank
-from mslc.corrector import LossMLP
+from mslc.corrector import LossMLP, effective_mix, transition_concentration
 from mslc.meta_step import StepResult, ce_step, mslc_step, real_step, soft_cross_entropy
 from pipeline.training.methods.state import Data, TrainState, normalize
 from pipeline.training.settings.methods import METHODS, MethodInfo
@@ -227,7 +227,19 @@ class MSLC(Method, info=METHODS["mslc"]):
         if pulls is None or pulls[2] == 0:
             return {}
         g, w, n = pulls.tolist()
-        return {"alpha_grad_norm": g / n, "alpha_decay_pull": w / n}
+        return {"alpha_grad_norm": g / n, "alpha_decay_pull": w / n, **self.mix_stats()}
+
+    def mix_stats(self) -> dict:
+        """``noise_concentration`` (:func:`mslc.corrector.transition_concentration` of the
+        estimated transition) and ``posterior_mix``, the share of the posterior in the
+        classifier's target that it decided (``mslc.posterior_mix``, ``mslc.mix_min_concentration``)."""
+        m = self.cfg.mslc
+        if self.c_hat is None or m.transition != "estimated":
+            return {}
+        return {
+            "noise_concentration": transition_concentration(self.c_hat),
+            "posterior_mix": effective_mix(self.c_hat, m.posterior_mix, m.mix_min_concentration),
+        }
 
     def state_dict(self) -> dict:
         """The epoch's running pulls (a checkpoint inside an epoch resumes them) and the

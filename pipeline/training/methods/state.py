@@ -281,6 +281,8 @@ def build_corrector(cfg: Config, data: Data, device: torch.device) -> tuple[Corr
         num_classes=data.num_classes,
         transition=m.transition == "estimated",
         alpha_prior=m.alpha_prior,
+        posterior_mix=m.posterior_mix,
+        mix_min_concentration=m.mix_min_concentration,
     ).to(device)
     opt_theta = torch.optim.Adam(
         [

@@ -68,7 +68,23 @@ class MSLCSettings:
         0.0  # the clean meta samples also train the classifier, each ~this many times an epoch (0: never, the paper)
     )
 
+    posterior_mix: float = (
+        0.0  # the classifier trains on (1 − this)·ỹ + this·(Eq. 6's prediction term); 0: on ỹ (the paper)
+    )
+    mix_min_concentration: float = (
+        0.0  # posterior_mix only where the estimated noise is this concentrated (transition_concentration); 0: always
+    )
+
     def __post_init__(self) -> None:
+        require(0 <= self.posterior_mix <= 1, f"mslc.posterior_mix must be in [0, 1], got {self.posterior_mix}")
+        require(
+            0 <= self.mix_min_concentration <= 1,
+            f"mslc.mix_min_concentration must be in [0, 1], got {self.mix_min_concentration}",
+        )
+        require(
+            self.mix_min_concentration == 0 or self.posterior_mix == 0 or self.transition == "estimated",
+            "mslc.mix_min_concentration needs the estimated noise transition (mslc.transition=estimated)",
+        )
         require(self.corrector in CORRECTORS, f"mslc.corrector must be one of {CORRECTORS}, got {self.corrector!r}")
         require(self.loss_mode in LOSS_MODES, f"mslc.loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
         require(self.refresh in REFRESH_POLICIES, f"mslc.refresh must be one of {REFRESH_POLICIES}")

@@ -28,6 +28,7 @@ def test_user_facing_presets_run_the_class_aware_corrector_and_the_paper_one_is_
     m = PRESETS[name]().mslc
     assert (m.corrector, m.weight_decay, m.virtual_lr, m.alpha_lr, m.beta_lr) == ("class", 0.0, "initial", 2e-4, 2e-4)
     assert (m.trusted_passes, m.transition, m.alpha_prior) == (10.0, "estimated", "prediction")
+    assert (m.posterior_mix, m.mix_min_concentration) == (0.75, 0.5)
     assert load_config(name, ["mslc.corrector=loss"]).mslc.corrector == "loss"
     for paper in ("cifar10-sym40", "cifar100-sym40", "smoke"):  # the paper's reproductions keep its settings
         p = PRESETS[paper]().mslc
@@ -38,7 +39,7 @@ def test_user_facing_presets_run_the_class_aware_corrector_and_the_paper_one_is_
             1e-3,
             1e-3,
         )
-        assert (p.trusted_passes, p.transition, p.alpha_prior) == (0.0, "none", "none")
+        assert (p.trusted_passes, p.transition, p.alpha_prior, p.posterior_mix) == (0.0, "none", "none", 0.0)
 
 
 def test_overrides_are_typed_and_validated():
@@ -63,6 +64,10 @@ def test_overrides_are_typed_and_validated():
         apply_overrides(cfg, ["mslc.transition=known"])
     with pytest.raises(ConfigError, match="mslc.alpha_prior must be one of"):
         apply_overrides(cfg, ["mslc.alpha_prior=given"])
+    with pytest.raises(ConfigError, match=r"mslc.posterior_mix must be in \[0, 1\]"):
+        apply_overrides(cfg, ["mslc.posterior_mix=1.5"])
+    with pytest.raises(ConfigError, match="mslc.mix_min_concentration needs the estimated noise transition"):
+        apply_overrides(cfg, ["mslc.posterior_mix=0.5", "mslc.mix_min_concentration=0.5"])
     new = apply_overrides(
         cfg, ["mslc.trusted_passes=2.5", "mslc.transition=estimated", "mslc.alpha_prior=prediction"]
     ).mslc

@@ -41,13 +41,13 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def reads_in_an_epoch(fake_data_cfg, tmp_path, method: str, batch: int) -> tuple[int, int]:
+def reads_in_an_epoch(fake_data_cfg, tmp_path, method: str, batch: int, extra: tuple = ()) -> tuple[int, int]:
     cfg = smoke_cfg(
         fake_data_cfg,
         tmp_path,
         f"{method}{batch}",
         2,
-        (f"meta.method={method}", f"optim.batch_size={batch}", "run.log_every_s=0"),
+        (f"meta.method={method}", f"optim.batch_size={batch}", "run.log_every_s=0", *extra),
     )
     device = torch.device("cpu")
     data = build_data(cfg, device)
@@ -58,9 +58,18 @@ def reads_in_an_epoch(fake_data_cfg, tmp_path, method: str, batch: int) -> tuple
     return mode.count, stats["steps"]
 
 
-@pytest.mark.parametrize("method", ["mslc", "mwnet"])
-def test_host_reads_per_epoch_do_not_grow_with_its_steps(fake_shards, fake_data_cfg, tmp_path, method):
-    few, steps_few = reads_in_an_epoch(fake_data_cfg, tmp_path, method, 64)
-    many, steps_many = reads_in_an_epoch(fake_data_cfg, tmp_path, method, 32)
+# the user-facing corrector's additions: the estimated transition, trusted samples, the blend
+RECOMMENDED = (
+    "mslc.transition=estimated",
+    "mslc.trusted_passes=2",
+    "mslc.posterior_mix=0.75",
+    "mslc.alpha_prior=prediction",
+)
+
+
+@pytest.mark.parametrize("method, extra", [("mslc", ()), ("mslc", RECOMMENDED), ("mwnet", ())])
+def test_host_reads_per_epoch_do_not_grow_with_its_steps(fake_shards, fake_data_cfg, tmp_path, method, extra):
+    few, steps_few = reads_in_an_epoch(fake_data_cfg, tmp_path, method, 64, extra)
+    many, steps_many = reads_in_an_epoch(fake_data_cfg, tmp_path, method, 32, extra)
     assert steps_many > steps_few
     assert many == few, f"{many - few} host reads more for {steps_many - steps_few} more steps"
