@@ -67,15 +67,6 @@ def transition_concentration(transition: torch.Tensor) -> float:
     return float(t.max(1).values.sum()) / total if total > 0 else 0.0
 
 
-def effective_mix(transition: torch.Tensor, posterior_mix: float, min_concentration: float) -> float:
-    """The classifier's share λ of the prediction term in its target: ``posterior_mix`` where
-    the transition's :func:`transition_concentration` is at least ``min_concentration`` (0:
-    always), else 0."""
-    if posterior_mix == 0 or min_concentration == 0:
-        return posterior_mix
-    return posterior_mix if transition_concentration(transition) >= min_concentration else 0.0
-
-
 def transition_posterior(y_hat: torch.Tensor, y: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
     """The posterior of the true class given the prediction and the given label under a
     noise transition: ``π_ic ∝ ŷ_ic · T[c, y_i]`` (Bayes, with ŷ as the prior over true classes).
@@ -225,7 +216,8 @@ class Corrector(nn.Module):
             raise ValueError("transition must be finite and non-negative")
         self.transition.copy_(t.to(self.transition.device))
         if self.mix is not None and self.mix_min_concentration > 0:
-            self.mix.fill_(effective_mix(t, self.posterior_mix, self.mix_min_concentration))
+            concentrated = transition_concentration(t) >= self.mix_min_concentration
+            self.mix.fill_(self.posterior_mix if concentrated else 0.0)
 
     def weights(
         self, loss_alpha: torch.Tensor, loss_beta: torch.Tensor, onehot: torch.Tensor, y_hat: torch.Tensor
@@ -249,19 +241,22 @@ class Corrector(nn.Module):
         beta = net(self.beta_net, loss_beta) if self.fixed_beta is None else torch.full_like(alpha, self.fixed_beta)
         return alpha, beta
 
-    def prediction_term(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Eq. 6's prediction term (n, C): ``y_hat`` itself, or its posterior under the noise
-        transition where the corrector has one."""
-        return y_hat if self.transition is None else transition_posterior(y_hat, y, self.transition)
-
     def forward(
         self, y_hat: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(soft (n, C), alpha (n,), beta (n,))``; inputs are detached. ``y_hat``
         (n, C) predictions, ``y`` (n,) given labels, ``y_prev`` (n, C) previous soft labels."""
+        return self.correct(y_hat, y, y_prev)[:3]
+
+    def correct(
+        self, y_hat: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s ``(soft, alpha, beta)`` and Eq. 6's prediction term ``pred`` (n, C):
+        ``y_hat`` itself, or its posterior under the noise transition where the corrector has one
+        (what ``mix`` blends into the classifier's target)."""
         y_hat = y_hat.detach()
         y_prev = y_prev.detach().to(y_hat.dtype)
-        pred = self.prediction_term(y_hat, y)
+        pred = y_hat if self.transition is None else transition_posterior(y_hat, y, self.transition)
         if self.loss_mode == "hard":
             y_hat_t, y_prev_t = argmax_onehot(pred), argmax_onehot(y_prev)
         else:
@@ -270,4 +265,4 @@ class Corrector(nn.Module):
         loss_alpha = target_cross_entropy(y_hat, onehot)
         loss_beta = target_cross_entropy(y_hat, y_prev_t)
         alpha, beta = self.weights(loss_alpha, loss_beta, onehot, y_hat)
-        return soft_labels(y, y_hat_t, y_prev_t, alpha, beta), alpha, beta
+        return soft_labels(y, y_hat_t, y_prev_t, alpha, beta), alpha, beta, pred

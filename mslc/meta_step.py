@@ -206,11 +206,10 @@ def batch_targets(
     carry the graph into θ where the corrector's parameters require it.
     """
     n = len(y)
-    y_hat = F.softmax(logits[:n].detach(), dim=1)
-    soft, alpha, beta = corrector(y_hat, y, y_prev)
+    soft, alpha, beta, pred = corrector.correct(F.softmax(logits[:n].detach(), dim=1), y, y_prev)
     train = soft
     if corrector.mix is not None:  # mslc.posterior_mix: a (0-d) tensor, read without a host sync
-        train = (1.0 - corrector.mix) * soft + corrector.mix * corrector.prediction_term(y_hat, y).to(soft.dtype)
+        train = (1.0 - corrector.mix) * soft + corrector.mix * pred.to(soft.dtype)
     targets = train if fixed is None else torch.cat([train, fixed.to(soft.dtype)])
     return targets, soft, alpha, beta
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from mslc import baselines
 from mslc.bank import SoftLabelBank
-from mslc.corrector import LossMLP, effective_mix, transition_concentration
+from mslc.corrector import LossMLP, transition_concentration
 from mslc.meta_step import StepResult, ce_step, mslc_step, real_step, soft_cross_entropy
 from pipeline.training.methods.state import Data, TrainState, normalize
 from pipeline.training.settings.methods import METHODS, MethodInfo
@@ -190,6 +190,7 @@ class MSLC(Method, info=METHODS["mslc"]):
             self.c_hat = estimate_transition(st, data, self.device)
             if self.cfg.mslc.transition == "estimated":
                 st.corrector.set_transition(self.c_hat)
+        self.mix = st.corrector.mix  # the blend's share the corrector decided (None: none), for the epoch's record
 
     def train_step(self, st: TrainState, data: Data, b: Batch) -> StepResult:
         m = self.cfg.mslc
@@ -232,13 +233,14 @@ class MSLC(Method, info=METHODS["mslc"]):
     def mix_stats(self) -> dict:
         """``noise_concentration`` (:func:`mslc.corrector.transition_concentration` of the
         estimated transition) and ``posterior_mix``, the share of the posterior in the
-        classifier's target that it decided (``mslc.posterior_mix``, ``mslc.mix_min_concentration``)."""
-        m = self.cfg.mslc
-        if self.c_hat is None or m.transition != "estimated":
+        classifier's target that the corrector decided (``mslc.posterior_mix``,
+        ``mslc.mix_min_concentration``): one host read an epoch."""
+        if self.c_hat is None or self.cfg.mslc.transition != "estimated":
             return {}
+        mix = getattr(self, "mix", None)
         return {
             "noise_concentration": transition_concentration(self.c_hat),
-            "posterior_mix": effective_mix(self.c_hat, m.posterior_mix, m.mix_min_concentration),
+            "posterior_mix": 0.0 if mix is None else float(mix),
         }
 
     def state_dict(self) -> dict:
