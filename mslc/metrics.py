@@ -150,11 +150,12 @@ def review_budget(
     return rows
 
 
-def choose_threshold(budget: list[dict], *, target: float = 0.95) -> float:
-    """The lowest threshold of ``budget`` (:func:`review_budget`) whose estimated precision is
-    at least ``target``, and every higher one too (more flags at the same trust); 1.0 (no
+def choose_threshold(budget: list[dict], *, target: float = 0.95, key: str = "precision") -> float:
+    """The lowest threshold of ``budget`` (:func:`review_budget`) whose estimated precision
+    (``key``: ``precision``, or ``lower``, its one-sided lower bound, where the rows have it)
+    is at least ``target``, and every higher one's too (more flags at the same trust); 1.0 (no
     flag) when none is."""
-    ok = [row["flags"] == 0 or row["precision"] >= target for row in budget]
+    ok = [row["flags"] == 0 or row[key] >= target for row in budget]
     for i, row in enumerate(budget):
         if all(ok[i:]) and row["flags"] > 0:
             return row["threshold"]
@@ -193,7 +194,8 @@ def clean_split_calibration(
     Returns
     -------
     Per bin of the estimate (``edges``): ``lo``, ``hi``, ``weight`` (the flags' total weight),
-    ``estimated`` and ``true`` (weighted means; NaN where the bin is empty).
+    ``n_eff`` (their effective number, ``(Σw)² / Σw²``: what ``true``'s sampling error goes
+    by), ``estimated`` and ``true`` (weighted means; NaN where the bin is empty).
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     t = np.asarray(transition, dtype=np.float64)
@@ -211,16 +213,28 @@ def clean_split_calibration(
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (est >= lo) & (est < hi)
         wt = float(w[sel].sum())
+        w2 = float((w[sel] ** 2).sum())
         bins.append(
             {
                 "lo": float(lo),
                 "hi": float(hi),
                 "weight": wt,
+                "n_eff": wt * wt / w2 if w2 > 0 else 0.0,
                 "estimated": float((est[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan"),
                 "true": float((right[sel] * w[sel]).sum() / wt) if wt > 0 else float("nan"),
             }
         )
     return bins
+
+
+def calibration_bin(est: np.ndarray, bins: list[dict]) -> np.ndarray:
+    """(N,) int64: the position in ``bins`` (:func:`clean_split_calibration`) of the bin each
+    of ``est`` (N,) falls in (``lo ≤ est < hi``); -1 where none."""
+    est = np.asarray(est, dtype=np.float64)
+    out = np.full(est.shape, -1, dtype=np.int64)
+    for j, b in enumerate(bins):
+        out[(est >= b["lo"]) & (est < b["hi"])] = j
+    return out
 
 
 def calibrate(est: np.ndarray, bins: list[dict], *, min_weight: float = 10.0) -> np.ndarray:
@@ -229,8 +243,73 @@ def calibrate(est: np.ndarray, bins: list[dict], *, min_weight: float = 10.0) ->
     ``min_weight`` flags leave it as it is."""
     est = np.asarray(est, dtype=np.float64)
     out = est.copy()
-    for b in bins:
+    where = calibration_bin(est, bins)
+    for j, b in enumerate(bins):
         if b["weight"] >= min_weight and np.isfinite(b["true"]):
-            sel = (est >= b["lo"]) & (est < b["hi"])
+            sel = where == j
             out[sel] = np.clip(est[sel] - (b["estimated"] - b["true"]), 0.0, 1.0)
+    return out
+
+
+LOWER_BOUND_Z = 1.645  # one-sided 95%: the cut is the lowest whose precision is ≥ the target with 95% confidence
+
+
+def calibration_variance(bins: list[dict], *, min_weight: float = 10.0) -> np.ndarray:
+    """(B,) the sampling variance each bin of :func:`clean_split_calibration` adds to the
+    estimate of the flags it moves: its measured share of right flags comes from ``n_eff``
+    validation flags, ``p̃(1 − p̃) / n_eff`` with ``p̃ = (true · n_eff + 1) / (n_eff + 2)``
+    (never 0, also where every validation flag was right); a bin too light to calibrate
+    (``weight < min_weight``: its flags keep the uncalibrated estimate, whose bias is not
+    known) the binomial worst case ``1 / (4 · max(n_eff, 1))``."""
+    out = []
+    for b in bins:
+        n = max(float(b.get("n_eff", b["weight"])), 0.0)
+        if b["weight"] >= min_weight and np.isfinite(b["true"]) and n > 0:
+            p = (b["true"] * n + 1.0) / (n + 2.0)
+            out.append(p * (1.0 - p) / n)
+        else:
+            out.append(0.25 / max(n, 1.0))
+    return np.asarray(out, dtype=np.float64)
+
+
+def precision_se(
+    confidence: np.ndarray,
+    flagged: np.ndarray,
+    bin_index: np.ndarray,
+    bins: list[dict],
+    thresholds: np.ndarray | None = None,
+    *,
+    min_weight: float = 10.0,
+) -> np.ndarray:
+    """The standard error of :func:`review_budget`'s estimated precision at each threshold
+    that comes from the clean split's sampling error: the flags moved by one calibration bin
+    share its error, the bins' errors are independent, so
+    ``var_t = Σ_b (n_bt / n_t)² · var_b`` (``n_bt`` the flags at or above ``t`` in bin ``b``,
+    ``var_b`` of :func:`calibration_variance`). What it leaves out: the error of the transition
+    estimate itself and of the model, shared by the validation split and the training flags.
+
+    Parameters
+    ----------
+    confidence : (N,) float; flagged : (N,) bool — as :func:`review_budget`'s.
+    bin_index : (N,) int64
+        Each sample's calibration bin (:func:`calibration_bin` of its uncalibrated estimate);
+        -1: not calibrated, no sampling error counted.
+    bins : list of dict, :func:`clean_split_calibration`'s.
+    thresholds : (K,) float, default 0, 0.05, …, 0.95
+
+    Returns
+    -------
+    (K,) float, 0 where no flag passes.
+    """
+    t = np.round(np.arange(0.0, 1.0, 0.05), 2) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    conf, fl = np.asarray(confidence, dtype=np.float64), np.asarray(flagged, dtype=bool)
+    where = np.asarray(bin_index, dtype=np.int64)
+    var_b = calibration_variance(bins, min_weight=min_weight)
+    out = np.zeros(len(t))
+    for k, th in enumerate(t):
+        sel = fl & (conf >= th)
+        n = int(sel.sum())
+        if n:
+            counts = np.bincount(where[sel & (where >= 0)], minlength=len(bins))[: len(bins)]
+            out[k] = float(np.sqrt(((counts / n) ** 2 * var_b).sum()))
     return out

@@ -68,7 +68,7 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
     if run_dir.budget.is_file():
         b = json.loads(run_dir.budget.read_text())
         total = b["samples"]
-        flags, prec = b["rows"][0]["flags"], b.get("relabel_precision")
+        flags, prec, low = b["rows"][0]["flags"], b.get("relabel_precision"), b.get("relabel_lower")
         lines.append(
             f"flags: {flags} of {total} labels ({100 * flags / max(total, 1):.1f}%) differ from the given "
             f"ones; estimated {100 * b['rows'][0]['precision']:.1f}% of them right (no true labels used)"
@@ -77,7 +77,8 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
         )
         lines.append(
             f"next: review relabel.csv ({b['relabel_rows']} flags with confidence >= "
-            f"{b['relabel_threshold']:.2f}, estimated {'-' if prec is None else f'{100 * prec:.1f}%'} right; "
+            f"{b['relabel_threshold']:.2f}, estimated {'-' if prec is None else f'{100 * prec:.1f}%'} right"
+            f"{'' if low is None else f' (95% lower bound {100 * low:.1f}%)'}; "
             "review_budget.json gives every cut), then pipeline/prepare.py --labels relabel.csv for a "
             "second round"
         )

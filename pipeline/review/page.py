@@ -51,11 +51,13 @@ def summary_section(n: dict) -> str:
             num("est_flag_precision", n["est_flag_precision"]),
         ],
         [
-            "the lowest confidence cut whose flags are estimated ≥ 95% right (relabel.csv's by default)",
+            "the lowest confidence cut whose flags are estimated ≥ 95% right, with 95% confidence "
+            "(relabel.csv's by default)",
             num("budget_threshold", n["budget_threshold"], "float"),
         ],
         ["… flags at or above it", num("budget_flags", n["budget_flags"], "int")],
         ["… their estimated precision", num("budget_precision", n["budget_precision"])],
+        ["… its one-sided 95% lower bound (the clean split's sampling error)", num("budget_lower", n["budget_lower"])],
     ]
     if n["known"]:
         rows += [

@@ -28,6 +28,7 @@ from pipeline.review.select import (
     doubtful_clean,
     noise_matrix,
     read_table,
+    relabel_lower,
     relabel_rows,
     review_numbers,
     suspected_errors,
@@ -121,6 +122,7 @@ def write_estimates(run: dict, *, target: float = RELABEL_PRECISION, threshold: 
     sel = relabel_rows(run["table"], threshold=b["relabel_threshold"])
     b["relabel_rows"] = int(len(sel))
     b["relabel_precision"] = float(run["table"]["est_correct"][sel].mean()) if len(sel) else None
+    b["relabel_lower"] = relabel_lower(run["table"], b["relabel_threshold"], b["relabel_precision"])
     rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in b["rows"]]
     atomic_write_text(run["run_dir"] / BUDGET, json.dumps({**b, "rows": rows}, indent=1))
     atomic_write_text(run["run_dir"] / MATRIX, json.dumps(noise_matrix(run["table"], run["classes"]), indent=1))

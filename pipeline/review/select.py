@@ -4,8 +4,10 @@ samples of each gallery, the flagged rows of the relabel file.
 A *table* here is the run's ``corrected_labels.parquet`` as arrays (:func:`read_table`):
 ``index (N,) int64``, ``key (N,) str``, ``given (N,)``, ``corrected (N,) int64``, ``prob (N,)
 float64`` (the corrected label's probability in ỹ), ``est_correct (N,) float64`` (the estimated
-probability that the corrected label is right, computed without true labels), ``alpha``,
-``beta`` ``(N,) float64`` (NaN where never computed) and ``true (N,) int64`` (-1 where unknown). A sample is
+probability that the corrected label is right, computed without true labels), with
+``calibration`` (the clean-split bins it was calibrated by, or None) and ``calibration_bin (N,)
+int64`` (each sample's bin, -1 where none), ``alpha``, ``beta`` ``(N,) float64`` (NaN where
+never computed) and ``true (N,) int64`` (-1 where unknown). A sample is
 *flagged* (a suspected label error) when its corrected label differs from its given one.
 """
 
@@ -17,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from mslc.metrics import (
+    LOWER_BOUND_Z,
     choose_threshold,
     confusion_matrix,
     corrected_label_accuracy,
     detection_scores,
+    precision_se,
     review_budget,
     wilson_interval,
 )
@@ -50,11 +54,17 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
     epoch = (t.schema.metadata or {}).get(b"labels_epoch")
     epochs = (t.schema.metadata or {}).get(b"labels_epochs")
     prob = floats("corrected_prob")
+    calibration = (t.schema.metadata or {}).get(b"est_correct_calibration")
     return {
         "index": t.column("index").to_numpy().astype(np.int64),
         # est_correct: a table from before it was written stands in ỹ's own probability
         "est_correct": floats("est_correct") if "est_correct" in t.column_names else prob,
         "est_correct_by": ((t.schema.metadata or {}).get(b"est_correct_by") or b"soft label").decode(),
+        # the clean-split calibration behind est_correct (None: uncalibrated, no lower bound)
+        "calibration": json.loads(calibration) if calibration else None,
+        "calibration_bin": t.column("calibration_bin").to_numpy().astype(np.int64)
+        if "calibration_bin" in t.column_names
+        else np.full(len(prob), -1, dtype=np.int64),
         "key": np.asarray(t.column("key").to_pylist(), dtype=object),
         "given": t.column("given_label").to_numpy().astype(np.int64),
         "corrected": t.column("corrected_label").to_numpy().astype(np.int64),
@@ -82,7 +92,8 @@ def review_numbers(table: dict, num_classes: int, *, computed_budget: dict | Non
 
     Returns ``samples``, ``flagged``, ``flagged_share``, ``est_flag_precision`` (the estimated
     share of flags that are right) and the review budget's cut for the default precision
-    (``budget_threshold``, ``budget_flags``, ``budget_precision``); per given class ``c`` (list of
+    (``budget_threshold``, ``budget_flags``, ``budget_precision`` and its lower bound
+    ``budget_lower``, NaN where uncalibrated); per given class ``c`` (list of
     dicts): ``given`` (samples given ``c``), ``flagged`` (of those, flagged) and
     ``est_noise_rate`` (their share: the estimated rate of wrong labels among samples
     given ``c``); ``top_flips``: the most frequent ``(given, corrected, count)``. Where
@@ -109,6 +120,7 @@ def review_numbers(table: dict, num_classes: int, *, computed_budget: dict | Non
             "budget_threshold": b["threshold"],
             "budget_flags": cut[0]["flags"] if cut else 0,
             "budget_precision": cut[0]["precision"] if cut else float("nan"),
+            "budget_lower": cut[0].get("lower", float("nan")) if cut else float("nan"),
         }
     )
     per_given = np.bincount(given, minlength=c)
@@ -148,11 +160,20 @@ RELABEL_PRECISION = 0.95  # the default relabel.csv keeps the flags whose estima
 def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
     """The review budget, without true labels: per confidence threshold (0, 0.05, … 0.95)
     the flags at or above it and the estimated share of them that are right (the mean of
-    ``est_correct``), the expected right and wrong relabels; ``threshold``: the lowest
-    threshold whose estimated precision is at least ``target`` (and every higher one's too).
-    Where true labels are known, ``true_precision`` per row, to check the estimate."""
+    ``est_correct``), the expected right and wrong relabels; where the estimate was calibrated
+    on the clean validation split, its standard error from that split's size (``se``,
+    :func:`mslc.metrics.precision_se`) and one-sided 95% lower bound (``lower``); ``threshold``:
+    the lowest threshold whose lower bound (else estimate) is at least ``target`` (and every
+    higher one's too). Where true labels are known, ``true_precision`` per row, to check the
+    estimate."""
     fl = flagged(table)
     rows = review_budget(table["prob"], fl, table["est_correct"])
+    cal = table.get("calibration")
+    if cal is not None:
+        se = precision_se(table["prob"], fl, table["calibration_bin"], cal)
+        for row, s in zip(rows, se):
+            row["se"] = float(s)
+            row["lower"] = row["precision"] - LOWER_BOUND_Z * float(s)
     known = table["true"] >= 0
     if known.all():
         right = (table["corrected"] == table["true"]).astype(np.float64)
@@ -160,10 +181,23 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
             row["true_precision"] = true_row["precision"]
     return {
         "target": target,
-        "threshold": choose_threshold(rows, target=target),
+        "threshold": choose_threshold(rows, target=target, key="precision" if cal is None else "lower"),
+        "chosen_by": "estimated precision"
+        if cal is None
+        else f"one-sided 95% lower bound of the estimated precision (estimate − {LOWER_BOUND_Z}·se)",
         "estimated_by": table["est_correct_by"],
         "rows": rows,
     }
+
+
+def relabel_lower(table: dict, threshold: float, precision: float | None) -> float | None:
+    """The one-sided 95% lower bound of ``precision``, the estimated precision of the flags
+    at or above ``threshold`` (:func:`mslc.metrics.precision_se`); None without flags or
+    without a calibrated estimate."""
+    if precision is None or table.get("calibration") is None:
+        return None
+    se = precision_se(table["prob"], flagged(table), table["calibration_bin"], table["calibration"], [threshold])
+    return precision - LOWER_BOUND_Z * float(se[0])
 
 
 def noise_matrix(table: dict, classes: list[str]) -> dict:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from mslc.metrics import LOWER_BOUND_Z, precision_se
 from mslc.models import SmallCNN
 from pipeline.prep.fashion_mnist import fmnist_files
 from pipeline.rundir import RunDir
@@ -184,6 +185,7 @@ def test_corrected_label_table(smoke_run):
         "corrected_prob",
         "flagged",
         "est_correct",
+        "calibration_bin",
         "predicted_label",
         "predicted_prob",
         "review_rank",
@@ -226,7 +228,7 @@ def test_corrected_label_table(smoke_run):
 
 def test_budget_and_noise_matrix_files(smoke_run):
     """The truth-free estimates a run writes: columns and sums, and relabel.csv cut where the
-    budget says (estimated precision ≥ run.relabel_precision, 0.95)."""
+    budget says (the estimated precision's one-sided 95% lower bound ≥ run.relabel_precision, 0.95)."""
     run_dir, _ = smoke_run
     t = pq.read_table(RunDir(run_dir).labels).to_pydict()
     flagged, n = sum(t["flagged"]), len(t["index"])
@@ -244,8 +246,13 @@ def test_budget_and_noise_matrix_files(smoke_run):
         if sel.any():
             assert r["precision"] == pytest.approx(est[sel].mean(), rel=1e-5)
             assert r["right"] + r["wrong"] == pytest.approx(r["flags"])
+    where = np.asarray(t["calibration_bin"])
+    assert set(where.tolist()) <= set(range(len(bins)))  # every estimate was binned
+    for r, se in zip(b["rows"], precision_se(t["corrected_prob"], t["flagged"], where, bins)):
+        if r["flags"]:
+            assert r["se"] == pytest.approx(se) and r["lower"] == pytest.approx(r["precision"] - LOWER_BOUND_Z * se)
     ok = [r for r in b["rows"] if r["threshold"] >= b["threshold"] and r["flags"]]
-    assert all(r["precision"] >= 0.95 for r in ok)
+    assert all(r["lower"] >= 0.95 for r in ok)  # the cut: the estimate's lower bound reaches 95%
     rows = (RunDir(run_dir).relabel).read_text().splitlines()[1:]
     assert b["relabel_threshold"] == b["threshold"] and len(rows) == b["relabel_rows"]
     assert all(float(r.split(",")[2]) >= b["threshold"] for r in rows)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mslc import dist
-from mslc.metrics import calibrate, clean_split_calibration, confusion_matrix, label_posterior
+from mslc.metrics import calibrate, calibration_bin, clean_split_calibration, confusion_matrix, label_posterior
 from pipeline.charts import confusion_png
 from pipeline.rundir import RunDir
 from pipeline.storage import atomic_path, atomic_torch_save, atomic_write_text
@@ -185,8 +185,11 @@ def label_columns(
     true class: the model's prediction times the transition's likelihood of the given label,
     :func:`mslc.metrics.label_posterior`; ỹ's own probability where the run has no
     transition estimate; moved by ``calibration``'s per-bin bias where given:
-    :func:`mslc.metrics.clean_split_calibration`); ``predicted`` / ``predicted_prob`` (the model); ``review_rank``
-    (1 = review first: flagged samples before the rest, each by ``given_prob`` ascending).
+    :func:`mslc.metrics.clean_split_calibration`); ``calibration_bin`` (the calibration bin its
+    uncalibrated estimate falls in, -1 without calibration: the budget's lower bound counts
+    each bin's sampling error by it);
+    ``predicted`` / ``predicted_prob`` (the model); ``review_rank`` (1 = review first: flagged
+    samples before the rest, each by ``given_prob`` ascending).
     """
     n = len(given)
     rows = np.arange(n)
@@ -199,7 +202,9 @@ def label_columns(
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(1, n + 1)
     est = post[rows, corrected]
+    where = np.full(n, -1, dtype=np.int64)
     if calibration is not None:
+        where = calibration_bin(est, calibration)
         est = calibrate(est, calibration)
     return {
         "corrected": corrected,
@@ -207,6 +212,7 @@ def label_columns(
         "given_prob": given_prob,
         "flagged": flagged,
         "est_correct": est,
+        "calibration_bin": where,
         "predicted": pred.argmax(1),
         "predicted_prob": pred.max(1),
         "review_rank": rank,
@@ -232,7 +238,7 @@ def write_corrected_labels(
 ) -> Path:
     """One row per training sample (the columns are listed in the README's output table):
     index, key; given_label, given_name, given_prob; corrected_label, corrected_name,
-    corrected_prob, flagged, est_correct; predicted_label, predicted_prob; review_rank;
+    corrected_prob, flagged, est_correct, calibration_bin; predicted_label, predicted_prob; review_rank;
     alpha, beta; true_label / is_noisy (null where unknown); ``soft`` (ỹ's full row) with
     ``soft_rows``. See :func:`label_columns`.
 
@@ -256,6 +262,7 @@ def write_corrected_labels(
         "corrected_prob": pa.array(col["corrected_prob"].astype(np.float32)),
         "flagged": pa.array(col["flagged"]),
         "est_correct": pa.array(col["est_correct"].astype(np.float32)),
+        "calibration_bin": pa.array(col["calibration_bin"].astype(np.int8)),
         "predicted_label": pa.array(col["predicted"].astype(np.int64)),
         "predicted_prob": pa.array(col["predicted_prob"].astype(np.float32)),
         "review_rank": pa.array(col["review_rank"]),

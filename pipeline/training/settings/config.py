@@ -196,9 +196,7 @@ class RunConfig:
     relabel_threshold: float | None = (
         None  # relabel.csv: flags whose corrected label has at least this probability; None: from relabel_precision
     )
-    relabel_precision: float = (
-        0.95  # ... the lowest threshold whose flags are estimated (no true labels) this share right
-    )
+    relabel_precision: float = 0.95  # ... the lowest threshold whose flags are estimated (no true labels) this share right, with 95% confidence
     calibrate: bool = (
         True  # est_correct moved by its bias measured on the clean validation split (no true training label)
     )

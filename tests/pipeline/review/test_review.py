@@ -292,6 +292,7 @@ def test_the_clean_split_calibration_against_a_naive_count():
         mine = [(e, r, w) for e, r, w in rows if b["lo"] <= e < b["hi"]]
         wt = sum(w for _, _, w in mine)
         assert b["weight"] == pytest.approx(wt)
+        assert b["n_eff"] == pytest.approx(wt * wt / sum(w * w for _, _, w in mine) if mine else 0.0)
         if wt:
             assert b["estimated"] == pytest.approx(sum(e * w for e, _, w in mine) / wt)
             assert b["true"] == pytest.approx(sum(r * w for _, r, w in mine) / wt)
@@ -301,3 +302,79 @@ def test_the_clean_split_calibration_against_a_naive_count():
         b = next(b for b in bins if b["lo"] <= e < b["hi"])
         want = e if not b["weight"] else min(1.0, max(0.0, e - (b["estimated"] - b["true"])))
         assert m == pytest.approx(want)
+
+
+def naive_precision_se(conf, flagged, where, bins, thresholds, min_weight=10.0):
+    """Sample by sample: each flag carries its bin's variance; flags of one bin are fully
+    correlated, different bins independent."""
+    out = []
+    for th in thresholds:
+        mine = [w for c, f, w in zip(conf, flagged, where) if f and c >= th]
+        var = 0.0
+        for j, b in enumerate(bins):
+            n_b = sum(1 for w in mine if w == j)
+            if not n_b:
+                continue
+            n = b["n_eff"]
+            if b["weight"] >= min_weight and n > 0:
+                p = (b["true"] * n + 1) / (n + 2)
+                v = p * (1 - p) / n
+            else:
+                v = 0.25 / max(n, 1.0)
+            var += (n_b / len(mine)) ** 2 * v
+        out.append(var**0.5)
+    return out
+
+
+def test_precision_se_against_a_naive_sum():
+    from mslc.metrics import calibration_bin, precision_se
+
+    rng = np.random.default_rng(1)
+    bins = [
+        {"lo": 0.0, "hi": 0.5, "weight": 4.0, "n_eff": 3.2, "estimated": 0.4, "true": 0.5},
+        {"lo": 0.5, "hi": 0.9, "weight": 80.0, "n_eff": 60.0, "estimated": 0.7, "true": 0.75},
+        {"lo": 0.9, "hi": 1.0001, "weight": 300.0, "n_eff": 250.0, "estimated": 0.97, "true": 1.0},
+    ]
+    est = rng.random(500)
+    where = calibration_bin(est, bins)
+    assert where.tolist() == [0 if e < 0.5 else 1 if e < 0.9 else 2 for e in est]
+    conf, flagged = rng.random(500), rng.random(500) < 0.6
+    t = np.round(np.arange(0.0, 1.0, 0.05), 2)
+    got = precision_se(conf, flagged, where, bins)
+    assert got == pytest.approx(naive_precision_se(conf, flagged, where, bins, t))
+    assert (got > 0).all()  # also where every validation flag of a bin was right
+    assert precision_se(conf, flagged, np.full(500, -1), bins) == pytest.approx(0.0)  # uncalibrated: no error counted
+    assert precision_se(conf, np.zeros(500, bool), where, bins) == pytest.approx(0.0)
+
+
+def test_budget_cuts_on_the_lower_bound():
+    """With a calibration the cut is the lowest threshold whose one-sided 95% lower bound is at
+    least the target: here the estimate passes 0.95 from 0.5 up, the bound only higher."""
+    from mslc.metrics import LOWER_BOUND_Z
+
+    n = 400
+    prob = np.linspace(0.3, 1.0, n)
+    t = {
+        "given": np.zeros(n, np.int64),
+        "corrected": np.ones(n, np.int64),
+        "prob": prob,
+        "est_correct": np.where(prob >= 0.5, 0.96, 0.5),
+        "est_correct_by": "transition posterior, calibrated on the clean validation split",
+        "true": np.full(n, -1),
+        "calibration_bin": np.where(prob >= 0.8, 1, 0),
+        "calibration": [
+            {"lo": 0.0, "hi": 0.9, "weight": 40.0, "n_eff": 40.0, "estimated": 0.9, "true": 0.9},
+            {"lo": 0.9, "hi": 1.0001, "weight": 4000.0, "n_eff": 4000.0, "estimated": 0.97, "true": 0.96},
+        ],
+    }
+    b = select.budget(t)
+    for r in b["rows"]:
+        assert r["lower"] == pytest.approx(r["precision"] - LOWER_BOUND_Z * r["se"])
+    plain = select.budget({**t, "calibration": None})
+    assert plain["threshold"] == 0.5 and "lower" not in plain["rows"][0]
+    assert b["threshold"] > 0.5 and all(r["lower"] >= 0.95 for r in b["rows"] if r["threshold"] >= b["threshold"])
+    below = [r for r in b["rows"] if r["threshold"] < b["threshold"]]
+    assert below[-1]["lower"] < 0.95 <= below[-1]["precision"]
+    low = select.relabel_lower(t, b["threshold"], 0.96)
+    cut = next(r for r in b["rows"] if r["threshold"] == b["threshold"])
+    assert low == pytest.approx(cut["lower"]) and select.relabel_lower({**t, "calibration": None}, 0.5, 0.96) is None
