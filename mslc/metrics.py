@@ -304,12 +304,14 @@ def precision_se(
     t = np.round(np.arange(0.0, 1.0, 0.05), 2) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     conf, fl = np.asarray(confidence, dtype=np.float64), np.asarray(flagged, dtype=bool)
     where = np.asarray(bin_index, dtype=np.int64)
+    if where.size and where.max() >= len(bins):
+        raise ValueError(f"bin_index holds bin {int(where.max())}, but there are {len(bins)} calibration bins")
     var_b = calibration_variance(bins, min_weight=min_weight)
     out = np.zeros(len(t))
     for k, th in enumerate(t):
         sel = fl & (conf >= th)
         n = int(sel.sum())
         if n:
-            counts = np.bincount(where[sel & (where >= 0)], minlength=len(bins))[: len(bins)]
+            counts = np.bincount(where[sel & (where >= 0)], minlength=len(bins))
             out[k] = float(np.sqrt(((counts / n) ** 2 * var_b).sum()))
     return out

@@ -54,17 +54,15 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
     epoch = (t.schema.metadata or {}).get(b"labels_epoch")
     epochs = (t.schema.metadata or {}).get(b"labels_epochs")
     prob = floats("corrected_prob")
-    calibration = (t.schema.metadata or {}).get(b"est_correct_calibration")
+    calibration, where = _calibration(t, path)
     return {
         "index": t.column("index").to_numpy().astype(np.int64),
         # est_correct: a table from before it was written stands in ỹ's own probability
         "est_correct": floats("est_correct") if "est_correct" in t.column_names else prob,
         "est_correct_by": ((t.schema.metadata or {}).get(b"est_correct_by") or b"soft label").decode(),
         # the clean-split calibration behind est_correct (None: uncalibrated, no lower bound)
-        "calibration": json.loads(calibration) if calibration else None,
-        "calibration_bin": t.column("calibration_bin").to_numpy().astype(np.int64)
-        if "calibration_bin" in t.column_names
-        else np.full(len(prob), -1, dtype=np.int64),
+        "calibration": calibration,
+        "calibration_bin": where,
         "key": np.asarray(t.column("key").to_pylist(), dtype=object),
         "given": t.column("given_label").to_numpy().astype(np.int64),
         "corrected": t.column("corrected_label").to_numpy().astype(np.int64),
@@ -75,6 +73,29 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
         "labels_epoch": int(epoch) if epoch else None,
         "labels_epochs": [int(e) for e in json.loads(epochs)] if epochs else ([int(epoch)] if epoch else []),
     }
+
+
+def _calibration(t, path) -> tuple[list[dict] | None, np.ndarray]:
+    """The table's clean-split calibration bins (metadata ``est_correct_calibration``; None
+    where absent) and each row's ``calibration_bin`` (-1 where the column is absent)."""
+    raw = (t.schema.metadata or {}).get(b"est_correct_calibration")
+    try:
+        bins = json.loads(raw) if raw else None
+        if bins is not None and not all({"lo", "hi", "weight", "estimated", "true"} <= set(b) for b in bins):
+            raise ValueError("a bin lacks lo, hi, weight, estimated or true")
+    except (ValueError, TypeError) as e:
+        raise PipelineError(
+            f"{path}: metadata est_correct_calibration is not a list of calibration bins ({e})"
+        ) from None
+    if "calibration_bin" not in t.column_names:
+        return bins, np.full(t.num_rows, -1, dtype=np.int64)
+    where = t.column("calibration_bin").to_numpy().astype(np.int64)
+    if where.size and (where.min() < -1 or where.max() >= (len(bins) if bins is not None else 0)):
+        raise PipelineError(
+            f"{path}: column calibration_bin holds {int(where.min())}..{int(where.max())}, "
+            f"outside -1..{(len(bins) if bins is not None else 0) - 1} (the table's calibration bins)"
+        )
+    return bins, where
 
 
 def flagged(table: dict) -> np.ndarray:
@@ -172,8 +193,7 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
     if cal is not None:
         se = precision_se(table["prob"], fl, table["calibration_bin"], cal)
         for row, s in zip(rows, se):
-            row["se"] = float(s)
-            row["lower"] = row["precision"] - LOWER_BOUND_Z * float(s)
+            row["se"], row["lower"] = float(s), _lower(row["precision"], float(s))
     known = table["true"] >= 0
     if known.all():
         right = (table["corrected"] == table["true"]).astype(np.float64)
@@ -197,7 +217,12 @@ def relabel_lower(table: dict, threshold: float, precision: float | None) -> flo
     if precision is None or table.get("calibration") is None:
         return None
     se = precision_se(table["prob"], flagged(table), table["calibration_bin"], table["calibration"], [threshold])
-    return precision - LOWER_BOUND_Z * float(se[0])
+    return _lower(precision, float(se[0]))
+
+
+def _lower(precision: float, se: float) -> float:
+    """The one-sided 95% lower bound of an estimated precision with standard error ``se``."""
+    return precision - LOWER_BOUND_Z * se
 
 
 def noise_matrix(table: dict, classes: list[str]) -> dict:

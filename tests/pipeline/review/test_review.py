@@ -378,3 +378,45 @@ def test_budget_cuts_on_the_lower_bound():
     low = select.relabel_lower(t, b["threshold"], 0.96)
     cut = next(r for r in b["rows"] if r["threshold"] == b["threshold"])
     assert low == pytest.approx(cut["lower"]) and select.relabel_lower({**t, "calibration": None}, 0.5, 0.96) is None
+
+
+def test_read_table_names_a_broken_calibration(tmp_path):
+    """A table whose calibration metadata or calibration_bin column does not hold together is
+    refused with the file and the field named, not read into a wrong lower bound."""
+    import pyarrow.parquet as pq
+
+    from mslc.metrics import precision_se
+
+    rng = np.random.default_rng(0)
+    n, c = 30, 3
+    soft = rng.dirichlet(np.ones(c), n)
+    bins = [
+        {"lo": 0.0, "hi": 0.5, "weight": 20.0, "n_eff": 15.0, "estimated": 0.4, "true": 0.5},
+        {"lo": 0.5, "hi": 1.0001, "weight": 50.0, "n_eff": 40.0, "estimated": 0.8, "true": 0.75},
+    ]
+    path = write_corrected_labels(
+        tmp_path / "t.parquet",
+        keys=np.arange(n),
+        given=rng.integers(0, c, n),
+        soft=soft,
+        alpha=rng.random(n),
+        beta=rng.random(n),
+        true=None,
+        y_hat=soft,
+        transition=np.full((c, c), 1 / c),
+        calibration=bins,
+    )
+    t = select.read_table(path)
+    assert t["calibration"] == bins and set(t["calibration_bin"].tolist()) <= {0, 1}
+    table = pq.read_table(path)
+    for meta, col, field in (
+        (b"not json", None, "est_correct_calibration"),
+        (json.dumps([{"lo": 0.0}]).encode(), None, "est_correct_calibration"),
+        (json.dumps(bins[:1]).encode(), None, "calibration_bin"),
+    ):
+        bad = table.replace_schema_metadata({**table.schema.metadata, b"est_correct_calibration": meta})
+        pq.write_table(bad, tmp_path / "bad.parquet")
+        with pytest.raises(PipelineError, match=f"bad.parquet.*{field}"):
+            select.read_table(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="calibration bins"):
+        precision_se(np.ones(3), np.ones(3, bool), np.array([0, 1, 2]), bins)
