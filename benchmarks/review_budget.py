@@ -2,7 +2,7 @@
 without true labels, the precision they have?
 
     python benchmarks/review_budget.py [--noises sym-40 asym-40 instance-40] [--seeds 0 1 2] [--quick]
-                                       [--device cpu|cuda] [key=value ...]
+                                       [--heldout] [--device cpu|cuda] [key=value ...]
 
 Each run is the default run (preset ``fmnist-sym40``, all of Fashion-MNIST) with only
 ``data.noise`` / ``data.noise_rate`` changed. A run estimates, for each flag (corrected label ≠
@@ -14,6 +14,10 @@ precision (the mean ``est_correct`` of the band's flags) beside the true one (th
 corrected label is the true label), and for the threshold the run chose (the lowest whose
 flags are estimated ≥ 95% right with 95% confidence) the true precision of ``relabel.csv``. One run per noise and
 seed (three seeds by default: mean ± std; about 45 minutes on 2 CPU cores).
+
+``--heldout`` runs the same with ``run.crossfit_folds=2``: each flag's estimate read from
+held-out predictions of two cross-fitted models (``mslc.estimate.heldout_posterior``) instead of
+the run's own model; it writes ``review_budget_heldout.*`` (about 55 minutes).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from common import publish  # benchmarks/common.py, beside this script
 RESULTS = ROOT / "benchmarks" / "results"
 PRESET = "fmnist-sym40"
 NOISES = ["sym-40", "asym-40", "instance-40"]
+HELDOUT = ["run.crossfit_folds=2"]
 BANDS = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001]
 QUICK = [
     "data.max_train=1500",
@@ -135,7 +140,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -
     lines = [
         "# Review budget: estimated against true precision of the flags",
         "",
-        f"Made by `python benchmarks/review_budget.py{' --quick' if args.quick else ''}`. Preset `{PRESET}` "
+        f"Made by `python benchmarks/review_budget.py{' --quick' if args.quick else ''}"
+        f"{' --heldout' if args.heldout else ''}`. Preset `{PRESET}` "
         f"(the default run{', tiny' if args.quick else ', all of Fashion-MNIST'}), overrides "
         f"`{' '.join(overrides) or 'none'}`; seeds {args.seeds}"
         + (
@@ -215,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="a tiny smoke test of this script")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--heldout", action="store_true", help="estimate from cross-fitted held-out predictions")
     ap.add_argument("--storage", default="", help="where runs go (default: a new directory under runs/)")
     ap.add_argument("--out", default="", help="output path without extension")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     a = ap.parse_args(argv)
-    overrides = (QUICK if a.quick else []) + a.overrides
+    overrides = (QUICK if a.quick else []) + (HELDOUT if a.heldout else []) + a.overrides
     storage = a.storage or str(ROOT / "runs" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}")
-    out = Path(a.out or RESULTS / ("review_budget" + ("_quick" if a.quick else "")))
+    out = Path(a.out or RESULTS / ("review_budget" + ("_heldout" if a.heldout else "") + ("_quick" if a.quick else "")))
     rows = []
     for noise in a.noises:
         for seed in a.seeds:

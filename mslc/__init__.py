@@ -2,7 +2,8 @@
 
 This package holds the algorithm only and imports nothing but torch and numpy:
 noise models, the clean meta split, the corrector networks, the soft-label
-formula, the bilevel meta step, the soft-label bank, metrics and models.
+formula, the bilevel meta step, the soft-label bank, metrics, the truth-free
+estimate of how right the corrections are (mslc.estimate) and models.
 """
 
 _EXPORTS = {

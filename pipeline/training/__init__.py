@@ -6,5 +6,5 @@
   GPU JPEG decoding.
 * :mod:`~pipeline.training.methods`: the worker's state and one ``Method`` class per ``meta.method``.
 * :mod:`~pipeline.training.run`: the run (loop, one epoch, position, evaluation, checkpoints,
-  failures, outputs) and the driver's side (launch).
+  failures, outputs, cross-fitting) and the driver's side (launch).
 """

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mslc import dist
+from mslc.estimate import heldout_posterior
 from mslc.metrics import calibrate, calibration_bin, clean_split_calibration, confusion_matrix, label_posterior
 from pipeline.charts import confusion_png
 from pipeline.rundir import RunDir
@@ -172,6 +173,7 @@ def label_columns(
     y_hat: np.ndarray | None,
     transition: np.ndarray | None,
     calibration: list[dict] | None = None,
+    posterior: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The per-sample figures a practitioner acts on, all without true labels.
 
@@ -187,7 +189,9 @@ def label_columns(
     transition estimate; moved by ``calibration``'s per-bin bias where given:
     :func:`mslc.metrics.clean_split_calibration`); ``calibration_bin`` (the calibration bin its
     uncalibrated estimate falls in, -1 without calibration: the budget's lower bound counts
-    each bin's sampling error by it);
+    each bin's sampling error by it); ``posterior`` (N, C), where given, is the probability of
+    each true class the estimate reads instead of the model's (held-out predictions:
+    :func:`mslc.estimate.heldout_posterior`);
     ``predicted`` / ``predicted_prob`` (the model); ``review_rank`` (1 = review first: flagged
     samples before the rest, each by ``given_prob`` ascending).
     """
@@ -195,7 +199,13 @@ def label_columns(
     rows = np.arange(n)
     corrected = soft.argmax(1)
     pred = soft if y_hat is None else y_hat
-    post = label_posterior(pred, given, transition) if transition is not None else soft
+    post = (
+        posterior
+        if posterior is not None
+        else label_posterior(pred, given, transition)
+        if transition is not None
+        else soft
+    )
     given_prob = soft[rows, given]
     flagged = corrected != given
     order = np.lexsort((rows, given_prob, ~flagged))
@@ -219,6 +229,18 @@ def label_columns(
     }
 
 
+def estimated_by(transition: bool, calibrated: bool, heldout_folds: int = 0) -> str:
+    """What ``est_correct`` was computed from, in words (the table's ``est_correct_by``)."""
+    if not transition:
+        return "soft label"
+    what = (
+        f"held-out transition posterior ({heldout_folds} cross-fitted models)"
+        if heldout_folds
+        else "transition posterior"
+    )
+    return f"{what}, calibrated on the clean validation split" if calibrated else what
+
+
 def write_corrected_labels(
     path: Path,
     *,
@@ -235,6 +257,8 @@ def write_corrected_labels(
     classes: list[str] | None = None,
     soft_rows: bool = False,
     calibration: list[dict] | None = None,
+    posterior: np.ndarray | None = None,
+    heldout_folds: int = 0,
 ) -> Path:
     """One row per training sample (the columns are listed in the README's output table):
     index, key; given_label, given_name, given_prob; corrected_label, corrected_name,
@@ -245,11 +269,13 @@ def write_corrected_labels(
     ``soft`` (N, C) rows sum to 1; ``alpha``, ``beta`` (N,) NaN where never computed;
     ``true`` (N,) int with -1 for unknown, or None; ``epoch``: the epoch the labels are
     from (the latest, where ``epochs`` lists the epochs whose mean ỹ is ``soft``), kept in the
-    file's metadata (``labels_epoch``, ``labels_epochs``). Written whole or not at all.
+    file's metadata (``labels_epoch``, ``labels_epochs``). ``posterior``: see
+    :func:`label_columns`, from ``heldout_folds`` cross-fitted models (named in
+    ``est_correct_by``). Written whole or not at all.
     """
     n, c = soft.shape
     names = np.asarray(classes if classes is not None else [str(i) for i in range(c)], dtype=object)
-    col = label_columns(given, soft, y_hat, transition, calibration)
+    col = label_columns(given, soft, y_hat, transition, calibration, posterior)
     known = None if true is None else true >= 0
     cols = {
         "index": pa.array(np.arange(n, dtype=np.int64)),
@@ -278,13 +304,7 @@ def write_corrected_labels(
     table = pa.table(cols)
     meta = {
         b"classes": json.dumps(list(map(str, names))).encode(),
-        b"est_correct_by": (
-            b"soft label"
-            if transition is None
-            else b"transition posterior"
-            if calibration is None
-            else b"transition posterior, calibrated on the clean validation split"
-        ),
+        b"est_correct_by": estimated_by(transition is not None, calibration is not None, heldout_folds).encode(),
     }
     if calibration is not None:
         meta[b"est_correct_calibration"] = json.dumps(calibration).encode()
@@ -424,6 +444,7 @@ class RunOutputs:
         t = exported_labels(st.labels)
         self.log(f"exported labels: {selected_by(t['epochs'])}")
         transition = methods.transition_estimate(st)
+        est = flag_estimate(cfg, st, data, device, t, transition, log=self.log)
         result["corrected_labels"] = str(
             write_corrected_labels(
                 rd.labels,
@@ -436,10 +457,12 @@ class RunOutputs:
                 epoch=t["epoch"],
                 epochs=t["epochs"],
                 y_hat=t.get("y_hat"),
-                transition=transition,
+                transition=est["transition"],
                 classes=data.manifest["classes"],
                 soft_rows=cfg.run.export_soft,
-                calibration=val_calibration(cfg, st, data, device, transition),
+                calibration=est["calibration"],
+                posterior=est["posterior"],
+                heldout_folds=est["folds"],
             )
         )
         self.extra["exported"] = {
@@ -458,6 +481,28 @@ class RunOutputs:
             self.tb.close()
             result["tensorboard"] = str(rd.tensorboard)
         return result
+
+
+def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device, t: dict, transition, *, log) -> dict:
+    """What each flag's ``est_correct`` is read from: ``{'transition', 'calibration',
+    'posterior', 'folds'}``. With ``run.crossfit_folds`` (and a transition estimate and
+    ``run.calibrate``): held-out predictions (:mod:`pipeline.training.run.crossfit`) through
+    :func:`mslc.estimate.heldout_posterior` (the transition refitted to them); rows the
+    cross-fit never streamed keep the run model's posterior. Otherwise the run's own model's
+    predictions (``posterior`` None) and :func:`val_calibration`."""
+    plain = {"transition": transition, "posterior": None, "folds": 0}
+    if not (cfg.run.crossfit_folds and transition is not None and cfg.run.calibrate):
+        return {**plain, "calibration": val_calibration(cfg, st, data, device, transition)}
+    from pipeline.training.run import crossfit
+
+    ho = crossfit.heldout_predictions(cfg, data, t["y_tilde"], device, log=log)
+    if ho is None:
+        return {**plain, "calibration": None}
+    seen = ~np.isnan(ho.train).any(1)
+    r = heldout_posterior(ho.train[seen], ho.clean, ho.clean_labels, data.labels[seen], transition, folds=ho.folds)
+    post = label_posterior(t["y_hat"] if t.get("y_hat") is not None else t["y_tilde"], data.labels, r["transition"])
+    post[seen] = r["posterior"]
+    return {"transition": r["transition"], "calibration": r["calibration"], "posterior": post, "folds": ho.folds}
 
 
 def val_calibration(cfg: Config, st: TrainState, data: Data, device: torch.device, transition) -> list[dict] | None:

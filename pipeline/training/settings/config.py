@@ -200,6 +200,9 @@ class RunConfig:
     calibrate: bool = (
         True  # est_correct moved by its bias measured on the clean validation split (no true training label)
     )
+    crossfit_folds: int = 0  # >= 2: est_correct from held-out predictions: after the run this many fresh models, each
+    # trained on the other folds' samples with their exported ỹ, predict their own fold (0: the run's model)
+    crossfit_epochs: int = 8  # ... each for this many passes over its samples
     export_soft: bool = False  # corrected_labels.parquet also holds each sample's whole ỹ row (column soft)
     export: str = "auto"  # latest: ỹ of the latest epoch within 1 s.e. of the best clean validation; window: the mean
     # of them all; auto: the method's own (MSLC: window; the methods whose table is the model's prediction: latest)
@@ -233,6 +236,11 @@ class RunConfig:
             0.0 < self.relabel_precision <= 1.0,
             f"run.relabel_precision is a share in (0, 1], got {self.relabel_precision}",
         )
+        require(
+            self.crossfit_folds == 0 or self.crossfit_folds >= 2,
+            f"run.crossfit_folds is 0 (off) or the number of folds, at least 2, got {self.crossfit_folds}",
+        )
+        require(self.crossfit_epochs >= 1, f"run.crossfit_epochs must be >= 1, got {self.crossfit_epochs}")
 
     @property
     def mid_epoch_checkpoints(self) -> bool:

@@ -68,6 +68,10 @@ def test_overrides_are_typed_and_validated():
         apply_overrides(cfg, ["mslc.posterior_mix=1.5"])
     with pytest.raises(ConfigError, match="mslc.mix_min_concentration needs the estimated noise transition"):
         apply_overrides(cfg, ["mslc.posterior_mix=0.5", "mslc.mix_min_concentration=0.5"])
+    with pytest.raises(ConfigError, match="run.crossfit_folds is 0 .off. or the number of folds"):
+        apply_overrides(cfg, ["run.crossfit_folds=1"])
+    with pytest.raises(ConfigError, match="run.crossfit_epochs must be >= 1"):
+        apply_overrides(cfg, ["run.crossfit_epochs=0"])
     new = apply_overrides(
         cfg, ["mslc.trusted_passes=2.5", "mslc.transition=estimated", "mslc.alpha_prior=prediction"]
     ).mslc

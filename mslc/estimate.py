@@ -1,0 +1,202 @@
+"""Truth-free estimates of how right a run's flags are, from held-out predictions.
+
+A model's predictions on the samples it trained on lean to the labels it was fitted to, so a
+flag's estimated precision read from them is biased (low where the given labels were spread
+noise, high where the noise is a few class flips). Cross-fitting removes that: each training
+sample is predicted by a model that did not train on it (:func:`crossfit_folds`). Three pure
+steps then turn those held-out predictions into each flag's probability of being right
+(:func:`heldout_posterior` runs them):
+
+* :func:`binned_recalibration` / :func:`recalibrate`: where the noise is spread over many
+  classes, the held-out predictions' probabilities moved to the frequencies measured on the
+  clean split, per predicted class and confidence bin;
+* :func:`fit_transition`: the noise transition ``T[true, given]`` that makes the held-out
+  predictions explain the given labels best (EM, a maximum-likelihood fit: no true label);
+* :func:`mslc.metrics.label_posterior` with that transition, and
+  :func:`mslc.metrics.clean_split_calibration` on the clean split, as for the run's own model.
+
+NumPy in, NumPy out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RECALIBRATION_EDGES = (0.0, 0.5, 0.7, 0.9, 0.99, 0.999, 1.0001)
+
+
+def crossfit_folds(num_samples: int, folds: int, *, seed: int) -> np.ndarray:
+    """(N,) int64: each sample's fold in ``0..folds-1``, balanced (sizes differ by at most
+    one) and the same for the same ``(num_samples, folds, seed)`` on every worker. The model
+    of fold ``k`` trains on every sample whose fold is not ``k`` and predicts those that are."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    if num_samples < folds:
+        raise ValueError(f"{num_samples} samples cannot fill {folds} folds")
+    return (np.random.default_rng(seed).permutation(num_samples) % folds).astype(np.int64)
+
+
+def fit_transition(
+    probs: np.ndarray, given: np.ndarray, init: np.ndarray, *, iters: int = 50, tol: float = 1e-7
+) -> np.ndarray:
+    """The noise transition under which held-out predictions explain the given labels best:
+    maximises ``Σ_i log Σ_c p_ic · T[c, y_i]`` over row-stochastic ``T`` by EM (E: each
+    sample's responsibility ``r_ic ∝ p_ic · T[c, y_i]``; M: ``T[c, g] = Σ_{i: y_i = g} r_ic /
+    Σ_i r_ic``). Entries that start at 0 stay 0.
+
+    Parameters
+    ----------
+    probs : (N, C) float
+        Each sample's predicted distribution of its true class, from a model that did not
+        train on it; rows sum to 1.
+    given : (N,) int64
+        Given (noisy) labels.
+    init : (C, C) float
+        Starting transition ``T[true, given]`` (GLC's estimate, say); rows sum to 1.
+    iters : int
+        At most this many EM steps; it stops earlier once no entry moves by ``tol``.
+
+    Returns
+    -------
+    (C, C) float64, rows sum to 1 (a class no sample is predicted to be keeps its ``init`` row).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(given, dtype=np.int64)
+    t = np.asarray(init, dtype=np.float64).copy()
+    n, c = p.shape
+    if t.shape != (c, c) or y.shape != (n,):
+        raise ValueError(f"fit_transition: probs {p.shape}, given {y.shape} and init {t.shape} do not agree")
+    onehot = np.zeros((n, c))
+    onehot[np.arange(n), y] = 1.0
+    for _ in range(iters):
+        r = p * t[:, y].T
+        r /= np.maximum(r.sum(1, keepdims=True), 1e-300)
+        counts = r.T @ onehot  # (C true, C given)
+        mass = counts.sum(1, keepdims=True)
+        new = np.where(mass > 0, counts / np.maximum(mass, 1e-300), t)
+        moved = float(np.abs(new - t).max())
+        t = new
+        if moved < tol:
+            break
+    return t
+
+
+def binned_recalibration(
+    probs: np.ndarray, labels: np.ndarray, *, edges=RECALIBRATION_EDGES, prior_weight: float = 5.0
+) -> np.ndarray:
+    """How often each class is the true one among clean samples a model predicts as class
+    ``k`` with top probability in bin ``b`` of ``edges``: ``(count_c + w · mean p_c) / (n + w)``,
+    the model's own mean probabilities standing in as ``w`` pseudo-samples (a bin with few
+    clean samples stays near what the model says).
+
+    Parameters
+    ----------
+    probs : (n, C) the model's predictions on a clean split it did not train on;
+    labels : (n,) int64 their labels.
+
+    Returns
+    -------
+    (C, B, C) float64: ``[k, b]`` the true-class frequencies of bin ``b`` of predicted class
+    ``k`` (rows sum to 1); NaN where no clean sample fell.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if p.ndim != 2 or y.shape != (p.shape[0],):
+        raise ValueError(f"binned_recalibration: probs {p.shape} and labels {y.shape} do not agree")
+    c = p.shape[1]
+    out = np.full((c, len(edges) - 1, c), np.nan)
+    for (kk, bb), sel in _cells(p, edges):
+        m = int(sel.sum())
+        out[kk, bb] = (np.bincount(y[sel], minlength=c) + prior_weight * p[sel].mean(0)) / (m + prior_weight)
+    return out
+
+
+def recalibrate(probs: np.ndarray, table: np.ndarray, *, edges=RECALIBRATION_EDGES) -> np.ndarray:
+    """``probs`` (N, C) moved to :func:`binned_recalibration`'s frequencies: in each cell
+    (predicted class, top-probability bin) every class's probability is scaled by
+    ``table[k, b, c] / mean p_c`` (the mean over the cell's rows of ``probs``), so the cell's
+    mean becomes the clean split's frequency while the rows keep their order within it; rows
+    renormalised. Cells the table lacks (NaN) are left as they are.
+
+    Returns
+    -------
+    (N, C) float64, rows sum to 1.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    out = p.copy()
+    for (kk, bb), sel in _cells(p, edges):
+        target = table[kk, bb]
+        if np.isnan(target).any():
+            continue
+        mean = p[sel].mean(0)
+        out[sel] = p[sel] * np.where(mean > 0, target / np.maximum(mean, 1e-300), 1.0)
+    return out / np.maximum(out.sum(1, keepdims=True), 1e-300)
+
+
+def _cells(p: np.ndarray, edges):
+    """``((k, b), mask)`` for each non-empty cell of predicted class ``k`` and top-probability bin ``b``."""
+    k = p.argmax(1)
+    b = np.clip(np.searchsorted(np.asarray(edges), p.max(1), side="right") - 1, 0, len(edges) - 2)
+    for kk, bb in sorted(set(zip(k.tolist(), b.tolist()))):
+        yield (kk, bb), (k == kk) & (b == bb)
+
+
+FLIP_CONCENTRATION = (
+    0.5  # the transition's concentration (mslc.corrector.transition_concentration) from which noise is class flips
+)
+
+
+def heldout_posterior(
+    train_probs: np.ndarray,
+    clean_probs: np.ndarray,
+    clean_labels: np.ndarray,
+    given: np.ndarray,
+    transition: np.ndarray,
+    *,
+    folds: int = 1,
+) -> dict:
+    """Each training sample's probability of every class being its true one, from held-out
+    predictions and its given label, and what calibrates it on the clean split; no true
+    training label.
+
+    1. Where the noise ``transition`` estimated on trusted data is spread over many classes
+       (its concentration below :data:`FLIP_CONCENTRATION`: symmetric or instance noise), the
+       held-out predictions are moved to the clean split's frequencies
+       (:func:`binned_recalibration`): models trained on soft corrected labels put too much on
+       the classes the noise spread to. Where it is a few class flips they are kept: the clean
+       split is too small to measure the rare confident confusions between the flipped pairs,
+       and a recalibration that cannot see them shrinks them (measured on Fashion-MNIST,
+       ``benchmarks/review_budget.py --heldout``).
+    2. The transition refitted to the given labels under those predictions (:func:`fit_transition`,
+       started from ``transition``).
+    3. Bayes: :func:`mslc.metrics.label_posterior`; and the clean split's calibration of it,
+       :func:`mslc.metrics.clean_split_calibration`, whose effective sizes ``n_eff`` are divided
+       by ``folds`` (every fold's model predicted the same clean samples).
+
+    Parameters
+    ----------
+    train_probs : (N, C) each training sample's prediction by the model that did not train on it;
+    clean_probs : (F·n, C) the fold models' predictions on the clean split, one block per model;
+    clean_labels : (F·n,) int64 its labels, repeated per block;
+    given : (N,) int64 given labels; transition : (C, C) ``T[true, given]`` (GLC's, say);
+    folds : F.
+
+    Returns
+    -------
+    ``{'posterior': (N, C), 'transition': (C, C) refitted, 'calibration': bins,
+    'recalibrated': bool}``.
+    """
+    from mslc.corrector import transition_concentration
+    from mslc.metrics import clean_split_calibration, label_posterior
+
+    t0 = np.asarray(transition, dtype=np.float64)
+    spread = transition_concentration(t0) < FLIP_CONCENTRATION
+    p, pc = np.asarray(train_probs, dtype=np.float64), np.asarray(clean_probs, dtype=np.float64)
+    if spread:
+        table = binned_recalibration(pc, clean_labels)
+        p, pc = recalibrate(p, table), recalibrate(pc, table)
+    t = fit_transition(p, given, t0)
+    bins = clean_split_calibration(pc, clean_labels, t)
+    for b in bins:
+        b["n_eff"] = b["n_eff"] / max(folds, 1)
+    return {"posterior": label_posterior(p, given, t), "transition": t, "calibration": bins, "recalibrated": spread}

@@ -1,0 +1,121 @@
+"""The held-out estimate's pure steps (mslc.estimate) against naive references and planted noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mslc.estimate import (
+    RECALIBRATION_EDGES,
+    binned_recalibration,
+    crossfit_folds,
+    fit_transition,
+    heldout_posterior,
+    recalibrate,
+)
+from mslc.metrics import clean_split_calibration, label_posterior
+
+
+def calibrated_predictions(n: int, c: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions that are exactly calibrated: the true class is drawn from each row."""
+    logits = rng.normal(size=(n, c)) * 2.0
+    logits[np.arange(n), rng.integers(0, c, n)] += 3.0
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    true = (p.cumsum(1) > rng.random((n, 1))).argmax(1)
+    return p, true
+
+
+def noisy(true: np.ndarray, t: np.ndarray, rng) -> np.ndarray:
+    return (t[true].cumsum(1) > rng.random((len(true), 1))).argmax(1)
+
+
+def test_folds_are_balanced_seeded_and_checked():
+    f = crossfit_folds(1001, 3, seed=4)
+    assert sorted(np.bincount(f).tolist()) == [333, 334, 334]
+    assert (f == crossfit_folds(1001, 3, seed=4)).all()
+    assert (f != crossfit_folds(1001, 3, seed=5)).any()
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        crossfit_folds(10, 1, seed=0)
+    with pytest.raises(ValueError, match="cannot fill"):
+        crossfit_folds(2, 3, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["flips", "spread"])
+def test_fit_transition_recovers_planted_noise(kind):
+    rng = np.random.default_rng(0)
+    c = 4
+    if kind == "flips":
+        t = np.eye(c) * 0.6 + np.roll(np.eye(c), 1, axis=1) * 0.4
+    else:
+        t = np.full((c, c), 0.4 / (c - 1)) + np.eye(c) * (0.6 - 0.4 / (c - 1))
+    p, true = calibrated_predictions(40_000, c, rng)
+    given = noisy(true, t, rng)
+    fit = fit_transition(p, given, np.full((c, c), 1.0 / c), iters=200)
+    np.testing.assert_allclose(fit.sum(1), 1.0)
+    assert np.abs(fit - t).max() < 0.03
+    # from an estimate with the right zeros, zeros stay zero
+    fit0 = fit_transition(p, given, np.where(t > 0, 1.0, 0.0) / (t > 0).sum(1, keepdims=True))
+    assert (fit0[t == 0] == 0).all()
+
+
+def test_fit_transition_rejects_shapes_that_disagree():
+    with pytest.raises(ValueError, match="do not agree"):
+        fit_transition(np.full((5, 3), 1 / 3), np.zeros(5, dtype=np.int64), np.eye(4))
+
+
+def test_binned_recalibration_against_a_loop():
+    rng = np.random.default_rng(1)
+    p, _ = calibrated_predictions(3000, 5, rng)
+    labels = rng.integers(0, 5, 3000)
+    got = binned_recalibration(p, labels, prior_weight=3.0)
+    edges = RECALIBRATION_EDGES
+    for k in range(5):
+        for b in range(len(edges) - 1):
+            rows = [i for i in range(3000) if p[i].argmax() == k and edges[b] <= p[i].max() < edges[b + 1]]
+            if not rows:
+                assert np.isnan(got[k, b]).all()
+                continue
+            want = (np.bincount(labels[rows], minlength=5) + 3.0 * p[rows].mean(0)) / (len(rows) + 3.0)
+            np.testing.assert_allclose(got[k, b], want)
+
+
+def test_recalibrate_against_a_loop_and_leaves_unmeasured_cells():
+    rng = np.random.default_rng(2)
+    p, true = calibrated_predictions(4000, 4, rng)
+    table = binned_recalibration(p[:2000], true[:2000])
+    table[0] = np.nan  # predicted class 0 never measured
+    got = recalibrate(p[2000:], table)
+    q = p[2000:]
+    want = q.copy()
+    edges = np.asarray(RECALIBRATION_EDGES)
+    cell = [(int(r.argmax()), int(np.searchsorted(edges, r.max(), side="right") - 1)) for r in q]
+    for key in set(cell):
+        rows = [i for i, c in enumerate(cell) if c == key]
+        if np.isnan(table[key]).any():
+            continue
+        want[rows] = q[rows] * table[key] / q[rows].mean(0)
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    untouched = q.argmax(1) == 0
+    np.testing.assert_allclose(got[untouched], q[untouched])
+
+
+def test_heldout_posterior_recalibrates_only_spread_noise():
+    rng = np.random.default_rng(3)
+    c = 4
+    p, true = calibrated_predictions(6000, c, rng)
+    pc, clean = calibrated_predictions(2000, c, rng)
+    flips = np.eye(c) * 0.6 + np.roll(np.eye(c), 1, axis=1) * 0.4
+    spread = np.full((c, c), 0.4 / (c - 1)) + np.eye(c) * (0.6 - 0.4 / (c - 1))
+    given = noisy(true, flips, rng)
+    r = heldout_posterior(p, pc, clean, given, flips, folds=2)
+    assert not r["recalibrated"]
+    t = fit_transition(p, given, flips)
+    np.testing.assert_allclose(r["transition"], t)
+    np.testing.assert_allclose(r["posterior"], label_posterior(p, given, t))
+    bins = clean_split_calibration(pc, clean, t)
+    assert [b["n_eff"] for b in r["calibration"]] == pytest.approx([b["n_eff"] / 2 for b in bins])
+    r = heldout_posterior(p, pc, clean, noisy(true, spread, rng), spread)
+    assert r["recalibrated"]
+    np.testing.assert_allclose(r["posterior"].sum(1), 1.0)

@@ -1,0 +1,63 @@
+"""Cross-fitting (run.crossfit_folds): every training sample is predicted by a model that did
+not train on it, and a run that asks for it reads its flags' estimate from those predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from mslc.estimate import crossfit_folds
+from pipeline.training.run.checkpoint import LocalReporter
+from pipeline.worker import run
+from tests.helpers import RECOMMENDED, smoke_cfg
+
+
+def quiet(*_):
+    pass
+
+
+def test_each_sample_is_predicted_by_the_model_that_did_not_train_on_it(fake_shards, fake_data_cfg, tmp_path):
+    """Targets that name the fold (class 0 for fold 0, class 1 for fold 1): the model of
+    fold k only ever saw the other fold's class, so a held-out prediction of class 1 on fold 0
+    (and 0 on fold 1) shows whose prediction each row is."""
+    from pipeline.training.methods.state import build_data
+    from pipeline.training.run.crossfit import heldout_predictions
+
+    cfg = smoke_cfg(fake_data_cfg, tmp_path, "cf", 2, ["run.crossfit_folds=2", "run.crossfit_epochs=3"])
+    data = build_data(cfg, torch.device("cpu"))
+    n, c = len(data.labels), data.num_classes
+    folds = crossfit_folds(n, 2, seed=cfg.run.seed)
+    targets = np.zeros((n, c), dtype=np.float32)
+    targets[np.arange(n), folds] = 1.0
+    lines = []
+    ho = heldout_predictions(cfg, data, targets, torch.device("cpu"), log=lines.append)
+    assert ho.train.shape == (n, c) and not np.isnan(ho.train).any()
+    np.testing.assert_allclose(ho.train.sum(1), 1.0, rtol=1e-5)
+    assert (ho.train.argmax(1) == 1 - folds).mean() > 0.95
+    n_val = data.manifest["splits"]["val"]["count"]
+    assert ho.clean.shape == (2 * n_val, c) and ho.clean_labels.shape == (2 * n_val,) and ho.folds == 2
+    assert lines[0].startswith("cross-fitting: 2 models × 3 passes over")
+    again = heldout_predictions(cfg, data, targets, torch.device("cpu"), log=quiet)
+    np.testing.assert_array_equal(again.train, ho.train)  # seeded by run.seed
+
+
+def test_a_run_reads_its_flags_estimate_from_heldout_predictions(fake_shards, fake_data_cfg, tmp_path):
+    from pipeline.review.select import budget, read_table
+
+    cfg = smoke_cfg(
+        fake_data_cfg, tmp_path, "cfrun", 2, [*RECOMMENDED, "run.crossfit_folds=2", "run.crossfit_epochs=1"]
+    )
+    lines = []
+    res = run(cfg, LocalReporter(tmp_path / "cfrun"), log=lines.append)
+    assert any(line.startswith("cross-fitting done in") for line in lines)
+    meta = pq.read_schema(res["corrected_labels"]).metadata
+    assert meta[b"est_correct_by"].decode() == (
+        "held-out transition posterior (2 cross-fitted models), calibrated on the clean validation split"
+    )
+    table = read_table(res["corrected_labels"])
+    est = table["est_correct"]
+    assert ((est >= 0) & (est <= 1)).all()
+    assert table["calibration"] is not None and all(b["n_eff"] >= 0 for b in table["calibration"])
+    b = budget(table, target=0.95)
+    assert b["estimated_by"].startswith("held-out transition posterior")
