@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from mslc.estimate import crossfit_folds
-from pipeline.shardset import expected_counts, shard_urls
-from pipeline.training.data import streaming
+from pipeline.shardset import shard_urls
 from pipeline.training.methods.state import Data, build_bare_model, normalize
-from pipeline.training.run.evaluate import eval_batches
+from pipeline.training.run.evaluate import eval_batches, split_batches
 from pipeline.training.settings.config import Config
 from pipeline.weights import load_into, weights_source
 
@@ -58,18 +57,16 @@ def build_fold_models(cfg: Config, data: Data, device: torch.device) -> list[tor
 def train_batches(cfg: Config, data: Data, batch_size: int, *, seed: int | None, train: bool):
     """``(images uint8, labels, index)`` batches of the whole training split: shuffled with
     ``seed`` and augmented (``train``), or in shard order with the evaluation transform."""
-    ds = streaming.stream(
-        shard_urls(data.shard_dir, data.manifest, "train"),
-        num_classes=data.num_classes,
-        shuffle_seed=seed,
-        shuffle_buffer=cfg.data.shuffle_buffer if seed is not None else 0,
-        expected=expected_counts(data.shard_dir, data.manifest, "train"),
-        channels=data.channels,
-        transform=data.train_tf if train else data.eval_tf,
+    return split_batches(
+        data,
+        "train",
+        batch_size=batch_size,
         bad_samples=cfg.data.bad_samples,
-        labels=data.labels,
+        shuffle_seed=seed,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        train=train,
+        workers=cfg.data.loader_workers,
     )
-    return streaming.loader(ds, batch_size=batch_size, workers=cfg.data.loader_workers, seed=seed or 0)
 
 
 def fit_fold_models(
@@ -87,11 +84,12 @@ def fit_fold_models(
         m.train()
     for epoch in range(cfg.run.crossfit_epochs):
         for x, _, idx in train_batches(cfg, data, batch, seed=cfg.run.seed * 1000 + 500 + epoch, train=True):
-            x, f, tgt = normalize(x, data, device), folds[idx].to(device), targets[idx].to(device)
+            x, f, tgt = normalize(x, data, device), folds[idx], targets[idx].to(device)
             for k, (m, opt, sched) in enumerate(zip(models, opts, scheds)):
-                sel = f != k
+                sel = f != k  # on the CPU: counting it does not wait on the device
                 if int(sel.sum()) < 2:  # batch norm cannot train on one sample (a last batch's share)
                     continue
+                sel = sel.to(device, non_blocking=True)
                 loss = -(tgt[sel] * F.log_softmax(m(x[sel]), 1)).sum(1).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

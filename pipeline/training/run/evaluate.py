@@ -41,17 +41,36 @@ def eval_batches(data: Data, split: str, *, batch_size: int, bad_samples: str = 
         for i in range(0, len(y), batch_size):
             yield x[i : i + batch_size], y[i : i + batch_size]
         return
+    for x, y, _ in split_batches(data, split, batch_size=batch_size, bad_samples=bad_samples):
+        yield x, y
+
+
+def split_batches(
+    data: Data,
+    split: str,
+    *,
+    batch_size: int,
+    bad_samples: str = "error",
+    shuffle_seed: int | None = None,
+    shuffle_buffer: int = 0,
+    train: bool = False,
+    workers: int = 0,
+):
+    """``(images uint8, labels, index)`` batches of a whole split streamed from its shards:
+    in shard order with the evaluation transform, or shuffled with ``shuffle_seed`` and
+    augmented (``train``). The training split's labels are the run's (``data.labels``)."""
     ds = streaming.stream(
         shard_urls(data.shard_dir, data.manifest, split),
         num_classes=data.num_classes,
-        shuffle_seed=None,
+        shuffle_seed=shuffle_seed,
+        shuffle_buffer=shuffle_buffer if shuffle_seed is not None else 0,
         expected=expected_counts(data.shard_dir, data.manifest, split),
         channels=data.channels,
-        transform=data.eval_tf,
+        transform=data.train_tf if train else data.eval_tf,
         bad_samples=bad_samples,
+        labels=data.labels if split == "train" else None,
     )
-    for x, y, _ in streaming.loader(ds, batch_size=batch_size, workers=0):
-        yield x, y
+    return streaming.loader(ds, batch_size=batch_size, workers=workers, seed=shuffle_seed or 0)
 
 
 @torch.no_grad()

@@ -500,8 +500,11 @@ def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device,
         return {**plain, "calibration": None}
     seen = ~np.isnan(ho.train).any(1)
     r = heldout_posterior(ho.train[seen], ho.clean, ho.clean_labels, data.labels[seen], transition, folds=ho.folds)
-    post = label_posterior(t["y_hat"] if t.get("y_hat") is not None else t["y_tilde"], data.labels, r["transition"])
+    post = np.empty((len(seen), r["posterior"].shape[1]))
     post[seen] = r["posterior"]
+    if not seen.all():
+        own = t["y_hat"] if t.get("y_hat") is not None else t["y_tilde"]
+        post[~seen] = label_posterior(np.asarray(own)[~seen], data.labels[~seen], r["transition"])
     return {"transition": r["transition"], "calibration": r["calibration"], "posterior": post, "folds": ho.folds}
 
 

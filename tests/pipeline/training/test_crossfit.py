@@ -61,3 +61,36 @@ def test_a_run_reads_its_flags_estimate_from_heldout_predictions(fake_shards, fa
     assert table["calibration"] is not None and all(b["n_eff"] >= 0 for b in table["calibration"])
     b = budget(table, target=0.95)
     assert b["estimated_by"].startswith("held-out transition posterior")
+
+
+def test_rows_the_crossfit_never_streamed_keep_the_run_models_posterior(
+    fake_shards, fake_data_cfg, tmp_path, monkeypatch
+):
+    """A sample skipped as unreadable has no held-out prediction (a NaN row): its estimate is
+    the run model's posterior under the refitted transition; every other row is the held-out one."""
+    from mslc.estimate import heldout_posterior
+    from mslc.metrics import label_posterior
+    from pipeline.training.methods.state import build_data
+    from pipeline.training.run import crossfit
+    from pipeline.training.run.outputs import flag_estimate
+
+    cfg = smoke_cfg(fake_data_cfg, tmp_path, "cfnan", 2, ["run.crossfit_folds=2"])
+    data = build_data(cfg, torch.device("cpu"))
+    n, c = len(data.labels), data.num_classes
+    rng = np.random.default_rng(0)
+    held = rng.dirichlet(np.ones(c), n)
+    held[[3, 7]] = np.nan
+    clean = rng.dirichlet(np.ones(c), 8)
+    ho = crossfit.Heldout(held, clean, np.arange(8) % c, 2)
+    monkeypatch.setattr(crossfit, "heldout_predictions", lambda *a, **k: ho)
+    y_hat = rng.dirichlet(np.ones(c), n)
+    t0 = np.full((c, c), 0.1 / (c - 1)) + np.eye(c) * (0.9 - 0.1 / (c - 1))
+    est = flag_estimate(cfg, None, data, torch.device("cpu"), {"y_hat": y_hat, "y_tilde": y_hat}, t0, log=quiet)
+    seen = ~np.isnan(held).any(1)
+    r = heldout_posterior(held[seen], clean, ho.clean_labels, data.labels[seen], t0, folds=2)
+    np.testing.assert_allclose(est["posterior"][seen], r["posterior"])
+    np.testing.assert_allclose(est["transition"], r["transition"])
+    np.testing.assert_allclose(
+        est["posterior"][~seen], label_posterior(y_hat[~seen], data.labels[~seen], r["transition"])
+    )
+    assert est["folds"] == 2
