@@ -24,6 +24,7 @@ from pipeline.rundir import RunDir
 from pipeline.storage import atomic_path, atomic_torch_save, atomic_write_text
 from pipeline.training.methods import registry as methods
 from pipeline.training.methods.state import Data, TrainState
+from pipeline.training.run import crossfit
 from pipeline.training.run.epoch import EpochProgress
 from pipeline.training.run.evaluate import predict, progress_line, table_label_metrics
 from pipeline.training.settings.config import Config
@@ -199,13 +200,12 @@ def label_columns(
     rows = np.arange(n)
     corrected = soft.argmax(1)
     pred = soft if y_hat is None else y_hat
-    post = (
-        posterior
-        if posterior is not None
-        else label_posterior(pred, given, transition)
-        if transition is not None
-        else soft
-    )
+    if posterior is not None:
+        post = posterior
+    elif transition is not None:
+        post = label_posterior(pred, given, transition)
+    else:
+        post = soft
     given_prob = soft[rows, given]
     flagged = corrected != given
     order = np.lexsort((rows, given_prob, ~flagged))
@@ -493,8 +493,6 @@ def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device,
     plain = {"transition": transition, "posterior": None, "folds": 0}
     if not (cfg.run.crossfit_folds and transition is not None and cfg.run.calibrate):
         return {**plain, "calibration": val_calibration(cfg, st, data, device, transition)}
-    from pipeline.training.run import crossfit
-
     ho = crossfit.heldout_predictions(cfg, data, t["y_tilde"], device, log=log)
     if ho is None:
         return {**plain, "calibration": None}
