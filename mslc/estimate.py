@@ -3,13 +3,16 @@
 A model's predictions on the samples it trained on lean to the labels it was fitted to, so a
 flag's estimated precision read from them is biased (low where the given labels were spread
 noise, high where the noise is a few class flips). Cross-fitting removes that: each training
-sample is predicted by a model that did not train on it (:func:`crossfit_folds`). Three pure
+sample is predicted by a model that did not train on it (:func:`crossfit_folds`). Pure
 steps then turn those held-out predictions into each flag's probability of being right
 (:func:`heldout_posterior` runs them):
 
 * :func:`binned_recalibration` / :func:`recalibrate`: where the noise is spread over many
   classes, the held-out predictions' probabilities moved to the frequencies measured on the
   clean split, per predicted class and confidence bin;
+* :func:`supported_flips`: where the noise is a few class flips, which of them the given
+  labels show beyond the held-out models' own mistakes on the clean split (the rest are
+  removed before the fit);
 * :func:`fit_transition`: the noise transition ``T[true, given]`` that makes the held-out
   predictions explain the given labels best (EM, a maximum-likelihood fit: no true label);
 * :func:`mslc.metrics.label_posterior` with that transition, and
@@ -144,6 +147,61 @@ def _cells(p: np.ndarray, edges):
 FLIP_CONCENTRATION = (
     0.5  # the transition's concentration (mslc.corrector.transition_concentration) from which noise is class flips
 )
+SUPPORT_Z = (
+    1.645  # one-sided 95%: a flip is kept where the given labels show more of it than the models' own upper bound
+)
+
+
+def supported_flips(
+    probs: np.ndarray,
+    given: np.ndarray,
+    clean_probs: np.ndarray,
+    clean_labels: np.ndarray,
+    *,
+    blocks: int = 1,
+    z: float = SUPPORT_Z,
+) -> np.ndarray:
+    """Which cells ``T[c, g]`` of the noise transition the given labels support: a flip
+    ``c → g`` is kept where the share of samples given ``g`` that the held-out models predict
+    as ``c`` exceeds the one-sided upper bound of how often those models mistake a clean
+    sample of class ``g`` for ``c`` (measured on the clean split). A model's own confident
+    mistakes otherwise pass for noise: fitted to the given labels they put small spurious
+    entries in ``T`` (0.5–2% on Fashion-MNIST's class flips) that make flags onto classes the
+    noise never reaches look right.
+
+    Parameters
+    ----------
+    probs : (N, C) held-out predictions of the training samples; given : (N,) int64 their
+    given labels; clean_probs : (blocks·n, C) the same models' predictions on the clean
+    split, one block per model; clean_labels : (blocks·n,) int64; blocks : how many models
+    predicted the same clean samples (the bound's sample size is a block's); z : the bound's
+    normal quantile.
+
+    Returns
+    -------
+    (C, C) bool ``[true, given]``: True on the diagonal, and where a class has no clean
+    sample or no sample is given it (nothing to test against).
+    """
+    p, y = np.asarray(probs), np.asarray(given, dtype=np.int64)
+    pc, yc = np.asarray(clean_probs), np.asarray(clean_labels, dtype=np.int64)
+    if p.ndim != 2 or y.shape != (p.shape[0],) or pc.shape[1:] != p.shape[1:] or yc.shape != (pc.shape[0],):
+        raise ValueError(
+            f"supported_flips: probs {p.shape}, given {y.shape}, clean_probs {pc.shape} and "
+            f"clean_labels {yc.shape} do not agree"
+        )
+    c = p.shape[1]
+    seen = np.zeros((c, c))
+    np.add.at(seen, (p.argmax(1), y), 1.0)  # [predicted, given]
+    n_given = seen.sum(0)
+    mistaken = np.zeros((c, c))
+    np.add.at(mistaken, (yc, pc.argmax(1)), 1.0)  # [clean class, predicted]
+    n_clean = mistaken.sum(1, keepdims=True) / max(blocks, 1)
+    rate = (mistaken / max(blocks, 1) + 1.0) / (n_clean + 2.0)  # a block's rate, one success and one failure added
+    upper = rate + z * np.sqrt(rate * (1.0 - rate) / np.maximum(n_clean, 1.0))
+    share = seen / np.maximum(n_given, 1.0)
+    keep = (share > upper.T) | (n_given == 0)[None, :] | (n_clean[:, 0] == 0)[None, :]
+    np.fill_diagonal(keep, True)
+    return keep
 
 
 def heldout_posterior(
@@ -166,9 +224,11 @@ def heldout_posterior(
        the classes the noise spread to. Where it is a few class flips they are kept: the clean
        split is too small to measure the rare confident confusions between the flipped pairs,
        and a recalibration that cannot see them shrinks them (measured on Fashion-MNIST,
-       ``benchmarks/review_budget.py --heldout``).
+       ``benchmarks/review_budget.py --heldout``). There the flips the given labels do not
+       support beyond the models' own mistakes are removed from ``transition`` instead
+       (:func:`supported_flips`).
     2. The transition refitted to the given labels under those predictions (:func:`fit_transition`,
-       started from ``transition``).
+       started from ``transition``; a removed flip stays 0).
     3. Bayes: :func:`mslc.metrics.label_posterior`; and the clean split's calibration of it,
        :func:`mslc.metrics.clean_split_calibration`, whose effective sizes ``n_eff`` are divided
        by ``folds`` (every fold's model predicted the same clean samples).
@@ -195,6 +255,9 @@ def heldout_posterior(
     if spread:
         table = binned_recalibration(pc, clean_labels)
         p, pc = recalibrate(p, table), recalibrate(pc, table)
+    else:
+        t0 = np.where(supported_flips(p, given, pc, clean_labels, blocks=folds), t0, 0.0)
+        t0 = t0 / t0.sum(1, keepdims=True)
     t = fit_transition(p, given, t0)
     bins = clean_split_calibration(pc, clean_labels, t)
     for b in bins:

@@ -12,6 +12,7 @@ from mslc.estimate import (
     fit_transition,
     heldout_posterior,
     recalibrate,
+    supported_flips,
 )
 from mslc.metrics import clean_split_calibration, label_posterior
 
@@ -119,3 +120,66 @@ def test_heldout_posterior_recalibrates_only_spread_noise():
     r = heldout_posterior(p, pc, clean, noisy(true, spread, rng), spread)
     assert r["recalibrated"]
     np.testing.assert_allclose(r["posterior"].sum(1), 1.0)
+
+
+def test_supported_flips_finds_the_planted_flips_and_not_the_models_mistakes():
+    """Predictions whose arg-max is often wrong (the true class is drawn from each row): the
+    flips planted in the given labels are kept, no cell the noise never reaches is."""
+    rng = np.random.default_rng(4)
+    c = 5
+    flips = np.eye(c)
+    for src, dst in [(0, 3), (2, 4)]:
+        flips[src] = 0.0
+        flips[src, src], flips[src, dst] = 0.6, 0.4
+    p, true = calibrated_predictions(30_000, c, rng)
+    pc, clean = calibrated_predictions(1000, c, rng)
+    keep = supported_flips(
+        p, noisy(true, flips, rng), np.concatenate([pc, pc]), np.concatenate([clean, clean]), blocks=2
+    )
+    np.testing.assert_array_equal(keep, flips > 0)
+    # without noise nothing off the diagonal is kept, although the arg-max is wrong for ~25% of them
+    assert (p.argmax(1) != true).mean() > 0.2
+    np.testing.assert_array_equal(supported_flips(p, true, pc, clean), np.eye(c, dtype=bool))
+
+
+def test_supported_flips_against_a_loop():
+    rng = np.random.default_rng(5)
+    c, z = 3, 1.645
+    p, true = calibrated_predictions(600, c, rng)
+    pc, clean = calibrated_predictions(90, c, rng)
+    given = noisy(true, np.full((c, c), 0.1) + np.eye(c) * 0.7, rng)
+    got = supported_flips(p, given, pc, clean, z=z)
+    for cc in range(c):
+        for g in range(c):
+            share = np.mean(p[given == g].argmax(1) == cc)
+            n = np.sum(clean == g)
+            rate = (np.sum(pc[clean == g].argmax(1) == cc) + 1) / (n + 2)
+            want = cc == g or share > rate + z * np.sqrt(rate * (1 - rate) / n)
+            assert got[cc, g] == want, (cc, g)
+
+
+def test_supported_flips_keeps_what_it_cannot_test_and_checks_shapes():
+    p = np.eye(4)[[0, 1, 1, 0, 2, 0]]
+    given = np.array([0, 1, 1, 0, 2, 2])
+    keep = supported_flips(p, given, np.eye(4)[[0, 1, 3]], np.array([0, 1, 3]))
+    assert keep[:, 2].all()  # no clean sample of class 2: its column cannot be tested
+    assert keep[:, 3].all()  # no sample is given class 3
+    assert not keep[1, 0] and not keep[0, 1]
+    with pytest.raises(ValueError, match="do not agree"):
+        supported_flips(p, np.zeros(3, dtype=np.int64), p, np.zeros(6, dtype=np.int64))
+
+
+def test_heldout_posterior_removes_unsupported_flips_from_a_dense_start():
+    """Where the noise is class flips, a starting transition with small entries everywhere
+    (GLC's, say) is refitted with only the flips the given labels support."""
+    rng = np.random.default_rng(6)
+    c = 4
+    flips = np.eye(c) * 0.6 + np.roll(np.eye(c), 1, axis=1) * 0.4
+    p, true = calibrated_predictions(20_000, c, rng)
+    pc, clean = calibrated_predictions(1000, c, rng)
+    given = noisy(true, flips, rng)
+    dense = flips * 0.96 + 0.01
+    r = heldout_posterior(p, pc, clean, given, dense)
+    assert not r["recalibrated"]
+    assert (r["transition"][flips == 0] == 0).all()
+    assert np.abs(r["transition"] - flips).max() < 0.03

@@ -493,7 +493,7 @@ def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device,
     plain = {"transition": transition, "posterior": None, "folds": 0}
     if not (cfg.run.crossfit_folds and transition is not None and cfg.run.calibrate):
         return {**plain, "calibration": val_calibration(cfg, st, data, device, transition)}
-    ho = crossfit.heldout_predictions(cfg, data, t["y_tilde"], device, log=log)
+    ho = crossfit.heldout_predictions(cfg, data, np.asarray(t["y_tilde"]).argmax(1), device, log=log)
     if ho is None:
         return {**plain, "calibration": None}
     seen = ~np.isnan(ho.train).any(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from mslc.estimate import crossfit_folds
@@ -28,8 +29,7 @@ def test_each_sample_is_predicted_by_the_model_that_did_not_train_on_it(fake_sha
     data = build_data(cfg, torch.device("cpu"))
     n, c = len(data.labels), data.num_classes
     folds = crossfit_folds(n, 2, seed=cfg.run.seed)
-    targets = np.zeros((n, c), dtype=np.float32)
-    targets[np.arange(n), folds] = 1.0
+    targets = folds.copy()
     lines = []
     ho = heldout_predictions(cfg, data, targets, torch.device("cpu"), log=lines.append)
     assert ho.train.shape == (n, c) and not np.isnan(ho.train).any()
@@ -40,6 +40,8 @@ def test_each_sample_is_predicted_by_the_model_that_did_not_train_on_it(fake_sha
     assert lines[0].startswith("cross-fitting: 2 models × 3 passes over")
     again = heldout_predictions(cfg, data, targets, torch.device("cpu"), log=quiet)
     np.testing.assert_array_equal(again.train, ho.train)  # seeded by run.seed
+    with pytest.raises(ValueError, match="integer labels as targets"):
+        heldout_predictions(cfg, data, np.eye(c, dtype=np.float32)[folds], torch.device("cpu"), log=quiet)
 
 
 def test_a_run_reads_its_flags_estimate_from_heldout_predictions(fake_shards, fake_data_cfg, tmp_path):
