@@ -17,7 +17,7 @@ seed (three seeds by default: mean ± std; about 45 minutes on 2 CPU cores).
 
 ``--heldout`` runs the same with ``run.crossfit_folds=2``: each flag's estimate read from
 held-out predictions of two cross-fitted models (``mslc.estimate.heldout_posterior``) instead of
-the run's own model; it writes ``review_budget_heldout.*`` (about 55 minutes).
+the run's own model; it writes ``review_budget_heldout.*`` (about 65 minutes; 2 hours on a slower 2-core machine).
 """
 
 from __future__ import annotations
