@@ -18,6 +18,8 @@ seed (three seeds by default: mean ± std; about 45 minutes on 2 CPU cores).
 ``--heldout`` runs the same with ``run.crossfit_folds=2``: each flag's estimate read from
 held-out predictions of two cross-fitted models (``mslc.estimate.heldout_posterior``) instead of
 the run's own model; it writes ``review_budget_heldout.*`` (about 65 minutes; 2 hours on a slower 2-core machine).
+``--update`` runs only ``--noises`` and keeps the other noises' rows of the table already there
+(for an edit that cannot change their runs; the table says which commit made which rows).
 """
 
 from __future__ import annotations
@@ -136,6 +138,15 @@ def mean_std(vals: list) -> str:
     return f"{100 * np.mean(vals):.1f}" + (f" ± {100 * np.std(vals, ddof=1):.1f}" if len(vals) > 1 else "")
 
 
+def made_at(rows: list[dict]) -> str:
+    """Which commit made each noise's runs, where the table was put together by ``--update``."""
+    at = {r["noise"]: r["commit"] for r in rows if "commit" in r}
+    if len(set(at.values())) < 2:
+        return ""
+    parts = [f"{n} kept from the {c} (`--update`)" if c.startswith("table ") else f"{n} at {c}" for n, c in at.items()]
+    return " Runs: " + "; ".join(parts) + "."
+
+
 def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -> str:
     lines = [
         "# Review budget: estimated against true precision of the flags",
@@ -149,7 +160,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -
             if len(args.seeds) == 1
             else " (mean ± std over them)"
         )
-        + f"; torch {torch.__version__}, device {args.device}.",
+        + f"; torch {torch.__version__}, device {args.device}."
+        + made_at(rows),
         "",
         "A flag is a sample whose corrected label differs from its given one. *estimated*: the mean of the "
         "run's `est_correct` over the band's flags (computed without any true training label); *true*: the "
@@ -215,6 +227,45 @@ def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -
     return "\n".join(lines)
 
 
+def commit() -> str:
+    """The commit the benchmark ran at (``+dirty`` with uncommitted edits), or ``unknown``."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
+def kept_rows(out: Path, a: argparse.Namespace, overrides: list[str]) -> list[dict]:
+    """``--update``: the rows of ``out.json`` for the noises not run now (their ``commit``: the
+    commit that last wrote the file); a table made with other overrides, seeds or device is
+    refused (its rows would not be the same runs)."""
+    import json
+
+    path = out.with_suffix(".json")
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--update: cannot read the table to update, {path} ({e})") from None
+    if old.get("overrides") != overrides or old.get("seeds") != a.seeds or old.get("device") != a.device:
+        raise SystemExit(
+            f"--update: {path} was made with overrides {old.get('overrides')}, seeds {old.get('seeds')}, "
+            f"device {old.get('device')}; this run has {overrides}, {a.seeds}, {a.device}: run every noise instead"
+        )
+    import subprocess
+
+    last = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", str(path.resolve())], capture_output=True, text=True
+    )
+    made = f"table of {last.stdout.strip()}" if last.returncode == 0 and last.stdout.strip() else "table before"
+    return [{"commit": made, **r} for r in old["rows"] if r["noise"] not in a.noises]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--noises", nargs="+", default=NOISES)
@@ -224,16 +275,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heldout", action="store_true", help="estimate from cross-fitted held-out predictions")
     ap.add_argument("--storage", default="", help="where runs go (default: a new directory under runs/)")
     ap.add_argument("--out", default="", help="output path without extension")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="run only --noises and keep the other noises' rows of the table already at --out "
+        "(for an edit that cannot change those runs; each row records the commit that made it)",
+    )
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     a = ap.parse_args(argv)
     overrides = (QUICK if a.quick else []) + (HELDOUT if a.heldout else []) + a.overrides
     storage = a.storage or str(ROOT / "runs" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(a.out or RESULTS / ("review_budget" + ("_heldout" if a.heldout else "") + ("_quick" if a.quick else "")))
+    kept = kept_rows(out, a, overrides) if a.update else []
     rows = []
     for noise in a.noises:
         for seed in a.seeds:
-            rows.append(one_run(noise, seed, overrides, storage, a.device))
+            rows.append({**one_run(noise, seed, overrides, storage, a.device), "commit": commit()})
             print(f"{noise} seed {seed}: {rows[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    rows = sorted(
+        kept + rows, key=lambda r: (NOISES.index(r["noise"]) if r["noise"] in NOISES else len(NOISES), r["seed"])
+    )
+    a.noises = list(dict.fromkeys(r["noise"] for r in rows))
     publish(
         out,
         markdown(rows, a, overrides),

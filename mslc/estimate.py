@@ -7,6 +7,8 @@ sample is predicted by a model that did not train on it (:func:`crossfit_folds`)
 steps then turn those held-out predictions into each flag's probability of being right
 (:func:`heldout_posterior` runs them):
 
+* :func:`crossfit_targets`: what the held-out models learn (the soft ỹ where the noise is
+  spread, its arg-max where it is a few class flips);
 * :func:`binned_recalibration` / :func:`recalibrate`: where the noise is spread over many
   classes, the held-out predictions' probabilities moved to the frequencies measured on the
   clean split, per predicted class and confidence bin;
@@ -150,6 +152,36 @@ FLIP_CONCENTRATION = (
 SUPPORT_Z = (
     1.645  # one-sided 95%: a flip is kept where the given labels show more of it than the models' own upper bound
 )
+
+
+def crossfit_targets(y_tilde: np.ndarray, transition: np.ndarray) -> np.ndarray:
+    """What the cross-fitted models learn: where the noise ``transition`` is spread over many
+    classes (its concentration below :data:`FLIP_CONCENTRATION`: symmetric or instance noise)
+    the soft corrected labels ``y_tilde`` themselves, where it is a few class flips their
+    arg-max. ỹ keeps some of a flipped sample's mass on its given label, and
+    :func:`fit_transition` counts the given label's evidence again: under class flips that made
+    the estimate 2–8 points low. Under spread noise the arg-max throws away the doubt a soft row
+    carries between two classes, and the held-out models then put too little on the second one
+    (the estimate 2–4 points low below 0.7; both measured on Fashion-MNIST,
+    ``benchmarks/review_budget.py``).
+
+    Parameters
+    ----------
+    y_tilde : (N, C) float, rows sum to 1; transition : (C, C) ``T[true, given]``.
+
+    Returns
+    -------
+    (N, C) float32 soft targets, or (N,) int64 labels.
+    """
+    from mslc.corrector import transition_concentration
+
+    y = np.asarray(y_tilde)
+    t = np.asarray(transition, dtype=np.float64)
+    if y.ndim != 2 or t.shape != (y.shape[1], y.shape[1]):
+        raise ValueError(f"crossfit_targets: y_tilde {y.shape} and transition {t.shape} do not agree")
+    if transition_concentration(t) < FLIP_CONCENTRATION:
+        return y.astype(np.float32)
+    return y.argmax(1).astype(np.int64)
 
 
 def supported_flips(

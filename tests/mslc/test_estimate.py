@@ -9,6 +9,7 @@ from mslc.estimate import (
     RECALIBRATION_EDGES,
     binned_recalibration,
     crossfit_folds,
+    crossfit_targets,
     fit_transition,
     heldout_posterior,
     recalibrate,
@@ -120,6 +121,24 @@ def test_heldout_posterior_recalibrates_only_spread_noise():
     r = heldout_posterior(p, pc, clean, noisy(true, spread, rng), spread)
     assert r["recalibrated"]
     np.testing.assert_allclose(r["posterior"].sum(1), 1.0)
+
+
+def test_crossfit_targets_are_soft_under_spread_noise_and_labels_under_flips():
+    rng = np.random.default_rng(5)
+    c = 4
+    y = rng.dirichlet(np.ones(c), size=50)
+    flips = np.eye(c) * 0.6 + np.roll(np.eye(c), 1, axis=1) * 0.4
+    spread = np.full((c, c), 0.4 / (c - 1)) + np.eye(c) * (0.6 - 0.4 / (c - 1))
+    hard = crossfit_targets(y, flips)
+    assert hard.dtype == np.int64 and hard.shape == (50,)
+    np.testing.assert_array_equal(hard, y.argmax(1))
+    soft = crossfit_targets(y, spread)
+    assert soft.dtype == np.float32 and soft.shape == (50, c)
+    np.testing.assert_allclose(soft, y, rtol=1e-6)
+    with pytest.raises(ValueError, match="y_tilde .* and transition .* do not agree"):
+        crossfit_targets(y, np.eye(c + 1))
+    with pytest.raises(ValueError, match="do not agree"):
+        crossfit_targets(y.argmax(1), flips)
 
 
 def test_supported_flips_finds_the_planted_flips_and_not_the_models_mistakes():

@@ -3,15 +3,13 @@ estimated precision is not read from a model that trained on it.
 
 After the run exported its labels, rank 0 alone splits the training samples into K folds
 (:func:`mslc.estimate.crossfit_folds`, seeded by ``run.seed``) and trains K fresh models of
-the run's architecture: model k on every sample outside fold k, with the exported labels
-(ỹ's arg-max) as its targets, for ``run.crossfit_epochs`` passes (SGD with the run's learning rate, momentum and
+the run's architecture: model k on every sample outside fold k, with
+:func:`mslc.estimate.crossfit_targets` as its targets (the soft ỹ where the noise is spread,
+its arg-max where it is a few class flips), for ``run.crossfit_epochs`` passes (SGD with the run's learning rate, momentum and
 weight decay on a one-cycle schedule; each pass streams the training shards once and splits
 each batch between the models). Model k then predicts the samples of fold k and the clean
 validation split. :func:`mslc.estimate.heldout_posterior` turns that into each flag's
-probability of being right. The targets are the corrected labels, not the soft ỹ: ỹ keeps
-some of a flipped sample's mass on its given label, and the noise transition counts the given
-label's evidence again, which made the estimate 2–8 points low on Fashion-MNIST's class flips
-(``benchmarks/review_budget.py --heldout``). Cost: about ``crossfit_epochs · (K − 1)`` plain epochs over the
+probability of being right. Cost: about ``crossfit_epochs · (K − 1)`` plain epochs over the
 training set, at the end of the run (no checkpoint inside it: a run that fails there redoes it).
 """
 
@@ -75,7 +73,8 @@ def train_batches(cfg: Config, data: Data, batch_size: int, *, seed: int | None,
 def fit_fold_models(
     cfg: Config, data: Data, models: list[torch.nn.Module], folds: torch.Tensor, targets: torch.Tensor, device
 ) -> None:
-    """Train model k on the samples outside fold k (``folds`` (N,) int64, ``targets`` (N,) int64 labels)."""
+    """Train model k on the samples outside fold k (``folds`` (N,) int64; ``targets`` (N,) int64
+    labels or (N, C) float soft labels: cross-entropy against either)."""
     k_folds, o = len(models), cfg.optim
     batch = o.batch_size * k_folds // (k_folds - 1)  # each model's share of a batch is about optim.batch_size
     steps = cfg.run.crossfit_epochs * math.ceil(len(folds) / batch)
@@ -126,11 +125,17 @@ def predict_folds(
 
 
 def heldout_predictions(cfg: Config, data: Data, targets: np.ndarray, device: torch.device, *, log) -> Heldout | None:
-    """Cross-fit ``run.crossfit_folds`` models on ``targets`` ((N,) int64, the exported labels)
-    and return their held-out predictions (:class:`Heldout`), or None without a validation split."""
+    """Cross-fit ``run.crossfit_folds`` models on ``targets`` ((N,) integer labels or (N, C)
+    float soft labels, :func:`mslc.estimate.crossfit_targets`) and return their held-out
+    predictions (:class:`Heldout`), or None without a validation split."""
     targets = np.asarray(targets)
-    if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
-        raise ValueError(f"cross-fitting wants (N,) integer labels as targets, got {targets.shape} {targets.dtype}")
+    hard = targets.ndim == 1 and np.issubdtype(targets.dtype, np.integer)
+    soft = targets.ndim == 2 and targets.shape[1] == data.num_classes and np.issubdtype(targets.dtype, np.floating)
+    if not (hard or soft):
+        raise ValueError(
+            f"cross-fitting wants (N,) integer labels or (N, {data.num_classes}) float soft labels as targets, "
+            f"got {targets.shape} {targets.dtype}"
+        )
     if not shard_urls(data.shard_dir, data.manifest, "val"):
         log("cross-fitting skipped: the shards have no validation split to calibrate on")
         return None
@@ -141,7 +146,9 @@ def heldout_predictions(cfg: Config, data: Data, targets: np.ndarray, device: to
     )
     folds = torch.from_numpy(crossfit_folds(len(targets), k, seed=cfg.run.seed))
     models = build_fold_models(cfg, data, device)
-    fit_fold_models(cfg, data, models, folds, torch.from_numpy(targets.astype(np.int64)), device)
+    fit_fold_models(
+        cfg, data, models, folds, torch.from_numpy(targets.astype(np.int64 if hard else np.float32)), device
+    )
     out = predict_folds(cfg, data, models, folds, device)
     log(f"cross-fitting done in {time.time() - t0:.0f} s")
     return out

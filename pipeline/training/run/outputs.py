@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mslc import dist
-from mslc.estimate import heldout_posterior
+from mslc.estimate import crossfit_targets, heldout_posterior
 from mslc.metrics import calibrate, calibration_bin, clean_split_calibration, confusion_matrix, label_posterior
 from pipeline.charts import confusion_png
 from pipeline.rundir import RunDir
@@ -493,7 +493,7 @@ def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device,
     plain = {"transition": transition, "posterior": None, "folds": 0}
     if not (cfg.run.crossfit_folds and transition is not None and cfg.run.calibrate):
         return {**plain, "calibration": val_calibration(cfg, st, data, device, transition)}
-    ho = crossfit.heldout_predictions(cfg, data, np.asarray(t["y_tilde"]).argmax(1), device, log=log)
+    ho = crossfit.heldout_predictions(cfg, data, crossfit_targets(t["y_tilde"], transition), device, log=log)
     if ho is None:
         return {**plain, "calibration": None}
     seen = ~np.isnan(ho.train).any(1)

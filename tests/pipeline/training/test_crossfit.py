@@ -40,8 +40,11 @@ def test_each_sample_is_predicted_by_the_model_that_did_not_train_on_it(fake_sha
     assert lines[0].startswith("cross-fitting: 2 models × 3 passes over")
     again = heldout_predictions(cfg, data, targets, torch.device("cpu"), log=quiet)
     np.testing.assert_array_equal(again.train, ho.train)  # seeded by run.seed
-    with pytest.raises(ValueError, match="integer labels as targets"):
-        heldout_predictions(cfg, data, np.eye(c, dtype=np.float32)[folds], torch.device("cpu"), log=quiet)
+    soft = heldout_predictions(cfg, data, np.eye(c, dtype=np.float32)[folds], torch.device("cpu"), log=quiet)
+    np.testing.assert_allclose(soft.train, ho.train, atol=1e-2)  # one-hot soft labels learn what labels do
+    for bad in (folds.astype(np.float32), np.eye(c + 1, dtype=np.float32)[folds], np.eye(c, dtype=np.int64)[folds]):
+        with pytest.raises(ValueError, match="integer labels or .* float soft labels as targets"):
+            heldout_predictions(cfg, data, bad, torch.device("cpu"), log=quiet)
 
 
 def test_a_run_reads_its_flags_estimate_from_heldout_predictions(fake_shards, fake_data_cfg, tmp_path):
