@@ -2,7 +2,7 @@
 without true labels, the precision they have?
 
     python benchmarks/review_budget.py [--noises sym-40 asym-40 instance-40] [--seeds 0 1 2] [--quick]
-                                       [--heldout] [--device cpu|cuda] [key=value ...]
+                                       [--heldout] [--update] [--device cpu|cuda] [key=value ...]
 
 Each run is the default run (preset ``fmnist-sym40``, all of Fashion-MNIST) with only
 ``data.noise`` / ``data.noise_rate`` changed. A run estimates, for each flag (corrected label ≠
