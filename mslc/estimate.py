@@ -162,7 +162,7 @@ def crossfit_targets(y_tilde: np.ndarray, transition: np.ndarray) -> np.ndarray:
     :func:`fit_transition` counts the given label's evidence again: under class flips that made
     the estimate 2–8 points low. Under spread noise the arg-max throws away the doubt a soft row
     carries between two classes, and the held-out models then put too little on the second one
-    (the estimate 2–4 points low below 0.7; both measured on Fashion-MNIST,
+    (the estimate 3–5 points low at 0.5–0.7; both measured on Fashion-MNIST,
     ``benchmarks/review_budget.py``).
 
     Parameters

@@ -5,9 +5,9 @@ After the run exported its labels, rank 0 alone splits the training samples into
 (:func:`mslc.estimate.crossfit_folds`, seeded by ``run.seed``) and trains K fresh models of
 the run's architecture: model k on every sample outside fold k, with
 :func:`mslc.estimate.crossfit_targets` as its targets (the soft ỹ where the noise is spread,
-its arg-max where it is a few class flips), for ``run.crossfit_epochs`` passes (SGD with the run's learning rate, momentum and
-weight decay on a one-cycle schedule; each pass streams the training shards once and splits
-each batch between the models). Model k then predicts the samples of fold k and the clean
+its arg-max where it is a few class flips), for ``run.crossfit_epochs`` passes (SGD with the
+run's learning rate, momentum and weight decay on a one-cycle schedule; each pass streams the
+training shards once and splits each batch between the models). Model k then predicts the samples of fold k and the clean
 validation split. :func:`mslc.estimate.heldout_posterior` turns that into each flag's
 probability of being right. Cost: about ``crossfit_epochs · (K − 1)`` plain epochs over the
 training set, at the end of the run (no checkpoint inside it: a run that fails there redoes it).
