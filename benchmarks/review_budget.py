@@ -25,7 +25,9 @@ the run's own model; it writes ``review_budget_heldout.*`` (about 65 minutes; 2 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -227,26 +229,27 @@ def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -
     return "\n".join(lines)
 
 
+def git(*args: str) -> str | None:
+    """``git -C <repo> args``'s stripped output, or None where git fails or is absent."""
+    try:
+        p = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    except OSError:
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
 def commit() -> str:
     """The commit the benchmark ran at (``+dirty`` with uncommitted edits), or ``unknown``."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        )
-    except OSError:
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+    head = git("rev-parse", "--short", "HEAD")
+    return (
+        "unknown" if head is None else head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    )
 
 
 def kept_rows(out: Path, a: argparse.Namespace, overrides: list[str]) -> list[dict]:
     """``--update``: the rows of ``out.json`` for the noises not run now (their ``commit``: the
     commit that last wrote the file); a table made with other overrides, seeds or device is
     refused (its rows would not be the same runs)."""
-    import json
-
     path = out.with_suffix(".json")
     try:
         old = json.loads(path.read_text())
@@ -257,12 +260,8 @@ def kept_rows(out: Path, a: argparse.Namespace, overrides: list[str]) -> list[di
             f"--update: {path} was made with overrides {old.get('overrides')}, seeds {old.get('seeds')}, "
             f"device {old.get('device')}; this run has {overrides}, {a.seeds}, {a.device}: run every noise instead"
         )
-    import subprocess
-
-    last = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", str(path.resolve())], capture_output=True, text=True
-    )
-    made = f"table of {last.stdout.strip()}" if last.returncode == 0 and last.stdout.strip() else "table before"
+    last = git("log", "-1", "--format=%h", "--", str(path.resolve()))
+    made = f"table of {last}" if last else "table before"
     return [{"commit": made, **r} for r in old["rows"] if r["noise"] not in a.noises]
 
 
@@ -287,10 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     storage = a.storage or str(ROOT / "runs" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(a.out or RESULTS / ("review_budget" + ("_heldout" if a.heldout else "") + ("_quick" if a.quick else "")))
     kept = kept_rows(out, a, overrides) if a.update else []
+    made_by = commit()
     rows = []
     for noise in a.noises:
         for seed in a.seeds:
-            rows.append({**one_run(noise, seed, overrides, storage, a.device), "commit": commit()})
+            rows.append({**one_run(noise, seed, overrides, storage, a.device), "commit": made_by})
             print(f"{noise} seed {seed}: {rows[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
     rows = sorted(
         kept + rows, key=lambda r: (NOISES.index(r["noise"]) if r["noise"] in NOISES else len(NOISES), r["seed"])
