@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch
 from common import label_epochs, publish  # benchmarks/common.py, beside this script
-from fmnist import one_row
+from fmnist import NO_CROSSFIT, one_row
 
 RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = {
@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.variants:
             print(f"{a.preset} {name} seed {seed}", flush=True)
             row = one_row(
-                a.preset, "mslc", seed, [*VARIANTS[name], *a.overrides], Path(a.storage).resolve(), torch.device("cpu")
+                a.preset,
+                "mslc",
+                seed,
+                [*NO_CROSSFIT, *VARIANTS[name], *a.overrides],
+                Path(a.storage).resolve(),
+                torch.device("cpu"),
             )
             rows.append({"variant": name, **row})
     summary = summarize(rows, a.variants)

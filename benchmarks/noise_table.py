@@ -121,6 +121,7 @@ def one_run(method: str, cell: str, seed: int, budget: list[str], storage: str, 
                 "run.report=false",
                 "run.keep_checkpoints=1",
                 "run.keep_best=false",
+                "run.crossfit_folds=0",  # the held-out estimate changes no label: review_budget.py measures it
                 f"scale.threads={threads}",
                 *budget,
                 *METHODS[method][0],

@@ -2,29 +2,32 @@
 without true labels, the precision they have?
 
     python benchmarks/review_budget.py [--noises sym-40 asym-40 instance-40] [--seeds 0 1 2] [--quick]
-                                       [--heldout] [--update] [--device cpu|cuda] [key=value ...]
+                                       [--update] [--device cpu|cuda] [key=value ...]
 
 Each run is the default run (preset ``fmnist-sym40``, all of Fashion-MNIST) with only
 ``data.noise`` / ``data.noise_rate`` changed. A run estimates, for each flag (corrected label ≠
 given label), the probability that its corrected label is right (``est_correct``: the model's
 prediction times the likelihood of the given label under the noise transition estimated on the
-trusted meta set; no true training label is read). Per band of confidence (the corrected
+trusted meta set; no true training label is read). By default (``run.crossfit_folds=2``) the
+prediction is held out: after the run two fresh models, each trained on half of the samples with
+their exported ỹ, predict the other half (``mslc.estimate.heldout_posterior``); ``run.crossfit_folds=0``
+(with ``--out``) measures the run's own model instead. Per band of confidence (the corrected
 label's probability under ỹ, on which ``relabel.csv`` is cut) this prints the estimated
 precision (the mean ``est_correct`` of the band's flags) beside the true one (the share whose
 corrected label is the true label), and for the threshold the run chose (the lowest whose
 flags are estimated ≥ 95% right with 95% confidence) the true precision of ``relabel.csv``. One run per noise and
-seed (three seeds by default: mean ± std; about 45 minutes on 2 CPU cores).
+seed (three seeds by default: mean ± std; about 2 hours on 2 CPU cores, a quarter of it the
+cross-fit).
 
-``--heldout`` runs the same with ``run.crossfit_folds=2``: each flag's estimate read from
-held-out predictions of two cross-fitted models (``mslc.estimate.heldout_posterior``) instead of
-the run's own model; it writes ``review_budget_heldout.*`` (about 65 minutes; 2 hours on a slower 2-core machine).
 ``--update`` runs only ``--noises`` and keeps the other noises' rows of the table already there
-(for an edit that cannot change their runs; the table says which commit made which rows).
+(for an edit that cannot change their runs; refused where those runs had other settings; the
+table says which commit made which rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -41,7 +44,6 @@ from common import publish  # benchmarks/common.py, beside this script
 RESULTS = ROOT / "benchmarks" / "results"
 PRESET = "fmnist-sym40"
 NOISES = ["sym-40", "asym-40", "instance-40"]
-HELDOUT = ["run.crossfit_folds=2"]
 BANDS = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001]
 QUICK = [
     "data.max_train=1500",
@@ -153,8 +155,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -
     lines = [
         "# Review budget: estimated against true precision of the flags",
         "",
-        f"Made by `python benchmarks/review_budget.py{' --quick' if args.quick else ''}"
-        f"{' --heldout' if args.heldout else ''}`. Preset `{PRESET}` "
+        f"Made by `python benchmarks/review_budget.py{' --quick' if args.quick else ''}`. Preset `{PRESET}` "
         f"(the default run{', tiny' if args.quick else ', all of Fashion-MNIST'}), overrides "
         f"`{' '.join(overrides) or 'none'}`; seeds {args.seeds}"
         + (
@@ -246,16 +247,32 @@ def commit() -> str:
     )
 
 
+def settings(overrides: list[str]) -> dict:
+    """The settings a run of this benchmark gets from ``overrides`` (the preset's, as a dict)."""
+    from pipeline.training.settings.cli import load_config
+
+    return json.loads(json.dumps(dataclasses.asdict(load_config(PRESET, list(overrides)))))  # as the JSON holds it
+
+
+def effective(overrides: list[str]) -> list[str]:
+    """``overrides`` less those that restate a default (what the table calls its overrides)."""
+    default = settings([])
+    return [o for o in overrides if settings([o]) != default]
+
+
 def kept_rows(out: Path, a: argparse.Namespace, overrides: list[str]) -> list[dict]:
     """``--update``: the rows of ``out.json`` for the noises not run now (their ``commit``: the
-    commit that last wrote the file); a table made with other overrides, seeds or device is
-    refused (its rows would not be the same runs)."""
+    commit that last wrote the file, unless the row names its own); a table whose runs had other
+    settings, seeds or device is refused (its rows would not be the same runs). Settings are
+    compared whole where the table records them, else (a table from before it did) by the
+    overrides given."""
     path = out.with_suffix(".json")
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"--update: cannot read the table to update, {path} ({e})") from None
-    if old.get("overrides") != overrides or old.get("seeds") != a.seeds or old.get("device") != a.device:
+    same = old["settings"] == settings(overrides) if "settings" in old else old.get("overrides") == overrides
+    if not same or old.get("seeds") != a.seeds or old.get("device") != a.device:
         raise SystemExit(
             f"--update: {path} was made with overrides {old.get('overrides')}, seeds {old.get('seeds')}, "
             f"device {old.get('device')}; this run has {overrides}, {a.seeds}, {a.device}: run every noise instead"
@@ -271,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="a tiny smoke test of this script")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--heldout", action="store_true", help="estimate from cross-fitted held-out predictions")
     ap.add_argument("--storage", default="", help="where runs go (default: a new directory under runs/)")
     ap.add_argument("--out", default="", help="output path without extension")
     ap.add_argument(
@@ -282,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     a = ap.parse_args(argv)
-    overrides = (QUICK if a.quick else []) + (HELDOUT if a.heldout else []) + a.overrides
+    overrides = (QUICK if a.quick else []) + a.overrides
     storage = a.storage or str(ROOT / "runs" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}")
-    out = Path(a.out or RESULTS / ("review_budget" + ("_heldout" if a.heldout else "") + ("_quick" if a.quick else "")))
+    out = Path(a.out or RESULTS / ("review_budget" + ("_quick" if a.quick else "")))
     kept = kept_rows(out, a, overrides) if a.update else []
     made_by = commit()
     rows = []
@@ -298,10 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     a.noises = list(dict.fromkeys(r["noise"] for r in rows))
     publish(
         out,
-        markdown(rows, a, overrides),
+        markdown(rows, a, effective(overrides)),
         {
             "preset": PRESET,
-            "overrides": overrides,
+            "overrides": effective(overrides),
+            "settings": settings(overrides),
             "seeds": a.seeds,
             "torch": torch.__version__,
             "device": a.device,

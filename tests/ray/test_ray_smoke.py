@@ -112,6 +112,8 @@ OURS = [  # every line the project prints on a run (driver, or a worker through 
     WORKER + r"epoch +\d+/\d+ \[(warmup|mslc  )\] lr .+",
     WORKER + r"  epoch \d+/\d+ step \d+/\d+: .+",
     WORKER + r"exported labels: the (labels of epoch \d+|mean soft labels of epochs [\d, ]+), .+",
+    WORKER + r"cross-fitting: \d+ models × \d+ passes over [\d,]+ samples \(held-out predictions .+\)",
+    WORKER + r"cross-fitting (done in \d+ s|skipped: .+)",
     r"",
     r"done in .+",
     r"flags: .+",
@@ -233,7 +235,9 @@ def test_budget_and_noise_matrix_files(smoke_run):
     t = pq.read_table(RunDir(run_dir).labels).to_pydict()
     flagged, n = sum(t["flagged"]), len(t["index"])
     b = json.loads((RunDir(run_dir).budget).read_text())
-    assert b["target"] == 0.95 and b["estimated_by"] == "transition posterior, calibrated on the clean validation split"
+    assert b["target"] == 0.95 and b["estimated_by"] == (
+        "held-out transition posterior (2 cross-fitted models), calibrated on the clean validation split"
+    )  # run.crossfit_folds=2, the default
     bins = json.loads(pq.read_schema(RunDir(run_dir).labels).metadata[b"est_correct_calibration"])
     assert [b_["lo"] for b_ in bins] == [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     assert [r["threshold"] for r in b["rows"]] == pytest.approx(np.arange(0, 1, 0.05))
