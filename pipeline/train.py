@@ -75,14 +75,32 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
             if flags
             else f"flags: none of {total} labels differs from the given ones"
         )
-        lines.append(
-            f"next: review relabel.csv ({b['relabel_rows']} flags with confidence >= "
-            f"{b['relabel_threshold']:.2f}, estimated {'-' if prec is None else f'{100 * prec:.1f}%'} right"
-            f"{'' if low is None else f' (95% lower bound {100 * low:.1f}%)'}; "
-            "review_budget.json gives every cut), then pipeline/prepare.py --labels relabel.csv for a "
-            "second round"
-        )
+        if flags and not b["relabel_rows"]:
+            lines.append(empty_relabel_line(b))
+        else:
+            lines.append(
+                f"next: review relabel.csv ({b['relabel_rows']} flags with confidence >= "
+                f"{b['relabel_threshold']:.2f}, estimated {'-' if prec is None else f'{100 * prec:.1f}%'} right"
+                f"{'' if low is None else f' (95% lower bound {100 * low:.1f}%)'}; "
+                "review_budget.json gives every cut), then pipeline/prepare.py --labels relabel.csv for a "
+                "second round"
+            )
     return lines
+
+
+def empty_relabel_line(budget: dict) -> str:
+    """What to do when there are flags but ``relabel.csv`` keeps none: no cut's flags were
+    estimated right often enough (or the user's cut is above them all); names the best cut."""
+    key = "lower" if "lower" in budget["rows"][0] else "precision"
+    best = max((r for r in budget["rows"] if r["flags"]), key=lambda r: r[key])
+    bound = f", 95% lower bound {100 * best['lower']:.1f}%" if key == "lower" else ""
+    return (
+        f"next: relabel.csv is empty: no cut's flags are estimated >= {100 * budget['target']:.0f}% right"
+        f"{' with 95% confidence' if key == 'lower' else ''} (the best, confidence >= {best['threshold']:.2f}: "
+        f"{best['flags']} flags, estimated {100 * best['precision']:.1f}% right{bound}); review the report's "
+        "galleries, or write a cut of your own with pipeline/report.py RUN_DIR --threshold T --relabel-out FILE "
+        "(review_budget.json gives every cut's estimate)"
+    )
 
 
 def main_body(cfg: Config) -> int:
