@@ -59,6 +59,14 @@ def summary_section(n: dict) -> str:
         ["… their estimated precision", num("budget_precision", n["budget_precision"])],
         ["… its one-sided 95% lower bound (the clean split's sampling error)", num("budget_lower", n["budget_lower"])],
     ]
+    if n["flagged"] and not n["budget_flags"]:
+        rows.append(
+            [
+                "… none reaches it",
+                '<span class="none">relabel.csv is empty: the review budget below gives every cut\'s '
+                "estimate; pipeline/report.py --threshold writes a cut of your own</span>",
+            ]
+        )
     if n["known"]:
         rows += [
             ["samples whose true label is known", num("known", n["known"], "int")],

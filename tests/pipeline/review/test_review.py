@@ -91,6 +91,18 @@ def test_numbers_against_a_naive_count(known):
     )[:10]
 
 
+def test_the_summary_says_when_no_cut_reaches_the_target():
+    """A run whose budget finds no cut (threshold 1.0, no flag kept) says relabel.csv is empty;
+    one that cuts does not."""
+    from pipeline.review.page import summary_section
+
+    n = select.review_numbers(random_table(known="none"), 5)
+    assert n["flagged"] > 0
+    empty = {**n, "budget_threshold": 1.0, "budget_flags": 0}
+    assert "relabel.csv is empty" in summary_section(empty)
+    assert "relabel.csv is empty" not in summary_section({**n, "budget_threshold": 0.5, "budget_flags": 3})
+
+
 def test_galleries_and_relabel_rows_against_sorting():
     t = random_table()
     for k in range(5):
