@@ -256,7 +256,7 @@ def heldout_posterior(
        the classes the noise spread to. Where it is a few class flips they are kept: the clean
        split is too small to measure the rare confident confusions between the flipped pairs,
        and a recalibration that cannot see them shrinks them (measured on Fashion-MNIST,
-       ``benchmarks/review_budget.py --heldout``). There the flips the given labels do not
+       ``benchmarks/review_budget.py``). There the flips the given labels do not
        support beyond the models' own mistakes are removed from ``transition`` instead
        (:func:`supported_flips`).
     2. The transition refitted to the given labels under those predictions (:func:`fit_transition`,

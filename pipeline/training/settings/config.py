@@ -202,7 +202,7 @@ class RunConfig:
     )
     crossfit_folds: int = 2  # >= 2: est_correct from held-out predictions: after the run this many fresh models, each
     # trained on the other folds' samples with their exported ỹ, predict their own fold (0: the run's own model,
-    # no extra cost, but its estimate misses by up to 15 points at asym/instance noise: benchmarks/README.md)
+    # no extra cost, but its estimate missed some bands by 5-38 points at asym/instance noise: benchmarks/README.md)
     crossfit_epochs: int = 8  # ... each for this many passes over its samples
     export_soft: bool = False  # corrected_labels.parquet also holds each sample's whole ỹ row (column soft)
     export: str = "auto"  # latest: ỹ of the latest epoch within 1 s.e. of the best clean validation; window: the mean
