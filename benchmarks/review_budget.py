@@ -2,7 +2,7 @@
 without true labels, the precision they have?
 
     python benchmarks/review_budget.py [--noises sym-40 asym-40 instance-40] [--seeds 0 1 2] [--quick]
-                                       [--update] [--device cpu|cuda] [key=value ...]
+                                       [--update] [--rescore RUN_DIR ...] [--device cpu|cuda] [key=value ...]
 
 Each run is the default run (preset ``fmnist-sym40``, all of Fashion-MNIST) with only
 ``data.noise`` / ``data.noise_rate`` changed. A run estimates, for each flag (corrected label ≠
@@ -21,7 +21,9 @@ cross-fit).
 
 ``--update`` runs only ``--noises`` and keeps the other noises' rows of the table already there
 (for an edit that cannot change their runs; refused where those runs had other settings; the
-table says which commit made which rows).
+table says which commit made which rows). ``--rescore RUN_DIR ...`` trains nothing: it makes
+every row of the table again from its run's files (the runs this script left under
+``--storage``), for an edit to how the budget cuts, which changes no run.
 """
 
 from __future__ import annotations
@@ -75,44 +77,54 @@ def bands(table: dict) -> list[dict]:
     return out
 
 
+def run_overrides(noise: str, seed: int, name: str, storage: str, extra: list[str]) -> list[str]:
+    """What one run of this benchmark is given: the noise, the seed, where it goes, then ``extra``."""
+    kind, _, pct = noise.rpartition("-")
+    return [
+        f"data.noise={kind}",
+        f"data.noise_rate={int(pct) / 100}",
+        f"run.seed={seed}",
+        f"run.name={name}",
+        f"run.storage_path={storage}",
+        "run.tensorboard=false",
+        "run.report=false",
+        "run.keep_checkpoints=1",
+        "run.keep_best=false",
+        *extra,
+    ]
+
+
 def one_run(noise: str, seed: int, extra: list[str], storage: str, device: str) -> dict:
     from pipeline.prep.job import ensure_shards
-    from pipeline.review.select import budget, read_table
+    from pipeline.review.select import read_table
     from pipeline.training.run.checkpoint import LocalReporter
     from pipeline.training.settings.cli import absolutize, load_config
     from pipeline.worker import run
 
-    kind, _, pct = noise.rpartition("-")
     name = f"budget-{noise}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    cfg = absolutize(
-        load_config(
-            PRESET,
-            [
-                f"data.noise={kind}",
-                f"data.noise_rate={int(pct) / 100}",
-                f"run.seed={seed}",
-                f"run.name={name}",
-                f"run.storage_path={storage}",
-                "run.tensorboard=false",
-                "run.report=false",
-                "run.keep_checkpoints=1",
-                "run.keep_best=false",
-                *extra,
-            ],
-        )
-    )
+    cfg = absolutize(load_config(PRESET, run_overrides(noise, seed, name, storage, extra)))
     ensure_shards(cfg.data, log=lambda s: None)
     t0 = time.time()
     res = run(cfg, LocalReporter(Path(storage) / name, keep=1), torch.device(device), log=lambda s: None)
-    t = read_table(res["corrected_labels"])
+    return {
+        "noise": noise,
+        "seed": seed,
+        "wall_s": time.time() - t0,
+        **score(read_table(res["corrected_labels"])),
+        "labels": res["summary"]["labels"].get("corrected_all"),
+    }
+
+
+def score(t: dict) -> dict:
+    """What the table reports of one run's label table: its flags, the budget's cut and the
+    truth beside the estimate per band and per threshold."""
+    from pipeline.review.select import budget
+
     t["flagged"] = t["corrected"] != t["given"]
     t["right"] = (t["corrected"] == t["true"]).astype(np.float64)
     b = budget(t)
     cut = next(r for r in b["rows"] if r["threshold"] == b["threshold"]) if b["threshold"] < 1 else None
     return {
-        "noise": noise,
-        "seed": seed,
-        "wall_s": time.time() - t0,
         "flags": int(t["flagged"].sum()),
         "samples": len(t["given"]),
         "threshold": b["threshold"],
@@ -127,8 +139,47 @@ def one_run(noise: str, seed: int, extra: list[str], storage: str, device: str) 
             {k: r[k] for k in ("threshold", "flags", "precision", "lower", "true_precision") if k in r}
             for r in b["rows"]
         ],
-        "labels": res["summary"]["labels"].get("corrected_all"),
     }
+
+
+# where a run's files and shards went: they differ between runs of the same settings
+PLACES = {("run", "name"), ("run", "storage_path"), ("data", "shard_root"), ("data", "raw_dir")}
+
+
+def rescored(dirs: list[str], out: Path, overrides: list[str], made_by: str) -> list[dict]:
+    """``--rescore``: every row of ``out.json`` again from its run's files in ``dirs`` (no
+    training): the cut and the per-threshold rows recomputed by today's code, the rest (wall
+    time, exported labels) kept. Refused where a run had other settings than this benchmark
+    gives, or where a row of the table has no run among ``dirs``."""
+    from pipeline.review.select import read_table
+    from pipeline.rundir import RunDir
+
+    old = {(r["noise"], r["seed"]): r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    rows = {}
+    for d in dirs:
+        rd = RunDir(Path(d).resolve())
+        cfg = json.loads(rd.metrics.read_text())["config"]
+        noise, seed = f"{cfg['data']['noise']}-{round(100 * cfg['data']['noise_rate'])}", cfg["run"]["seed"]
+        want = settings(run_overrides(noise, seed, cfg["run"]["name"], cfg["run"]["storage_path"], overrides))
+        differ = [k for k in want if not isinstance(want[k], dict) and cfg.get(k) != want[k]]
+        differ += [
+            f"{k}.{f}"
+            for k in want
+            if isinstance(want[k], dict)
+            for f in want[k]
+            if (k, f) not in PLACES and cfg.get(k, {}).get(f) != want[k][f]
+        ]
+        if differ:
+            raise SystemExit(f"--rescore: {rd} ran with other settings than this benchmark's: {', '.join(differ)}")
+        if (noise, seed) not in old:
+            raise SystemExit(f"--rescore: {rd} is {noise} seed {seed}, which {out}.json has no row for")
+        row = old[(noise, seed)]
+        at = row.get("commit", "unknown").removeprefix("table of ").split(",")[0]
+        rows[(noise, seed)] = {**row, **score(read_table(rd.labels)), "commit": f"{at}, rescored at {made_by}"}
+    missing = sorted(set(old) - set(rows))
+    if missing:
+        raise SystemExit(f"--rescore: no run among the directories given for {missing} of {out}.json")
+    return list(rows.values())
 
 
 def pct(v) -> str:
@@ -171,8 +222,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -
         "share of them whose corrected label is the true label. Bands are of the corrected label's "
         "probability under ỹ (the column `relabel.csv` is cut on). *cut*: the threshold the run chose for "
         "`relabel.csv` (the lowest whose flags are estimated ≥ 95% right with 95% confidence: the "
-        "estimate's one-sided lower bound from the clean validation split's size, *lower*, reaches 95%) "
-        "and the true precision of what it keeps.",
+        "estimate's lower bound from the clean validation split's size, one-sided 95% for all 20 cuts "
+        "at once, *lower*, reaches 95%) and the true precision of what it keeps.",
         "",
     ]
     for noise in args.noises:
@@ -296,15 +347,26 @@ def main(argv: list[str] | None = None) -> int:
         help="run only --noises and keep the other noises' rows of the table already at --out "
         "(for an edit that cannot change those runs; each row records the commit that made it)",
     )
+    ap.add_argument(
+        "--rescore",
+        nargs="+",
+        metavar="RUN_DIR",
+        default=[],
+        help="no training: every row of the table at --out again from these finished runs' files "
+        "(after an edit to how the budget cuts, which changes no run; each row keeps its wall time "
+        "and says when it was rescored)",
+    )
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     a = ap.parse_args(argv)
     overrides = (QUICK if a.quick else []) + a.overrides
     storage = a.storage or str(ROOT / "runs" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(a.out or RESULTS / ("review_budget" + ("_quick" if a.quick else "")))
-    kept = kept_rows(out, a, overrides) if a.update else []
+    kept = kept_rows(out, a, overrides) if a.update or a.rescore else []  # --rescore: only its check
     made_by = commit()
     rows = []
-    for noise in a.noises:
+    if a.rescore:
+        kept, rows = [], rescored(a.rescore, out, overrides, made_by)
+    for noise in a.noises if not a.rescore else []:
         for seed in a.seeds:
             rows.append({**one_run(noise, seed, overrides, storage, a.device), "commit": made_by})
             print(f"{noise} seed {seed}: {rows[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
 
@@ -151,13 +153,16 @@ def review_budget(
 
 
 def choose_threshold(budget: list[dict], *, target: float = 0.95, key: str = "precision") -> float:
-    """The lowest threshold of ``budget`` (:func:`review_budget`) whose estimated precision
-    (``key``: ``precision``, or ``lower``, its one-sided lower bound, where the rows have it)
-    is at least ``target``, and every higher one's too (more flags at the same trust); 1.0 (no
-    flag) when none is."""
+    """The lowest threshold of ``budget`` (:func:`review_budget`) whose flags are estimated
+    at least ``target`` right; 1.0 (no flag) when none is.
+
+    ``key="lower"``: by the rows' lower bound (:data:`LOWER_BOUND_Z`, which holds for every
+    row at once, so any row that passes may be taken). ``key="precision"``: by the estimate
+    alone, which has no such guarantee; there every higher threshold must pass too (more flags
+    at the same trust)."""
     ok = [row["flags"] == 0 or row[key] >= target for row in budget]
     for i, row in enumerate(budget):
-        if all(ok[i:]) and row["flags"] > 0:
+        if row["flags"] > 0 and (ok[i] if key == "lower" else all(ok[i:])):
             return row["threshold"]
     return 1.0
 
@@ -251,7 +256,10 @@ def calibrate(est: np.ndarray, bins: list[dict], *, min_weight: float = 10.0) ->
     return out
 
 
-LOWER_BOUND_Z = 1.645  # one-sided 95%: the cut is the lowest whose precision is ≥ the target with 95% confidence
+BUDGET_CUTS = 20  # the review budget's thresholds, 0, 0.05, … 0.95
+# One-sided 95% for all the budget's cuts at once (Bonferroni: 5% / 20 each): the run may then
+# take whichever cut passes, the lowest, and it is still ≥ the target with 95% confidence.
+LOWER_BOUND_Z = NormalDist().inv_cdf(1.0 - 0.05 / BUDGET_CUTS)  # 2.807
 
 
 def calibration_variance(bins: list[dict], *, min_weight: float = 10.0) -> np.ndarray:
@@ -264,12 +272,18 @@ def calibration_variance(bins: list[dict], *, min_weight: float = 10.0) -> np.nd
     out = []
     for b in bins:
         n = max(float(b.get("n_eff", b["weight"])), 0.0)
-        if b["weight"] >= min_weight and np.isfinite(b["true"]) and n > 0:
+        if calibrated(b, min_weight=min_weight):
             p = (b["true"] * n + 1.0) / (n + 2.0)
             out.append(p * (1.0 - p) / n)
         else:
             out.append(0.25 / max(n, 1.0))
     return np.asarray(out, dtype=np.float64)
+
+
+def calibrated(b: dict, *, min_weight: float = 10.0) -> bool:
+    """Whether a bin of :func:`clean_split_calibration` moves its flags' estimate (heavy
+    enough, with validation flags to measure)."""
+    return b["weight"] >= min_weight and bool(np.isfinite(b["true"])) and float(b.get("n_eff", b["weight"])) > 0
 
 
 def precision_se(
@@ -279,14 +293,20 @@ def precision_se(
     bins: list[dict],
     thresholds: np.ndarray | None = None,
     *,
+    estimate: np.ndarray | None = None,
+    z: float | None = None,
     min_weight: float = 10.0,
 ) -> np.ndarray:
     """The standard error of :func:`review_budget`'s estimated precision at each threshold
     that comes from the clean split's sampling error: the flags moved by one calibration bin
     share its error, the bins' errors are independent, so
     ``var_t = Σ_b (n_bt / n_t)² · var_b`` (``n_bt`` the flags at or above ``t`` in bin ``b``,
-    ``var_b`` of :func:`calibration_variance`). What it leaves out: the error of the transition
-    estimate itself and of the model, shared by the validation split and the training flags.
+    ``var_b`` of :func:`calibration_variance`). A bin too light to calibrate takes the binomial
+    worst case there, but with ``estimate`` no more than ``(ē_bt / z)²`` (``ē_bt`` the mean
+    estimate of its flags at or above ``t``): its flags cannot be less than all wrong, so the
+    lower bound ``estimate − z · se`` never counts them below that. What it leaves out: the
+    error of the transition estimate itself and of the model, shared by the validation split
+    and the training flags.
 
     Parameters
     ----------
@@ -296,6 +316,10 @@ def precision_se(
         -1: not calibrated, no sampling error counted.
     bins : list of dict, :func:`clean_split_calibration`'s.
     thresholds : (K,) float, default 0, 0.05, …, 0.95
+    estimate : (N,) float, optional
+        Each sample's estimated probability of being right (``est_correct``): caps the
+        variance of the bins too light to calibrate, as above.
+    z : the lower bound's multiplier the cap is for (default :data:`LOWER_BOUND_Z`).
 
     Returns
     -------
@@ -307,11 +331,18 @@ def precision_se(
     if where.size and where.max() >= len(bins):
         raise ValueError(f"bin_index holds bin {int(where.max())}, but there are {len(bins)} calibration bins")
     var_b = calibration_variance(bins, min_weight=min_weight)
+    light = [j for j, b in enumerate(bins) if not calibrated(b, min_weight=min_weight)]
+    est = None if estimate is None else np.asarray(estimate, dtype=np.float64)
+    z = LOWER_BOUND_Z if z is None else z
     out = np.zeros(len(t))
     for k, th in enumerate(t):
         sel = fl & (conf >= th)
         n = int(sel.sum())
         if n:
             counts = np.bincount(where[sel & (where >= 0)], minlength=len(bins))
-            out[k] = float(np.sqrt(((counts / n) ** 2 * var_b).sum()))
+            var = var_b.copy()
+            for j in light if est is not None else ():
+                if counts[j]:
+                    var[j] = min(var[j], (est[sel & (where == j)].mean() / z) ** 2)
+            out[k] = float(np.sqrt(((counts / n) ** 2 * var).sum()))
     return out

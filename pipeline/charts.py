@@ -134,7 +134,9 @@ def budget_png(budget: dict) -> bytes:
     ax.plot(t, [100 * r["precision"] for r in rows], marker="o", ms=3, label="estimated precision (no true labels)")
     if "lower" in rows[0]:
         low = [100 * r["lower"] if r["flags"] else np.nan for r in rows]
-        ax.plot(t, low, lw=0.8, ls=":", color="tab:blue", label="its one-sided 95% lower bound (the cut's test)")
+        ax.plot(
+            t, low, lw=0.8, ls=":", color="tab:blue", label="its 95% lower bound, all cuts at once (the cut's test)"
+        )
     if "true_precision" in rows[0]:
         ax.plot(t, [100 * r["true_precision"] for r in rows], marker="x", ms=3, ls="--", label="true precision")
     ax.axhline(100 * budget["target"], color="grey", lw=0.8, ls=":")

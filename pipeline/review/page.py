@@ -57,7 +57,10 @@ def summary_section(n: dict) -> str:
         ],
         ["… flags at or above it", num("budget_flags", n["budget_flags"], "int")],
         ["… their estimated precision", num("budget_precision", n["budget_precision"])],
-        ["… its one-sided 95% lower bound (the clean split's sampling error)", num("budget_lower", n["budget_lower"])],
+        [
+            "… its 95% lower bound (the clean split's sampling error, all cuts at once)",
+            num("budget_lower", n["budget_lower"]),
+        ],
     ]
     if n["flagged"] and not n["budget_flags"]:
         rows.append(

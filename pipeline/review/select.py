@@ -183,15 +183,15 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
     the flags at or above it and the estimated share of them that are right (the mean of
     ``est_correct``), the expected right and wrong relabels; where the estimate was calibrated
     on the clean validation split, its standard error from that split's size (``se``,
-    :func:`mslc.metrics.precision_se`) and one-sided 95% lower bound (``lower``); ``threshold``:
-    the lowest threshold whose lower bound (else estimate) is at least ``target`` (and every
-    higher one's too). Where true labels are known, ``true_precision`` per row, to check the
-    estimate."""
+    :func:`mslc.metrics.precision_se`) and 95% lower bound (``lower``, one-sided, for all the
+    cuts at once); ``threshold``: the lowest threshold whose lower bound is at least ``target``
+    (without a calibration: whose estimate is, and every higher one's too). Where true labels
+    are known, ``true_precision`` per row, to check the estimate."""
     fl = flagged(table)
     rows = review_budget(table["prob"], fl, table["est_correct"])
     cal = table.get("calibration")
     if cal is not None:
-        se = precision_se(table["prob"], fl, table["calibration_bin"], cal)
+        se = precision_se(table["prob"], fl, table["calibration_bin"], cal, estimate=table["est_correct"])
         for row, s in zip(rows, se):
             row["se"], row["lower"] = float(s), _lower(row["precision"], float(s))
     known = table["true"] >= 0
@@ -204,24 +204,32 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
         "threshold": choose_threshold(rows, target=target, key="precision" if cal is None else "lower"),
         "chosen_by": "estimated precision"
         if cal is None
-        else f"one-sided 95% lower bound of the estimated precision (estimate − {LOWER_BOUND_Z}·se)",
+        else f"95% lower bound of the estimated precision, all cuts at once (estimate − {LOWER_BOUND_Z:.3f}·se)",
         "estimated_by": table["est_correct_by"],
         "rows": rows,
     }
 
 
 def relabel_lower(table: dict, threshold: float, precision: float | None) -> float | None:
-    """The one-sided 95% lower bound of ``precision``, the estimated precision of the flags
-    at or above ``threshold`` (:func:`mslc.metrics.precision_se`); None without flags or
-    without a calibrated estimate."""
+    """The 95% lower bound of ``precision``, the estimated precision of the flags at or above
+    ``threshold`` (:func:`mslc.metrics.precision_se`; as the budget's rows, which hold for all
+    cuts at once); None without flags or without a calibrated estimate."""
     if precision is None or table.get("calibration") is None:
         return None
-    se = precision_se(table["prob"], flagged(table), table["calibration_bin"], table["calibration"], [threshold])
+    se = precision_se(
+        table["prob"],
+        flagged(table),
+        table["calibration_bin"],
+        table["calibration"],
+        [threshold],
+        estimate=table["est_correct"],
+    )
     return _lower(precision, float(se[0]))
 
 
 def _lower(precision: float, se: float) -> float:
-    """The one-sided 95% lower bound of an estimated precision with standard error ``se``."""
+    """The 95% lower bound (:data:`mslc.metrics.LOWER_BOUND_Z`) of an estimated precision with
+    standard error ``se``."""
     return precision - LOWER_BOUND_Z * se
 
 

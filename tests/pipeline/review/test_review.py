@@ -316,16 +316,17 @@ def test_the_clean_split_calibration_against_a_naive_count():
         assert m == pytest.approx(want)
 
 
-def naive_precision_se(conf, flagged, where, bins, thresholds, min_weight=10.0):
+def naive_precision_se(conf, flagged, where, bins, thresholds, min_weight=10.0, est=None, z=None):
     """Sample by sample: each flag carries its bin's variance; flags of one bin are fully
-    correlated, different bins independent."""
+    correlated, different bins independent; with ``est``, a light bin's variance at most
+    (its flags' mean estimate / z)²."""
     out = []
     for th in thresholds:
-        mine = [w for c, f, w in zip(conf, flagged, where) if f and c >= th]
+        mine = [(w, e) for c, f, w, e in zip(conf, flagged, where, est if est is not None else conf) if f and c >= th]
         var = 0.0
         for j, b in enumerate(bins):
-            n_b = sum(1 for w in mine if w == j)
-            if not n_b:
+            in_b = [e for w, e in mine if w == j]
+            if not in_b:
                 continue
             n = b["n_eff"]
             if b["weight"] >= min_weight and n > 0:
@@ -333,7 +334,9 @@ def naive_precision_se(conf, flagged, where, bins, thresholds, min_weight=10.0):
                 v = p * (1 - p) / n
             else:
                 v = 0.25 / max(n, 1.0)
-            var += (n_b / len(mine)) ** 2 * v
+                if est is not None:
+                    v = min(v, (sum(in_b) / len(in_b) / z) ** 2)
+            var += (len(in_b) / len(mine)) ** 2 * v
         out.append(var**0.5)
     return out
 
@@ -357,11 +360,16 @@ def test_precision_se_against_a_naive_sum():
     assert (got > 0).all()  # also where every validation flag of a bin was right
     assert precision_se(conf, flagged, np.full(500, -1), bins) == pytest.approx(0.0)  # uncalibrated: no error counted
     assert precision_se(conf, np.zeros(500, bool), where, bins) == pytest.approx(0.0)
+    # the light bin 0 (weight 4) holds flags estimated 2% right: capped, they count at worst as all wrong
+    small = np.where(where == 0, 0.02, est)
+    capped = precision_se(conf, flagged, where, bins, estimate=small, z=2.0)
+    assert capped == pytest.approx(naive_precision_se(conf, flagged, where, bins, t, est=small, z=2.0))
+    assert (capped <= got + 1e-12).all() and (capped < got).any()
 
 
 def test_budget_cuts_on_the_lower_bound():
-    """With a calibration the cut is the lowest threshold whose one-sided 95% lower bound is at
-    least the target: here the estimate passes 0.95 from 0.5 up, the bound only higher."""
+    """With a calibration the cut is the lowest threshold whose 95% lower bound (all cuts at
+    once) is at least the target: here the estimate passes 0.95 from 0.5 up, the bound only higher."""
     from mslc.metrics import LOWER_BOUND_Z
 
     n = 400
@@ -390,6 +398,30 @@ def test_budget_cuts_on_the_lower_bound():
     low = select.relabel_lower(t, b["threshold"], 0.96)
     cut = next(r for r in b["rows"] if r["threshold"] == b["threshold"])
     assert low == pytest.approx(cut["lower"]) and select.relabel_lower({**t, "calibration": None}, 0.5, 0.96) is None
+
+
+def test_a_failing_higher_cut_does_not_block_a_lower_one_under_the_bound():
+    """The bound holds for every cut at once, so the lowest cut that passes is taken even where a
+    higher one fails (flags at the top of the confidence scale estimated mostly wrong, as at
+    class flips); the estimate alone has no such guarantee and keeps the every-higher rule."""
+    n = 400
+    prob = np.linspace(0.3, 1.0, n)
+    est = np.where(prob >= 0.99, 0.3, np.where(prob >= 0.6, 0.99, 0.5))
+    t = {
+        "given": np.zeros(n, np.int64),
+        "corrected": np.ones(n, np.int64),
+        "prob": prob,
+        "est_correct": est,
+        "est_correct_by": "transition posterior, calibrated on the clean validation split",
+        "true": np.full(n, -1),
+        "calibration_bin": np.zeros(n, np.int64),
+        "calibration": [{"lo": 0.0, "hi": 1.0001, "weight": 4000.0, "n_eff": 4000.0, "estimated": 0.9, "true": 0.9}],
+    }
+    b = select.budget(t)
+    rows = {r["threshold"]: r for r in b["rows"]}
+    assert rows[0.95]["lower"] < 0.95 and rows[0.6]["lower"] >= 0.95 and rows[0.55]["lower"] < 0.95
+    assert b["threshold"] == 0.6
+    assert select.budget({**t, "calibration": None})["threshold"] == 1.0  # the estimate alone: every higher must pass
 
 
 def test_read_table_names_a_broken_calibration(tmp_path):
