@@ -89,8 +89,14 @@ def outcome_lines(run_dir: RunDir, *, seconds: float) -> list[str]:
 
 
 def empty_relabel_line(budget: dict) -> str:
-    """What to do when there are flags but ``relabel.csv`` keeps none: no cut's flags were
-    estimated right often enough (or the user's cut is above them all); names the best cut."""
+    """What to do when there are flags but ``relabel.csv`` keeps none: the user's cut
+    (``run.relabel_threshold``) is above them all, or no cut's flags were estimated right
+    often enough; then it names the best cut."""
+    if budget["relabel_threshold"] != budget["threshold"]:
+        return (
+            f"next: relabel.csv is empty: no flag has confidence >= {budget['relabel_threshold']:.2f} "
+            "(run.relabel_threshold); review_budget.json gives every cut's estimate"
+        )
     key = "lower" if "lower" in budget["rows"][0] else "precision"
     best = max((r for r in budget["rows"] if r["flags"]), key=lambda r: r[key])
     bound = f", 95% lower bound {100 * best['lower']:.1f}%" if key == "lower" else ""

@@ -53,3 +53,14 @@ def test_an_empty_relabel_csv_is_explained_and_the_best_cut_named(tmp_path):
         "(the best, confidence >= 0.50: 200 flags, estimated 94.0% right, 95% lower bound 93.0%)"
     )
     assert "pipeline/report.py RUN_DIR --threshold T --relabel-out FILE" in lines[2]
+
+
+def test_an_empty_relabel_csv_under_the_users_own_cut_says_so(tmp_path):
+    """A cut the user set (run.relabel_threshold) above every flag: the summary names that cut,
+    not the budget's."""
+    rows = [_row(0.0, 300, 0.80, 0.78), _row(0.5, 200, 0.97, 0.96), _row(0.9, 20, 0.98, 0.96)]
+    rd = _run_dir(tmp_path, rows, relabel_rows=0, threshold=0.5)
+    b = json.loads(rd.budget.read_text())
+    rd.budget.write_text(json.dumps({**b, "relabel_threshold": 0.99}))
+    line = outcome_lines(rd, seconds=60)[2]
+    assert line.startswith("next: relabel.csv is empty: no flag has confidence >= 0.99 (run.relabel_threshold)")
