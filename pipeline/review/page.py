@@ -138,7 +138,8 @@ def gallery(entries: list[dict], classes: list[str], empty: str) -> str:
 
 
 def render(info: dict, numbers: dict, classes: list[str], charts: list[tuple[str, str]], galleries: list[dict]) -> str:
-    """The page. ``info``: ``title`` and ``lines`` (text under it); ``charts``: ``(file, alt)``;
+    """The page. ``info``: ``title``, ``lines`` (text under it) and ``estimated_by`` (what the
+    cards' est. right comes from, the table's ``est_correct_by``); ``charts``: ``(file, alt)``;
     ``galleries``: per class ``{"class", "errors", "doubtful"}`` with lists of entries for
     :func:`figure` (``index, key, given, corrected, prob, alpha, true, image or error``)."""
     parts = [
@@ -158,8 +159,8 @@ def render(info: dict, numbers: dict, classes: list[str], charts: list[tuple[str
     parts.append(
         '<h2 id="galleries">Samples to review, per given class</h2><p>Each card: key, given → '
         "corrected label; p: the corrected label's probability under ỹ; est. right: the estimated chance "
-        "that this label is the true one (from the model and the noise estimated on the trusted set, no "
-        "true label); α: how much the corrector trusted the given label (0: not at all, 1: fully). A "
+        f"that this label is the true one ({escape(info.get('estimated_by', 'soft label'))}; no true "
+        "label is read); α: how much the corrector trusted the given label (0: not at all, 1: fully). A "
         "corrector sure of a correction sets α near 0, so the most confident flags read α 0.00.</p>"
     )
     for g in galleries:

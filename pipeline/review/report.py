@@ -248,7 +248,7 @@ def info_lines(run: dict) -> dict:
         "Flagged: the corrected label (argmax ỹ) differs from the given one. p: the corrected label's "
         "probability in ỹ; α: the weight the corrector gives the given label.",
     ]
-    return {"title": f"Label review: {name}", "lines": lines}
+    return {"title": f"Label review: {name}", "lines": lines, "estimated_by": t["est_correct_by"]}
 
 
 def write_report(run: dict, *, top: int = 16, log=print) -> Path:

@@ -214,9 +214,11 @@ def fake_run(run_dir: Path, shard_dir: Path, *, known: bool = True, seed: int = 
 def test_report_numbers_images_and_truth(fake_shards, tmp_path):
     for known in (True, False):
         run_dir = fake_run(tmp_path / f"run-{known}", fake_shards, known=known)
-        index = write_report(load_run(run_dir), top=3)
+        run = load_run(run_dir)
+        index = write_report(run, top=3)
         html = index.read_text()
         nums, srcs = page.read_page(html)
+        assert f"the true one ({run['table']['est_correct_by']}; no true label" in html  # what est. right is from
         for key, v in parquet_numbers(RunDir(run_dir).labels, 10).items():
             assert nums[key] == pytest.approx(v), key
         assert srcs and len(srcs) == len(set(srcs))
