@@ -146,15 +146,15 @@ def score(t: dict) -> dict:
 PLACES = {("run", "name"), ("run", "storage_path"), ("data", "shard_root"), ("data", "raw_dir")}
 
 
-def rescored(dirs: list[str], out: Path, overrides: list[str], made_by: str) -> list[dict]:
-    """``--rescore``: every row of ``out.json`` again from its run's files in ``dirs`` (no
-    training): the cut and the per-threshold rows recomputed by today's code, the rest (wall
-    time, exported labels) kept. Refused where a run had other settings than this benchmark
+def rescored(dirs: list[str], table: dict, out: Path, overrides: list[str], made_by: str) -> list[dict]:
+    """``--rescore``: every row of ``table`` (``out.json``, checked by :func:`same_runs`) again
+    from its run's files in ``dirs`` (no training): the cut and the per-threshold rows recomputed
+    by today's code, the rest (wall time, exported labels) kept. Refused where a run had other settings than this benchmark
     gives, or where a row of the table has no run among ``dirs``."""
     from pipeline.review.select import read_table
     from pipeline.rundir import RunDir
 
-    old = {(r["noise"], r["seed"]): r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    old = {(r["noise"], r["seed"]): r for r in table["rows"]}
     rows = {}
     for d in dirs:
         rd = RunDir(Path(d).resolve())
@@ -311,24 +311,32 @@ def effective(overrides: list[str]) -> list[str]:
     return [o for o in overrides if settings([o]) != default]
 
 
-def kept_rows(out: Path, a: argparse.Namespace, overrides: list[str]) -> list[dict]:
-    """``--update``: the rows of ``out.json`` for the noises not run now (their ``commit``: the
-    commit that last wrote the file, unless the row names its own); a table whose runs had other
-    settings, seeds or device is refused (its rows would not be the same runs). Settings are
-    compared whole where the table records them, else (a table from before it did) by the
-    overrides given."""
+def same_runs(out: Path, a: argparse.Namespace, overrides: list[str]) -> dict:
+    """The table at ``out.json`` (for ``--update`` / ``--rescore``), refused where its runs had
+    other settings, seeds or device than this command's (its rows would not be the same runs).
+    Settings are compared whole where the table records them, else (a table from before it did)
+    by the overrides given."""
+    flag = "--rescore" if a.rescore else "--update"
     path = out.with_suffix(".json")
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise SystemExit(f"--update: cannot read the table to update, {path} ({e})") from None
+        raise SystemExit(f"{flag}: cannot read the table, {path} ({e})") from None
     same = old["settings"] == settings(overrides) if "settings" in old else old.get("overrides") == overrides
     if not same or old.get("seeds") != a.seeds or old.get("device") != a.device:
         raise SystemExit(
-            f"--update: {path} was made with overrides {old.get('overrides')}, seeds {old.get('seeds')}, "
-            f"device {old.get('device')}; this run has {overrides}, {a.seeds}, {a.device}: run every noise instead"
+            f"{flag}: {path} was made with overrides {old.get('overrides')}, seeds {old.get('seeds')}, "
+            f"device {old.get('device')}; this run has {overrides}, {a.seeds}, {a.device}: "
+            + ("give the table's" if a.rescore else "run every noise instead")
         )
-    last = git("log", "-1", "--format=%h", "--", str(path.resolve()))
+    return old
+
+
+def kept_rows(out: Path, a: argparse.Namespace, overrides: list[str]) -> list[dict]:
+    """``--update``: the rows of ``out.json`` (checked by :func:`same_runs`) for the noises not
+    run now (their ``commit``: the commit that last wrote the file, unless the row names its own)."""
+    old = same_runs(out, a, overrides)
+    last = git("log", "-1", "--format=%h", "--", str(out.with_suffix(".json").resolve()))
     made = f"table of {last}" if last else "table before"
     return [{"commit": made, **r} for r in old["rows"] if r["noise"] not in a.noises]
 
@@ -361,11 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = (QUICK if a.quick else []) + a.overrides
     storage = a.storage or str(ROOT / "runs" / f"budget-{time.strftime('%Y%m%d-%H%M%S')}")
     out = Path(a.out or RESULTS / ("review_budget" + ("_quick" if a.quick else "")))
-    kept = kept_rows(out, a, overrides) if a.update or a.rescore else []  # --rescore: only its check
     made_by = commit()
-    rows = []
+    kept, rows = kept_rows(out, a, overrides) if a.update and not a.rescore else [], []
     if a.rescore:
-        kept, rows = [], rescored(a.rescore, out, overrides, made_by)
+        rows = rescored(a.rescore, same_runs(out, a, overrides), out, overrides, made_by)
     for noise in a.noises if not a.rescore else []:
         for seed in a.seeds:
             rows.append({**one_run(noise, seed, overrides, storage, a.device), "commit": made_by})
