@@ -10,6 +10,8 @@ Layout of a run directory ``run.storage_path/run.name``::
     relabel.csv                the flags to review, cut at the chosen confidence
     review_budget.json         estimated precision of the flags per confidence threshold
     noise_matrix.json          given → corrected counts per class pair
+    heldout_predictions.npz    out-of-sample class probabilities of every training sample (and
+                               of the clean validation split) from the cross-fitted models
     report/index.html          the review page (and report/numbers.json, its charts)
     tensorboard/               TensorBoard event files
     checkpoint_epoch_EEEE/     a checkpoint (state.pt); ``checkpoint_epoch_EEEE_step_SSSSSS/``
@@ -30,6 +32,7 @@ MODEL = "model.pt"
 RELABEL = "relabel.csv"
 BUDGET = "review_budget.json"
 MATRIX = "noise_matrix.json"
+HELDOUT = "heldout_predictions.npz"
 REPORT_DIR = "report"
 REPORT_PAGE = "index.html"
 REPORT_NUMBERS = "numbers.json"
@@ -102,6 +105,10 @@ class RunDir:
     @property
     def matrix(self) -> Path:
         return self.path / MATRIX
+
+    @property
+    def heldout(self) -> Path:
+        return self.path / HELDOUT
 
     @property
     def report_dir(self) -> Path:

@@ -21,7 +21,7 @@ from mslc.estimate import crossfit_targets, heldout_posterior
 from mslc.metrics import calibrate, calibration_bin, clean_split_calibration, confusion_matrix, label_posterior
 from pipeline.charts import confusion_png
 from pipeline.rundir import RunDir
-from pipeline.storage import atomic_path, atomic_torch_save, atomic_write_text
+from pipeline.storage import atomic_path, atomic_torch_save, atomic_write_bytes, atomic_write_text
 from pipeline.training.methods import registry as methods
 from pipeline.training.methods.state import Data, TrainState
 from pipeline.training.run import crossfit
@@ -445,6 +445,8 @@ class RunOutputs:
         self.log(f"exported labels: {selected_by(t['epochs'])}")
         transition = methods.transition_estimate(st)
         est = flag_estimate(cfg, st, data, device, t, transition, log=self.log)
+        if est["heldout"] is not None:
+            result["heldout_predictions"] = str(write_heldout(rd.heldout, est["heldout"], data.labels, transition))
         result["corrected_labels"] = str(
             write_corrected_labels(
                 rd.labels,
@@ -490,7 +492,7 @@ def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device,
     :func:`mslc.estimate.heldout_posterior` (the transition refitted to them); rows the
     cross-fit never streamed keep the run model's posterior. Otherwise the run's own model's
     predictions (``posterior`` None) and :func:`val_calibration`."""
-    plain = {"transition": transition, "posterior": None, "folds": 0}
+    plain = {"transition": transition, "posterior": None, "folds": 0, "heldout": None}
     if not (cfg.run.crossfit_folds and transition is not None and cfg.run.calibrate):
         return {**plain, "calibration": val_calibration(cfg, st, data, device, transition)}
     ho = crossfit.heldout_predictions(cfg, data, crossfit_targets(t["y_tilde"], transition), device, log=log)
@@ -503,7 +505,35 @@ def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device,
     if not seen.all():
         own = t["y_hat"] if t.get("y_hat") is not None else t["y_tilde"]
         post[~seen] = label_posterior(np.asarray(own)[~seen], data.labels[~seen], r["transition"])
-    return {"transition": r["transition"], "calibration": r["calibration"], "posterior": post, "folds": ho.folds}
+    return {
+        "transition": r["transition"],
+        "calibration": r["calibration"],
+        "posterior": post,
+        "folds": ho.folds,
+        "heldout": ho,
+    }
+
+
+def write_heldout(path: Path, ho: crossfit.Heldout, given: np.ndarray, transition: np.ndarray) -> Path:
+    """The cross-fit's out-of-sample predictions (``heldout_predictions.npz``, written whole or not
+    at all): ``train`` (N, C) float32 each training sample's class probabilities by the model that
+    did not train on it, row = sample index (NaN rows: never streamed); ``given`` (N,) int64 its
+    given label; ``clean`` (K·n, C) float32 the K models' predictions on the clean validation
+    split, one block per model, and ``clean_labels`` (K·n,) int64; ``folds`` K; ``transition``
+    (C, C) the noise estimated on the trusted meta set that :func:`mslc.estimate.heldout_posterior`
+    started from. What confident-learning tools take as out-of-sample ``pred_probs``."""
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        train=ho.train.astype(np.float32),
+        given=np.asarray(given, dtype=np.int64),
+        clean=ho.clean.astype(np.float32),
+        clean_labels=np.asarray(ho.clean_labels, dtype=np.int64),
+        folds=np.int64(ho.folds),
+        transition=np.asarray(transition, dtype=np.float64),
+    )
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def val_calibration(cfg: Config, st: TrainState, data: Data, device: torch.device, transition) -> list[dict] | None:

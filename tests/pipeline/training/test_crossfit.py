@@ -66,6 +66,14 @@ def test_a_run_reads_its_flags_estimate_from_heldout_predictions(fake_shards, fa
     assert table["calibration"] is not None and all(b["n_eff"] >= 0 for b in table["calibration"])
     b = budget(table, target=0.95)
     assert b["estimated_by"].startswith("held-out transition posterior")
+    # the out-of-sample predictions behind it, as data: one row per sample index, the clean split once per model
+    ho = np.load(res["heldout_predictions"])
+    n, c = len(table["given"]), ho["transition"].shape[0]
+    assert ho["train"].shape == (n, c) and ho["train"].dtype == np.float32 and int(ho["folds"]) == 2
+    np.testing.assert_allclose(ho["train"].sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(ho["given"][table["index"]], table["given"])
+    assert ho["clean"].shape == (len(ho["clean_labels"]), c) and len(ho["clean_labels"]) % 2 == 0
+    np.testing.assert_allclose(ho["transition"].sum(1), 1.0)
 
 
 def test_rows_the_crossfit_never_streamed_keep_the_run_models_posterior(
