@@ -136,7 +136,7 @@ def score(t: dict) -> dict:
         "cut_true": cut["true_precision"] if cut else None,
         "bands": bands(t),
         "thresholds": [
-            {k: r[k] for k in ("threshold", "flags", "precision", "lower", "true_precision") if k in r}
+            {k: r[k] for k in ("threshold", "flags", "precision", "cautious", "lower", "true_precision") if k in r}
             for r in b["rows"]
         ],
     }

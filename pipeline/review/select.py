@@ -5,8 +5,10 @@ A *table* here is the run's ``corrected_labels.parquet`` as arrays (:func:`read_
 ``index (N,) int64``, ``key (N,) str``, ``given (N,)``, ``corrected (N,) int64``, ``prob (N,)
 float64`` (the corrected label's probability in ỹ), ``est_correct (N,) float64`` (the estimated
 probability that the corrected label is right, computed without true labels), with
-``calibration`` (the clean-split bins it was calibrated by, or None) and ``calibration_bin (N,)
-int64`` (each sample's bin, -1 where none), ``alpha``, ``beta`` ``(N,) float64`` (NaN where
+``est_cautious (N,) float64`` (the same estimate with its recalibration fitted out of sample,
+which the budget's bound also reads; ``est_correct`` where the table has none), ``calibration``
+(the clean-split bins it was calibrated by, or None) and ``calibration_bin (N,) int64`` (each
+sample's bin, -1 where none), ``alpha``, ``beta`` ``(N,) float64`` (NaN where
 never computed) and ``true (N,) int64`` (-1 where unknown). A sample is
 *flagged* (a suspected label error) when its corrected label differs from its given one.
 """
@@ -59,6 +61,10 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
         "index": t.column("index").to_numpy().astype(np.int64),
         # est_correct: a table from before it was written stands in ỹ's own probability
         "est_correct": floats("est_correct") if "est_correct" in t.column_names else prob,
+        # the same estimate with the recalibration fitted out of sample: the budget's bound reads the lower
+        "est_cautious": floats("est_correct_cautious")
+        if "est_correct_cautious" in t.column_names
+        else (floats("est_correct") if "est_correct" in t.column_names else prob),
         "est_correct_by": ((t.schema.metadata or {}).get(b"est_correct_by") or b"soft label").decode(),
         # the clean-split calibration behind est_correct (None: uncalibrated, no lower bound)
         "calibration": calibration,
@@ -182,18 +188,21 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
     """The review budget, without true labels: per confidence threshold (0, 0.05, … 0.95)
     the flags at or above it and the estimated share of them that are right (the mean of
     ``est_correct``), the expected right and wrong relabels; where the estimate was calibrated
-    on the clean validation split, its standard error from that split's size (``se``,
-    :func:`mslc.metrics.precision_se`) and 95% lower bound (``lower``, one-sided, for all the
-    cuts at once); ``threshold``: the lowest threshold whose lower bound is at least ``target``
+    on the clean validation split, the out-of-sample estimate (``cautious``: the mean
+    ``est_cautious``), the standard error from that split's size (``se``,
+    :func:`mslc.metrics.precision_se`) and the 95% lower bound of the lower of the two
+    (``lower``, one-sided, for all the cuts at once); ``threshold``: the lowest threshold whose lower bound is at least ``target``
     (without a calibration: whose estimate is, and every higher one's too). Where true labels
     are known, ``true_precision`` per row, to check the estimate."""
     fl = flagged(table)
     rows = review_budget(table["prob"], fl, table["est_correct"])
+    cautious = review_budget(table["prob"], fl, table.get("est_cautious", table["est_correct"]))
     cal = table.get("calibration")
     if cal is not None:
         se = precision_se(table["prob"], fl, table["calibration_bin"], cal, estimate=table["est_correct"])
-        for row, s in zip(rows, se):
-            row["se"], row["lower"] = float(s), _lower(row["precision"], float(s))
+        for row, c, s in zip(rows, cautious, se):
+            row["cautious"] = c["precision"]
+            row["se"], row["lower"] = float(s), _lower(_cautious(row["precision"], c["precision"]), float(s))
     known = table["true"] >= 0
     if known.all():
         right = (table["corrected"] == table["true"]).astype(np.float64)
@@ -204,7 +213,8 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
         "threshold": choose_threshold(rows, target=target, key="precision" if cal is None else "lower"),
         "chosen_by": "estimated precision"
         if cal is None
-        else f"95% lower bound of the estimated precision, all cuts at once (estimate − {LOWER_BOUND_Z:.3f}·se)",
+        else "95% lower bound of the estimated precision, all cuts at once (the lower of the estimate and its "
+        f"out-of-sample recalibration, − {LOWER_BOUND_Z:.3f}·se)",
         "estimated_by": table["est_correct_by"],
         "rows": rows,
     }
@@ -212,10 +222,14 @@ def budget(table: dict, *, target: float = RELABEL_PRECISION) -> dict:
 
 def relabel_lower(table: dict, threshold: float, precision: float | None) -> float | None:
     """The 95% lower bound of ``precision``, the estimated precision of the flags at or above
-    ``threshold`` (:func:`mslc.metrics.precision_se`; as the budget's rows, which hold for all
-    cuts at once); None without flags or without a calibrated estimate."""
+    ``threshold`` (:func:`mslc.metrics.precision_se`; as the budget's rows: from the lower of
+    it and the out-of-sample estimate, for all cuts at once); None without flags or without a
+    calibrated estimate."""
     if precision is None or table.get("calibration") is None:
         return None
+    sel = flagged(table) & (table["prob"] >= threshold)
+    if sel.any():
+        precision = _cautious(precision, float(table.get("est_cautious", table["est_correct"])[sel].mean()))
     se = precision_se(
         table["prob"],
         flagged(table),
@@ -225,6 +239,11 @@ def relabel_lower(table: dict, threshold: float, precision: float | None) -> flo
         estimate=table["est_correct"],
     )
     return _lower(precision, float(se[0]))
+
+
+def _cautious(precision: float, out_of_sample: float) -> float:
+    """The lower of the estimated precision and the out-of-sample one (the first where the second is NaN)."""
+    return min(precision, out_of_sample) if np.isfinite(out_of_sample) else precision
 
 
 def _lower(precision: float, se: float) -> float:

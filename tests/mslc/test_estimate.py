@@ -9,6 +9,7 @@ from mslc.estimate import (
     RECALIBRATION_EDGES,
     binned_recalibration,
     crossfit_folds,
+    crossfit_recalibration,
     crossfit_targets,
     fit_transition,
     heldout_posterior,
@@ -103,6 +104,38 @@ def test_recalibrate_against_a_loop_and_leaves_unmeasured_cells():
     np.testing.assert_allclose(got[untouched], q[untouched])
 
 
+def test_crossfit_recalibration_never_uses_a_clean_samples_own_label():
+    """Each part is recalibrated by the table of the clean samples outside it (the same sample
+    in the same part in every block): changing one clean sample's label leaves its own
+    predictions as they were, and moves only the other part's."""
+    rng = np.random.default_rng(6)
+    c, n, blocks = 4, 600, 2
+    p, _ = calibrated_predictions(3000, c, rng)
+    pc = np.concatenate([calibrated_predictions(n, c, np.random.default_rng(7))[0]] * blocks)
+    y = np.tile(rng.integers(0, c, n), blocks)
+    tr, cl = crossfit_recalibration(p, pc, y, blocks=blocks, seed=3)
+    np.testing.assert_allclose(tr.sum(1), 1.0)
+    np.testing.assert_allclose(cl.sum(1), 1.0)
+    # against the definition, parts dealt as the function deals them
+    deal = np.random.default_rng(3)
+    part_clean, part_train = np.tile(deal.permutation(n) % 2, blocks), deal.permutation(len(p)) % 2
+    for h in range(2):
+        table = binned_recalibration(pc[part_clean != h], y[part_clean != h])
+        np.testing.assert_allclose(tr[part_train == h], recalibrate(p[part_train == h], table))
+        np.testing.assert_allclose(cl[part_clean == h], recalibrate(pc[part_clean == h], table))
+    j = int(np.flatnonzero(part_clean[:n] == 0)[0])
+    y2 = y.copy()
+    y2[[j, j + n]] = (y[j] + 1) % c
+    tr2, cl2 = crossfit_recalibration(p, pc, y2, blocks=blocks, seed=3)
+    np.testing.assert_array_equal(cl2[part_clean == 0], cl[part_clean == 0])
+    np.testing.assert_array_equal(tr2[part_train == 0], tr[part_train == 0])
+    assert not np.array_equal(cl2[part_clean == 1], cl[part_clean == 1])
+    with pytest.raises(ValueError, match="equal blocks"):
+        crossfit_recalibration(p, pc[:-1], y[:-1], blocks=2)
+    with pytest.raises(ValueError, match="at least 2 parts"):
+        crossfit_recalibration(p, pc, y, blocks=2, parts=1)
+
+
 def test_heldout_posterior_recalibrates_only_spread_noise():
     rng = np.random.default_rng(3)
     c = 4
@@ -118,9 +151,20 @@ def test_heldout_posterior_recalibrates_only_spread_noise():
     np.testing.assert_allclose(r["posterior"], label_posterior(p, given, t))
     bins = clean_split_calibration(pc, clean, t)
     assert [b["n_eff"] for b in r["calibration"]] == pytest.approx([b["n_eff"] / 2 for b in bins])
-    r = heldout_posterior(p, pc, clean, noisy(true, spread, rng), spread)
-    assert r["recalibrated"]
-    np.testing.assert_allclose(r["posterior"].sum(1), 1.0)
+    given = noisy(true, spread, rng)
+    for oos in (False, True):
+        r = heldout_posterior(p, pc, clean, given, spread, out_of_sample=oos, seed=4)
+        assert r["recalibrated"]
+        if oos:  # each part by the table of the clean samples outside it
+            q, qc = crossfit_recalibration(p, pc, clean, seed=4)
+        else:  # one table, fitted on the whole clean split
+            table = binned_recalibration(pc, clean)
+            q, qc = recalibrate(p, table), recalibrate(pc, table)
+        t = fit_transition(q, given, spread)
+        np.testing.assert_allclose(r["posterior"], label_posterior(q, given, t))
+        assert [b["true"] for b in r["calibration"]] == pytest.approx(
+            [b["true"] for b in clean_split_calibration(qc, clean, t)], nan_ok=True
+        )
 
 
 def test_crossfit_targets_are_soft_under_spread_noise_and_labels_under_flips():

@@ -175,6 +175,7 @@ def label_columns(
     transition: np.ndarray | None,
     calibration: list[dict] | None = None,
     posterior: np.ndarray | None = None,
+    cautious: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """The per-sample figures a practitioner acts on, all without true labels.
 
@@ -192,7 +193,9 @@ def label_columns(
     uncalibrated estimate falls in, -1 without calibration: the budget's lower bound counts
     each bin's sampling error by it); ``posterior`` (N, C), where given, is the probability of
     each true class the estimate reads instead of the model's (held-out predictions:
-    :func:`mslc.estimate.heldout_posterior`);
+    :func:`mslc.estimate.heldout_posterior`); ``est_cautious``: ``est_correct`` read from
+    ``cautious`` (``{'posterior', 'calibration'}``, :func:`heldout_estimate`) instead, where
+    given (else ``est_correct`` itself);
     ``predicted`` / ``predicted_prob`` (the model); ``review_rank`` (1 = review first: flagged
     samples before the rest, each by ``given_prob`` ascending).
     """
@@ -216,12 +219,16 @@ def label_columns(
     if calibration is not None:
         where = calibration_bin(est, calibration)
         est = calibrate(est, calibration)
+    est_cautious = est
+    if cautious is not None:
+        est_cautious = calibrate(cautious["posterior"][rows, corrected], cautious["calibration"])
     return {
         "corrected": corrected,
         "corrected_prob": soft[rows, corrected],
         "given_prob": given_prob,
         "flagged": flagged,
         "est_correct": est,
+        "est_cautious": est_cautious,
         "calibration_bin": where,
         "predicted": pred.argmax(1),
         "predicted_prob": pred.max(1),
@@ -259,23 +266,25 @@ def write_corrected_labels(
     calibration: list[dict] | None = None,
     posterior: np.ndarray | None = None,
     heldout_folds: int = 0,
+    cautious: dict | None = None,
 ) -> Path:
     """One row per training sample (the columns are listed in the README's output table):
     index, key; given_label, given_name, given_prob; corrected_label, corrected_name,
-    corrected_prob, flagged, est_correct, calibration_bin; predicted_label, predicted_prob; review_rank;
+    corrected_prob, flagged, est_correct, est_correct_cautious, calibration_bin; predicted_label,
+    predicted_prob; review_rank;
     alpha, beta; true_label / is_noisy (null where unknown); ``soft`` (ỹ's full row) with
     ``soft_rows``. See :func:`label_columns`.
 
     ``soft`` (N, C) rows sum to 1; ``alpha``, ``beta`` (N,) NaN where never computed;
     ``true`` (N,) int with -1 for unknown, or None; ``epoch``: the epoch the labels are
     from (the latest, where ``epochs`` lists the epochs whose mean ỹ is ``soft``), kept in the
-    file's metadata (``labels_epoch``, ``labels_epochs``). ``posterior``: see
+    file's metadata (``labels_epoch``, ``labels_epochs``). ``posterior``, ``cautious``: see
     :func:`label_columns`, from ``heldout_folds`` cross-fitted models (named in
     ``est_correct_by``). Written whole or not at all.
     """
     n, c = soft.shape
     names = np.asarray(classes if classes is not None else [str(i) for i in range(c)], dtype=object)
-    col = label_columns(given, soft, y_hat, transition, calibration, posterior)
+    col = label_columns(given, soft, y_hat, transition, calibration, posterior, cautious)
     known = None if true is None else true >= 0
     cols = {
         "index": pa.array(np.arange(n, dtype=np.int64)),
@@ -288,6 +297,7 @@ def write_corrected_labels(
         "corrected_prob": pa.array(col["corrected_prob"].astype(np.float32)),
         "flagged": pa.array(col["flagged"]),
         "est_correct": pa.array(col["est_correct"].astype(np.float32)),
+        "est_correct_cautious": pa.array(col["est_cautious"].astype(np.float32)),
         "calibration_bin": pa.array(col["calibration_bin"].astype(np.int8)),
         "predicted_label": pa.array(col["predicted"].astype(np.int64)),
         "predicted_prob": pa.array(col["predicted_prob"].astype(np.float32)),
@@ -465,6 +475,7 @@ class RunOutputs:
                 calibration=est["calibration"],
                 posterior=est["posterior"],
                 heldout_folds=est["folds"],
+                cautious=est["cautious"],
             )
         )
         self.extra["exported"] = {
@@ -492,26 +503,49 @@ def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device,
     :func:`mslc.estimate.heldout_posterior` (the transition refitted to them); rows the
     cross-fit never streamed keep the run model's posterior. Otherwise the run's own model's
     predictions (``posterior`` None) and :func:`val_calibration`."""
-    plain = {"transition": transition, "posterior": None, "folds": 0, "heldout": None}
+    plain = {"transition": transition, "posterior": None, "cautious": None, "folds": 0, "heldout": None}
     if not (cfg.run.crossfit_folds and transition is not None and cfg.run.calibrate):
         return {**plain, "calibration": val_calibration(cfg, st, data, device, transition)}
     ho = crossfit.heldout_predictions(cfg, data, crossfit_targets(t["y_tilde"], transition), device, log=log)
     if ho is None:
         return {**plain, "calibration": None}
+    own = t["y_hat"] if t.get("y_hat") is not None else t["y_tilde"]
+    est = heldout_estimate(ho, data.labels, transition, seed=cfg.run.seed, own=np.asarray(own))
+    return {**est, "folds": ho.folds, "heldout": ho}
+
+
+def heldout_estimate(
+    ho: crossfit.Heldout, given: np.ndarray, transition: np.ndarray, *, seed: int, own: np.ndarray | None = None
+) -> dict:
+    """Each training sample's posterior of its true class from the cross-fit's held-out
+    predictions (:func:`mslc.estimate.heldout_posterior`, the transition refitted to them):
+    ``posterior`` (N, C), ``transition``, ``calibration`` (what ``est_correct`` reads), and
+    ``cautious``, the same with the recalibration fitted out of sample (``{'posterior',
+    'calibration'}``; None where the noise is a few flips and nothing is recalibrated), which
+    the review budget's bound reads too. Rows the cross-fit never streamed (NaN) take ``own``
+    (N, C), the run model's predictions, under the refitted transition.
+
+    given : (N,) int64; transition : (C, C) the meta set's estimate; seed : ``run.seed``."""
     seen = ~np.isnan(ho.train).any(1)
-    r = heldout_posterior(ho.train[seen], ho.clean, ho.clean_labels, data.labels[seen], transition, folds=ho.folds)
-    post = np.empty((len(seen), r["posterior"].shape[1]))
-    post[seen] = r["posterior"]
-    if not seen.all():
-        own = t["y_hat"] if t.get("y_hat") is not None else t["y_tilde"]
-        post[~seen] = label_posterior(np.asarray(own)[~seen], data.labels[~seen], r["transition"])
-    return {
-        "transition": r["transition"],
-        "calibration": r["calibration"],
-        "posterior": post,
-        "folds": ho.folds,
-        "heldout": ho,
-    }
+    if not seen.all() and own is None:
+        raise ValueError(f"{int((~seen).sum())} samples have no held-out prediction and no own prediction stands in")
+    out: dict = {"cautious": None}
+    for cautious in (False, True):
+        r = heldout_posterior(
+            ho.train[seen], ho.clean, ho.clean_labels, given[seen], transition, folds=ho.folds,
+            out_of_sample=cautious, seed=seed,
+        )  # fmt: skip
+        if cautious and not r["recalibrated"]:
+            break
+        post = np.empty((len(seen), r["posterior"].shape[1]))
+        post[seen] = r["posterior"]
+        if not seen.all():
+            post[~seen] = label_posterior(own[~seen], given[~seen], r["transition"])
+        if cautious:
+            out["cautious"] = {"posterior": post, "calibration": r["calibration"]}
+        else:
+            out.update(posterior=post, transition=r["transition"], calibration=r["calibration"])
+    return out
 
 
 def write_heldout(path: Path, ho: crossfit.Heldout, given: np.ndarray, transition: np.ndarray) -> Path:

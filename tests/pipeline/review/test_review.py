@@ -402,6 +402,35 @@ def test_budget_cuts_on_the_lower_bound():
     assert low == pytest.approx(cut["lower"]) and select.relabel_lower({**t, "calibration": None}, 0.5, 0.96) is None
 
 
+def test_the_bound_reads_the_lower_of_the_estimate_and_its_out_of_sample_check():
+    """Where the out-of-sample estimate (est_cautious) is lower, the bound starts from it and the
+    cut moves up; where it is higher, the bound is the estimate's own. The published estimate
+    (precision) is est_correct either way, and a user's own cut is bounded the same way."""
+    from mslc.metrics import LOWER_BOUND_Z
+
+    n = 400
+    prob = np.linspace(0.3, 1.0, n)
+    est = np.where(prob >= 0.5, 0.985, 0.5)
+    t = {
+        "given": np.zeros(n, np.int64),
+        "corrected": np.ones(n, np.int64),
+        "prob": prob,
+        "est_correct": est,
+        "est_cautious": np.where(prob >= 0.8, 0.99, est - 0.15),
+        "est_correct_by": "held-out transition posterior (2 cross-fitted models), calibrated on the clean validation split",
+        "true": np.full(n, -1),
+        "calibration_bin": np.zeros(n, np.int64),
+        "calibration": [{"lo": 0.0, "hi": 1.0001, "weight": 4000.0, "n_eff": 4000.0, "estimated": 0.9, "true": 0.9}],
+    }
+    b, alone = select.budget(t), select.budget({**t, "est_cautious": est})
+    for r, a in zip(b["rows"], alone["rows"]):
+        assert r["precision"] == a["precision"] and r["cautious"] <= 0.99 + 1e-9
+        assert r["lower"] == pytest.approx(min(r["precision"], r["cautious"]) - LOWER_BOUND_Z * r["se"])
+    assert alone["threshold"] == 0.5 and b["threshold"] == 0.8
+    cut = next(r for r in b["rows"] if r["threshold"] == 0.6)
+    assert cut["lower"] < 0.95 and select.relabel_lower(t, 0.6, cut["precision"]) == pytest.approx(cut["lower"])
+
+
 def test_a_failing_higher_cut_does_not_block_a_lower_one_under_the_bound():
     """The bound holds for every cut at once, so the lowest cut that passes is taken even where a
     higher one fails (flags at the top of the confidence scale estimated mostly wrong, as at
