@@ -15,7 +15,8 @@ their exported ỹ, predict the other half (``mslc.estimate.heldout_posterior``)
 label's probability under ỹ, on which ``relabel.csv`` is cut) this prints the estimated
 precision (the mean ``est_correct`` of the band's flags) beside the true one (the share whose
 corrected label is the true label), and for the threshold the run chose (the lowest whose
-flags are estimated ≥ 95% right with 95% confidence) the true precision of ``relabel.csv``. One run per noise and
+flags are estimated ≥ 95% right with 95% confidence, the bound read from the lower of the estimate
+and its out-of-sample check) the true precision of ``relabel.csv``. One run per noise and
 seed (three seeds by default: mean ± std; about 2 hours on 2 CPU cores, a quarter of it the
 cross-fit).
 
@@ -221,9 +222,10 @@ def markdown(rows: list[dict], args: argparse.Namespace, overrides: list[str]) -
         "run's `est_correct` over the band's flags (computed without any true training label); *true*: the "
         "share of them whose corrected label is the true label. Bands are of the corrected label's "
         "probability under ỹ (the column `relabel.csv` is cut on). *cut*: the threshold the run chose for "
-        "`relabel.csv` (the lowest whose flags are estimated ≥ 95% right with 95% confidence: the "
-        "estimate's lower bound from the clean validation split's size, one-sided 95% for all 20 cuts "
-        "at once, *lower*, reaches 95%) and the true precision of what it keeps.",
+        "`relabel.csv` (the lowest whose flags are estimated ≥ 95% right with 95% confidence: the lower "
+        "bound, from the clean validation split's size, of the lower of the estimate and its out-of-sample "
+        "check `est_correct_cautious`, one-sided 95% for all 20 cuts at once, *lower*, reaches 95%) and "
+        "the true precision of what it keeps.",
         "",
     ]
     for noise in args.noises:
