@@ -58,7 +58,8 @@ def summary_section(n: dict) -> str:
         ["… flags at or above it", num("budget_flags", n["budget_flags"], "int")],
         ["… their estimated precision", num("budget_precision", n["budget_precision"])],
         [
-            "… its 95% lower bound (the clean split's sampling error, all cuts at once)",
+            "… its 95% lower bound (from the lower of it and its out-of-sample check; the clean split's "
+            "sampling error, all cuts at once)",
             num("budget_lower", n["budget_lower"]),
         ],
     ]
