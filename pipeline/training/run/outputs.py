@@ -498,11 +498,11 @@ class RunOutputs:
 
 def flag_estimate(cfg: Config, st: TrainState, data: Data, device: torch.device, t: dict, transition, *, log) -> dict:
     """What each flag's ``est_correct`` is read from: ``{'transition', 'calibration',
-    'posterior', 'folds'}``. With ``run.crossfit_folds`` (and a transition estimate and
-    ``run.calibrate``): held-out predictions (:mod:`pipeline.training.run.crossfit`) through
-    :func:`mslc.estimate.heldout_posterior` (the transition refitted to them); rows the
-    cross-fit never streamed keep the run model's posterior. Otherwise the run's own model's
-    predictions (``posterior`` None) and :func:`val_calibration`."""
+    'posterior', 'cautious', 'folds', 'heldout'}``. With ``run.crossfit_folds`` (and a
+    transition estimate and ``run.calibrate``): held-out predictions (``heldout``,
+    :mod:`pipeline.training.run.crossfit`) through :func:`heldout_estimate`; rows the cross-fit
+    never streamed keep the run model's posterior. Otherwise the run's own model's predictions
+    (``posterior``, ``cautious``, ``heldout`` None) and :func:`val_calibration`."""
     plain = {"transition": transition, "posterior": None, "cautious": None, "folds": 0, "heldout": None}
     if not (cfg.run.crossfit_folds and transition is not None and cfg.run.calibrate):
         return {**plain, "calibration": val_calibration(cfg, st, data, device, transition)}
