@@ -190,6 +190,7 @@ def test_corrected_label_table(smoke_run):
         "corrected_prob",
         "flagged",
         "est_correct",
+        "est_correct_cautious",
         "calibration_bin",
         "predicted_label",
         "predicted_prob",
@@ -206,7 +207,9 @@ def test_corrected_label_table(smoke_run):
     assert len(classes) == 10 and [classes[g] for g in t["given_label"]] == t["given_name"]
     assert [classes[c] for c in t["corrected_label"]] == t["corrected_name"]
     assert t["flagged"] == [g != c for g, c in zip(t["given_label"], t["corrected_label"])]
-    assert all(0.0 <= v <= 1.0 for k in ("given_prob", "est_correct", "predicted_prob") for v in t[k])
+    assert all(
+        0.0 <= v <= 1.0 for k in ("given_prob", "est_correct", "est_correct_cautious", "predicted_prob") for v in t[k]
+    )
     assert all(g <= c + 1e-6 for g, c in zip(t["given_prob"], t["corrected_prob"]))  # the arg-max is the largest
     rank = np.asarray(t["review_rank"])
     assert sorted(rank) == list(range(1, 1501))
@@ -246,20 +249,23 @@ def test_budget_and_noise_matrix_files(smoke_run):
     assert [r["threshold"] for r in b["rows"]] == pytest.approx(np.arange(0, 1, 0.05))
     assert b["rows"][0]["flags"] == flagged
     assert all(a["flags"] >= c["flags"] for a, c in zip(b["rows"], b["rows"][1:]))
-    est = np.asarray(t["est_correct"])
+    est, cautious = np.asarray(t["est_correct"]), np.asarray(t["est_correct_cautious"])
     for r in b["rows"]:
         sel = np.asarray(t["flagged"]) & (np.asarray(t["corrected_prob"]) >= r["threshold"])
         assert r["flags"] == sel.sum()
         if sel.any():
             assert r["precision"] == pytest.approx(est[sel].mean(), rel=1e-5)
+            assert r["cautious"] == pytest.approx(cautious[sel].mean(), rel=1e-5)
             assert r["right"] + r["wrong"] == pytest.approx(r["flags"])
     where = np.asarray(t["calibration_bin"])
     assert set(where.tolist()) <= set(range(len(bins)))  # every estimate was binned
     for r, se in zip(b["rows"], precision_se(t["corrected_prob"], t["flagged"], where, bins, estimate=est)):
         if r["flags"]:
-            assert r["se"] == pytest.approx(se) and r["lower"] == pytest.approx(r["precision"] - LOWER_BOUND_Z * se)
+            # the bound starts from the lower of the estimate and its out-of-sample check
+            low = min(r["precision"], r["cautious"]) - LOWER_BOUND_Z * se
+            assert r["se"] == pytest.approx(se) and r["lower"] == pytest.approx(low)
     cut = [r for r in b["rows"] if r["threshold"] == b["threshold"]]
-    assert not cut or cut[0]["lower"] >= 0.95  # the cut: the estimate's lower bound reaches 95% ...
+    assert not cut or cut[0]["lower"] >= 0.95  # the cut: the lower bound reaches 95% ...
     assert all(r["lower"] < 0.95 for r in b["rows"] if r["threshold"] < b["threshold"] and r["flags"])  # the lowest
     rows = (RunDir(run_dir).relabel).read_text().splitlines()[1:]
     assert b["relabel_threshold"] == b["threshold"] and len(rows) == b["relabel_rows"]
