@@ -312,8 +312,10 @@ def heldout_posterior(
        the noise spread to. The one table fitted on the whole split, also measured on it in
        step 3, flatters the estimate where the split saw no confident mistake; out of sample
        it does not, but on Fashion-MNIST it is 1–3 points cautious at symmetric noise and up
-       to 11 below 0.8 at instance noise (``benchmarks/review_budget.py``): the run publishes
-       the first and bounds by the lower of the two. Where it is a few class flips they are kept: the clean
+       to 11 below 0.8 at instance noise (``benchmarks/review_budget.py``): step 3 simulates
+       every flag the posterior makes, while a run's flags are ỹ's, which at the same
+       posterior are more often right. The run publishes the first and bounds by the lower
+       of the two. Where it is a few class flips they are kept: the clean
        split is too small to measure the rare confident confusions between the flipped pairs,
        and a recalibration that cannot see them shrinks them (measured on Fashion-MNIST,
        ``benchmarks/review_budget.py``). There the flips the given labels do not
